@@ -1,0 +1,31 @@
+"""`dstack-coalescer` / `python -m proxy`: read the configuration, configure logging, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, load_config
+from .logs import configure_logging
+from .serving import serve
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        print(f"dstack-coalescer: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"dstack-coalescer: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The table of mergeable dstack endpoints, and the strict test of whether one request fits it.
+
+Pure data and pure functions: no aiohttp, no I/O. A request that does not fit exactly is passed
+through untouched, so dstack answers it as it always did.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
+from urllib.parse import unquote
+
+import orjson
+
+FieldType: TypeAlias = Literal["str", "int", "bool"]
+Item: TypeAlias = tuple[str, ...] | tuple[int, ...]
+"""One caller's list, as sent: the unit that is merged, shared when equal, and bisected."""
+
+_PROJECT_SEGMENT: Final = "{project}"
+# Percent-escapes are fine; anything that could make dstack route elsewhere than we matched
+# (an encoded slash, a dot segment, backslash, empty segment) is not (PROXY-PITFALLS A16).
+_SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """One mergeable endpoint: where it lives and what its body must look like."""
+
+    name: str
+    path: str
+    list_field: str
+    item_type: FieldType
+    equal_fields: tuple[tuple[str, FieldType], ...] = ()
+    key_wide_statuses: frozenset[int] = frozenset({401, 403, 404})
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.path.count(_PROJECT_SEGMENT) != 1 or not self.path.startswith("/"):
+            raise ValueError(f"path must start with / and contain {_PROJECT_SEGMENT} once")
+        if self.item_type not in ("str", "int"):
+            raise ValueError("item_type must be str or int")
+        if any(t not in ("str", "int", "bool") for _, t in self.equal_fields):
+            raise ValueError("equal_fields types must be str, int or bool")
+        if self.name.endswith("remove_members") or self.path.endswith("/remove_members"):
+            # A one-name list there means "leave the project" (shared/dstack-api.md §1.2).
+            raise ValueError("remove_members must never be merged")
+
+    @property
+    def prefix(self) -> str:
+        return self.path.split(_PROJECT_SEGMENT)[0]
+
+    @property
+    def suffix(self) -> str:
+        return self.path.split(_PROJECT_SEGMENT)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    """A body that fits its endpoint exactly."""
+
+    item: Item
+    equal: tuple[tuple[str, object], ...]
+
+
+DEFAULT_ENDPOINTS: Final = (
+    EndpointSpec("runs/stop", "/api/project/{project}/runs/stop", "runs_names", "str",
+                 (("abort", "bool"),)),
+    EndpointSpec("runs/delete", "/api/project/{project}/runs/delete", "runs_names", "str"),
+    EndpointSpec("volumes/delete", "/api/project/{project}/volumes/delete", "names", "str"),
+    # An SSH fleet can earn a 403 of its own, so 403 is not key-wide here.
+    EndpointSpec("fleets/delete", "/api/project/{project}/fleets/delete", "names", "str",
+                 key_wide_statuses=frozenset({401, 404})),
+    EndpointSpec("fleets/delete_instances", "/api/project/{project}/fleets/delete_instances",
+                 "instance_nums", "int", (("name", "str"),),
+                 key_wide_statuses=frozenset({401, 404})),
+    EndpointSpec("gateways/delete", "/api/project/{project}/gateways/delete", "names", "str"),
+    EndpointSpec("secrets/delete", "/api/project/{project}/secrets/delete", "secrets_names",
+                 "str"),
+    EndpointSpec("repos/delete", "/api/project/{project}/repos/delete", "repos_ids", "str",
+                 enabled=False),
+)
+
+
+def match_project(spec: EndpointSpec, raw_path: str) -> str | None:
+    """The project named by `raw_path` if it is exactly `spec`'s path, normalised as dstack
+    matches projects (percent-decoded, case-insensitive); otherwise None."""
+    prefix, suffix = spec.prefix, spec.suffix
+    if not (raw_path.startswith(prefix) and raw_path.endswith(suffix)):
+        return None
+    segment = raw_path[len(prefix): len(raw_path) - len(suffix)]
+    if not _SEGMENT_RE.fullmatch(segment):
+        return None
+    try:
+        project = unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if not project or "/" in project or project in (".", ".."):
+        return None
+    return project.lower()
+
+
+def parse_body(spec: EndpointSpec, body: bytes) -> ParsedBody | None:
+    """The caller's item and equal-fields if `body` has exactly `spec`'s fields and JSON types,
+    with a non-empty list; None when in any doubt (dstack then answers the request itself)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    equal_types = dict(spec.equal_fields)
+    if not isinstance(data, dict) or data.keys() != {spec.list_field, *equal_types}:
+        return None
+    items = data[spec.list_field]
+    if not isinstance(items, list) or not items:
+        return None
+    if not all(_has_type(v, spec.item_type) for v in items):
+        return None
+    if not all(_has_type(data[f], t) for f, t in spec.equal_fields):
+        return None
+    return ParsedBody(tuple(items), tuple((f, data[f]) for f, _ in spec.equal_fields))
+
+
+def render_body(spec: EndpointSpec, items: list[str] | list[int], equal: tuple[tuple[str, object], ...]) -> bytes:
+    """The JSON body of a call naming `items`."""
+    return orjson.dumps({spec.list_field: items, **dict(equal)})
+
+
+def _has_type(value: object, kind: FieldType) -> bool:
+    # bool is a subclass of int: a JSON `true` is not an instance number.
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str if kind == "str" else bool)

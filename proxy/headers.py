@@ -1,0 +1,140 @@
+"""Header policy for both legs of the proxy: hop-by-hop stripping and forwarding headers.
+
+Pure functions over multidicts; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 §7.6.1 and §7.8: these describe one connection, never the message. "Trailers" is the
+# RFC 2616 spelling some old peers still send; Proxy-Connection is non-standard but common.
+HOP_BY_HOP_HEADERS: Final = frozenset(
+    h.lower()
+    for h in (
+        hdrs.CONNECTION,
+        hdrs.KEEP_ALIVE,
+        "Proxy-Connection",
+        hdrs.TE,
+        hdrs.TRAILER,
+        "Trailers",
+        hdrs.TRANSFER_ENCODING,
+        hdrs.UPGRADE,
+        hdrs.PROXY_AUTHENTICATE,
+        hdrs.PROXY_AUTHORIZATION,
+    )
+)
+
+# Not hop-by-hop, but never copied to the upstream: aiohttp's server already answered Expect
+# (100 Continue), Host is set from the configured upstream, and the forwarding headers are
+# rebuilt by `forwarding_headers`.
+_REQUEST_ONLY_DROPPED: Final = frozenset(
+    h.lower()
+    for h in (
+        hdrs.EXPECT,
+        hdrs.HOST,
+        hdrs.FORWARDED,
+        hdrs.X_FORWARDED_FOR,
+        hdrs.X_FORWARDED_PROTO,
+        hdrs.X_FORWARDED_HOST,
+        "X-Real-IP",
+    )
+)
+
+# Headers that only describe a WebSocket handshake; each leg negotiates its own.
+WEBSOCKET_HANDSHAKE_HEADERS: Final = frozenset(
+    h.lower()
+    for h in (
+        hdrs.SEC_WEBSOCKET_KEY,
+        hdrs.SEC_WEBSOCKET_VERSION,
+        hdrs.SEC_WEBSOCKET_EXTENSIONS,
+        hdrs.SEC_WEBSOCKET_PROTOCOL,
+        hdrs.SEC_WEBSOCKET_ACCEPT,
+    )
+)
+
+HeadersIn = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def connection_tokens(headers: HeadersIn) -> frozenset[str]:
+    """Header names listed in every `Connection` header (RFC 9110 §7.6.1), lower-cased."""
+    return frozenset(
+        token.strip().lower()
+        for value in headers.getall(hdrs.CONNECTION, ())
+        for token in value.split(",")
+        if token.strip()
+    )
+
+
+def strip_hop_by_hop(headers: HeadersIn, *, also: Iterable[str] = ()) -> CIMultiDict[str]:
+    """Copy `headers` without hop-by-hop ones, those named in `Connection`, and `also`.
+
+    Repeated headers (two `Set-Cookie`) are kept as separate entries.
+    """
+    dropped = HOP_BY_HOP_HEADERS | connection_tokens(headers) | {h.lower() for h in also}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in dropped:
+            out.add(name, value)
+    return out
+
+
+def upstream_request_headers(
+    headers: HeadersIn,
+    *,
+    remote: str | None,
+    scheme: str,
+    trusted_peer: bool = False,
+    body_rewritten: bool = False,
+) -> CIMultiDict[str]:
+    """Headers to send upstream for a client request.
+
+    `body_rewritten` means the body bytes sent upstream differ from the ones the client framed
+    (aiohttp's server decoded a `Content-Encoding`), so the length and encoding no longer hold.
+    """
+    also = set(_REQUEST_ONLY_DROPPED)
+    if body_rewritten:
+        also |= {hdrs.CONTENT_LENGTH.lower(), hdrs.CONTENT_ENCODING.lower()}
+    out = strip_hop_by_hop(headers, also=also)
+    out.extend(forwarding_headers(headers, remote=remote, scheme=scheme, trusted_peer=trusted_peer))
+    return out
+
+
+def forwarding_headers(
+    headers: HeadersIn, *, remote: str | None, scheme: str, trusted_peer: bool
+) -> CIMultiDict[str]:
+    """`X-Forwarded-For/-Proto/-Host` for this hop.
+
+    Client-supplied values are believed only from a configured trusted peer (another proxy in
+    front of this one); otherwise a new chain starts here, so clients cannot forge their address.
+    """
+    out: CIMultiDict[str] = CIMultiDict()
+    chain = headers.get(hdrs.X_FORWARDED_FOR) if trusted_peer else None
+    if remote:
+        out[hdrs.X_FORWARDED_FOR] = f"{chain}, {remote}" if chain else remote
+    out[hdrs.X_FORWARDED_PROTO] = (
+        headers.get(hdrs.X_FORWARDED_PROTO, scheme) if trusted_peer else scheme
+    )
+    host = (headers.get(hdrs.X_FORWARDED_HOST) if trusted_peer else None) or headers.get(hdrs.HOST)
+    if host:
+        out[hdrs.X_FORWARDED_HOST] = host
+    return out
+
+
+def client_response_headers(
+    headers: HeadersIn, *, also: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """Headers to send to the client for an upstream response (framing is left to aiohttp)."""
+    return strip_hop_by_hop(headers, also=also)
+
+
+def rewrite_location(value: str, *, upstream_origin: str, client_origin: str) -> str:
+    """Point an absolute redirect at the upstream's own origin back at the proxy (nginx's
+    `proxy_redirect default`): dstack builds absolute `Location`s from the Host it saw."""
+    if value == upstream_origin or value.startswith(upstream_origin + "/"):
+        return client_origin + value[len(upstream_origin):]
+    return value

@@ -1,0 +1,21 @@
+"""Typed application keys: the only way resources are reached from handlers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .merging import Merger
+    from .metrics import Metrics
+    from .state import State
+
+CONFIG_KEY: Final[web.AppKey[Config]] = web.AppKey("config")
+SESSION_KEY: Final[web.AppKey[aiohttp.ClientSession]] = web.AppKey("session")
+METRICS_KEY: Final[web.AppKey[Metrics]] = web.AppKey("metrics")
+MERGER_KEY: Final[web.AppKey[Merger]] = web.AppKey("merger")
+STATE_KEY: Final[web.AppKey[State]] = web.AppKey("state")
+PUBLIC_APP_KEY: Final[web.AppKey[web.Application]] = web.AppKey("public_app")

@@ -1,0 +1,180 @@
+"""The mergeable routes: decide whether a request fits its endpoint exactly, build its key,
+submit it to the batcher, and render the caller's own answer. When in any doubt, pass through."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from typing import Final
+
+import structlog
+from aiohttp import hdrs, web
+
+from .coalescing import Batcher, BatcherClosed, ClosedBatch
+from .config import Config
+from .dispatching import BatchKey, BatchTarget, Dispatcher
+from .endpoints import EndpointSpec, Item, ParsedBody, match_project, parse_body
+from .forwarding import forward, upstream_request
+from .headers import client_response_headers
+from .keys import STATE_KEY
+from .limits import Limits
+from .metrics import Metrics
+from .upstream import UpstreamError, UpstreamReply, error_response
+
+log = structlog.get_logger(__name__)
+
+# Headers besides the credential that the upstream reads and that can change its answer
+# (shared/dstack-api.md §3): requests that differ in them never share a call.
+VARYING_HEADERS: Final = ("X-API-Version",)
+CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
+BODY_READ_TIMEOUT: Final = 10.0
+_JSON_CHARSETS: Final = frozenset({None, "utf-8", "utf8"})
+# A merged call's reply is read by the proxy and re-rendered per caller: these describe the
+# upstream message or the merged call, never a caller's own response (PROXY-PITFALLS A15).
+_REPLY_DROPPED: Final = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.SET_COOKIE)
+
+
+class Merger:
+    """Owns the batchers of one app: the real one, and the one shadow mode only observes with."""
+
+    def __init__(self, config: Config, dispatcher: Dispatcher, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._specs = config.enabled_endpoints if config.mode != "off" else ()
+        self._secret = secrets.token_bytes(32)  # per process: fingerprints never leave memory
+        self._limits = Limits(config.max_pending, config.max_pending_per_key,
+                              config.max_pending_bytes)
+        flush = dispatcher.flush if config.mode == "on" else self._observe
+        self._batcher: Batcher[BatchKey, Item, UpstreamReply] = Batcher(
+            flush, window=config.window, max_size=config.max_batch, max_wait=config.max_wait)
+        self._observers: set[asyncio.Task[object]] = set()
+        metrics.pending.set_function(lambda: self._batcher.pending)
+
+    def match(self, request: web.Request) -> tuple[EndpointSpec, str] | None:
+        """The endpoint and normalised project if the request targets a mergeable path."""
+        if request.method != hdrs.METH_POST:
+            return None
+        path = request.raw_path.partition("?")[0]
+        for spec in self._specs:
+            if (project := match_project(spec, path)) is not None:
+                return spec, project
+        return None
+
+    async def handle(self, request: web.Request, spec: EndpointSpec, project: str) -> web.StreamResponse:
+        if reason := self._precheck(request):
+            return await self._bypass(request, reason)
+        try:
+            body, complete = await _read_capped(request, self._config.max_body_bytes)
+        except TimeoutError:
+            return web.json_response({"detail": [{"msg": "request body timed out",
+                                                  "code": "request_timeout"}]}, status=408)
+        parsed = parse_body(spec, body) if complete else None
+        if parsed is None:
+            return await self._bypass(request, "too_large" if not complete else "body", body)
+        key = self._key(request, spec, project, parsed)
+        if self._config.mode == "shadow":
+            self._observe_later(key, parsed.item)
+            return await forward(request, prefix=body)
+        if reason := self._limits.admit(key, len(body)):
+            return await self._bypass(request, reason, body)
+        try:
+            reply = await self._batcher.submit(key, parsed.item)
+        except BatcherClosed:
+            return await self._bypass(request, "closed", body)
+        except UpstreamError as exc:
+            return error_response(exc)
+        finally:
+            self._limits.release(key, len(body))
+        return _render(reply)
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting in batches."""
+        return self._batcher.pending
+
+    async def aclose(self) -> None:
+        """Flush every open batch now and wait for the flights (SIGTERM)."""
+        await self._batcher.aclose()
+        if self._observers:
+            await asyncio.gather(*self._observers, return_exceptions=True)
+
+    def _precheck(self, request: web.Request) -> str | None:
+        headers = request.headers
+        if request.app[STATE_KEY].draining:
+            return "closed"
+        if "?" in request.raw_path:
+            return "query"
+        if hdrs.CONTENT_TYPE in headers and (
+            request.content_type != "application/json" or request.charset not in _JSON_CHARSETS
+        ):
+            return "content_type"
+        if hdrs.CONTENT_ENCODING in headers:
+            return "content_encoding"
+        if len(headers.getall(hdrs.AUTHORIZATION, ())) != 1 or len(headers.getall(hdrs.COOKIE, ())) > 1:
+            return "credentials"
+        if any(len(headers.getall(h, ())) > 1 for h in VARYING_HEADERS):
+            return "headers"
+        if (request.content_length or 0) > self._config.max_body_bytes:
+            return "too_large"
+        return None
+
+    def _key(self, request: web.Request, spec: EndpointSpec, project: str, parsed: ParsedBody) -> BatchKey:
+        url, headers = upstream_request(request, rewritten=True)
+        headers[hdrs.CONTENT_TYPE] = "application/json"
+        headers[hdrs.ACCEPT_ENCODING] = "identity"
+        return BatchKey(
+            endpoint=spec.name,
+            project=project,
+            principal=self._fingerprint(request),
+            varying=tuple((h.lower(), request.headers.get(h, "")) for h in VARYING_HEADERS),
+            equal=parsed.equal,
+            target=BatchTarget(spec, url, headers),
+        )
+
+    def _fingerprint(self, request: web.Request) -> str:
+        mac = hmac.new(self._secret, digestmod=hashlib.sha256)
+        for name in CREDENTIAL_HEADERS:
+            mac.update(name.encode() + b"\0" + request.headers.get(name, "").encode(
+                "utf-8", "surrogateescape") + b"\0")
+        return mac.hexdigest()
+
+    async def _bypass(self, request: web.Request, reason: str, body: bytes = b"") -> web.StreamResponse:
+        self._metrics.bypasses.labels(reason).inc()
+        return await forward(request, prefix=body)
+
+    def _observe_later(self, key: BatchKey, item: Item) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+            self._batcher.submit(key, item))
+        self._observers.add(task)
+        task.add_done_callback(self._observers.discard)
+
+    async def _observe(self, batch: ClosedBatch[BatchKey, Item]) -> dict[Item, None]:
+        """Shadow mode's flush: count and log the batch that would have gone, send nothing."""
+        spec = batch.key.target.spec
+        self._metrics.shadow_batches.labels(spec.name).inc()
+        log.info("batch_shadowed", endpoint=spec.name, project=batch.key.project,
+                 size=batch.waiters, distinct=len(batch.items), reason=batch.reason.value)
+        return dict.fromkeys(batch.items)
+
+
+async def _read_capped(request: web.Request, cap: int) -> tuple[bytes, bool]:
+    """Up to cap+1 bytes of body, and whether that was all of it."""
+    chunks: list[bytes] = []
+    size = 0
+    async with asyncio.timeout(BODY_READ_TIMEOUT):
+        while size <= cap:
+            chunk = await request.content.readany()
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks), False
+
+
+def _render(reply: UpstreamReply) -> web.Response:
+    if hdrs.SET_COOKIE in reply.headers:
+        log.warning("set_cookie_dropped")
+    headers = client_response_headers(reply.headers, also=_REPLY_DROPPED)
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
