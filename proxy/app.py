@@ -135,7 +135,7 @@ def _bad_target(request: web.Request) -> str | None:
     raw = request.raw_path
     if request.method not in ALLOWED_METHODS:
         return f"method {request.method} not allowed"
-    if request.message.url.absolute or not raw.startswith("/") or raw.startswith("//"):
+    if not raw.startswith("/") or raw.startswith("//"):
         return "request target must be a path"
     if "\\" in raw:
         return "backslash in request target"

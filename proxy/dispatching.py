@@ -56,7 +56,7 @@ class BatchTarget:
 @dataclass(eq=False, slots=True)
 class _Tally:
     calls: int = 0
-    splits: int = 0
+    first: Outcome | None = None  # the merged call's own outcome, before any split
 
 
 class Dispatcher:
@@ -74,7 +74,7 @@ class Dispatcher:
         tally = _Tally()
         started = time.perf_counter()
         await self._settle(key, batch.items, batch_id, results, tally)
-        first = results[batch.items[0]]
+        first = tally.first
         m = self._metrics
         m.coalesced.labels(spec.name).inc(batch.waiters)
         m.calls_saved.labels(spec.name).inc(max(batch.waiters - tally.calls, 0))
@@ -92,7 +92,7 @@ class Dispatcher:
             reason=batch.reason.value,
             wait_max_ms=round((batch.closed_at - batch.opened_at) * 1000, 2),
             wait_min_ms=round((batch.closed_at - batch.last_at) * 1000, 2),
-            upstream_status=first.status,
+            upstream_status=first.status if first is not None else None,
             upstream_ms=round((time.perf_counter() - started) * 1000, 2),
             upstream_calls=tally.calls,
             bisect_calls=tally.calls - 1,
@@ -109,10 +109,11 @@ class Dispatcher:
     ) -> None:
         spec = key.target.spec
         outcome = await self._call(key, items, batch_id, tally)
+        if tally.first is None:
+            tally.first = outcome
         if len(items) == 1 or _is_shared(outcome, spec):
             results.update(dict.fromkeys(items, outcome))
             return
-        tally.splits += 1
         self._metrics.bisections.labels(spec.name).inc()
         middle = len(items) // 2
         await asyncio.gather(

@@ -1,0 +1,231 @@
+"""Coalescing with a recording fake upstream: how batches are formed, split and answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from .conftest import ProxyFactory, metric
+from .fakes import FakeUpstream
+
+Client = TestClient[web.Request, web.Application]
+MEMBER = {"Authorization": "Bearer member"}
+STOP = "/api/project/main/runs/stop"
+DELETE = "/api/project/main/runs/delete"
+
+
+async def _stop_all(proxy: Client, names: list[str], headers: dict[str, str] = MEMBER,
+                    abort: bool = False, path: str = STOP) -> list[tuple[int, bytes]]:
+    async def one(name: str) -> tuple[int, bytes]:
+        body = {"runs_names": [name], "abort": abort} if path.endswith("stop") else {
+            "runs_names": [name]}
+        async with proxy.post(path, json=body, headers=headers) as resp:
+            return resp.status, await resp.read()
+    return await asyncio.gather(*(one(n) for n in names))
+
+
+async def test_concurrent_stops_make_one_upstream_call(proxy: Client, fake: FakeUpstream) -> None:
+    names = [f"run-{i}" for i in range(40)]
+    answers = await _stop_all(proxy, names)
+    assert answers == [(200, b"null")] * 40
+    (call,) = fake.runs_calls()
+    assert call.json == {"runs_names": names, "abort": False}
+    assert call.headers["authorization"] == ["Bearer member"]
+    assert call.headers["content-length"] == [str(len(call.body))]
+    assert "x-request-id" in call.headers
+    assert metric(proxy, "proxy_upstream_calls_saved_total", endpoint="runs/stop") == 39
+
+
+async def test_different_credentials_versions_and_flags_never_share_a_call(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    fake.tokens["other"] = True
+    await asyncio.gather(
+        _stop_all(proxy, ["a1", "a2"]),
+        _stop_all(proxy, ["b1", "b2"], headers={"Authorization": "Bearer other"}),
+        _stop_all(proxy, ["c1", "c2"], headers={**MEMBER, "X-API-Version": "0.22.5"}),
+        _stop_all(proxy, ["d1", "d2"], abort=True),
+        _stop_all(proxy, ["e1", "e2"], path="/api/project/other/runs/stop"),
+    )
+    groups = sorted(tuple(c.json["runs_names"]) for c in fake.runs_calls())
+    assert groups == [("a1", "a2"), ("b1", "b2"), ("c1", "c2"), ("d1", "d2"), ("e1", "e2")]
+    tokens = {tuple(c.json["runs_names"]): c.headers["authorization"][0] for c in fake.calls}
+    assert tokens[("b1", "b2")] == "Bearer other"
+
+
+async def test_project_is_matched_as_dstack_matches_it(proxy: Client, fake: FakeUpstream) -> None:
+    await asyncio.gather(
+        _stop_all(proxy, ["a"], path="/api/project/main/runs/stop"),
+        _stop_all(proxy, ["b"], path="/api/project/MAIN/runs/stop"),
+        _stop_all(proxy, ["c"], path="/api/project/m%61in/runs/stop"),
+    )
+    (call,) = fake.runs_calls()
+    assert sorted(call.json["runs_names"]) == ["a", "b", "c"]
+
+
+async def test_duplicate_requests_share_one_item(proxy: Client, fake: FakeUpstream) -> None:
+    answers = await _stop_all(proxy, ["same", "same", "other", "same"])
+    assert answers == [(200, b"null")] * 4
+    (call,) = fake.runs_calls()
+    assert call.json["runs_names"] == ["same", "other"]
+
+
+async def test_one_active_run_fails_only_its_own_caller(proxy: Client, fake: FakeUpstream) -> None:
+    names = [f"run-{i}" for i in range(16)]
+    fake.active_runs = {"run-11"}
+    answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE)))
+    assert answers.pop("run-11") == (
+        400, json.dumps({"detail": [{"msg": "Cannot delete active runs: ['run-11']",
+                                     "code": "error"}]}).encode())
+    assert set(answers.values()) == {(200, b"null")}
+    # One merged call, then two calls per level of the bisection: 1 + 2·log2(16).
+    assert len(fake.runs_calls()) <= 1 + 2 * 4
+    assert metric(proxy, "proxy_bisections_total", endpoint="runs/delete") >= 4
+
+
+async def test_several_failing_callers_each_get_their_own_answer(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    names = [f"r{i}" for i in range(10)]
+    fake.active_runs = {"r0", "r5", "r9"}
+    answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE)))
+    for name in names:
+        status, body = answers[name]
+        if name in fake.active_runs:
+            assert status == 400
+            assert json.loads(body)["detail"][0]["msg"] == f"Cannot delete active runs: ['{name}']"
+        else:
+            assert (status, body) == (200, b"null")
+
+
+async def test_key_wide_refusal_is_fanned_out_with_one_call(proxy: Client, fake: FakeUpstream) -> None:
+    answers = await _stop_all(proxy, [f"r{i}" for i in range(8)],
+                              headers={"Authorization": "Bearer outsider"})
+    assert {a[0] for a in answers} == {403}
+    assert {json.loads(a[1])["detail"]["msg"] for a in answers} == {"Access denied"}
+    assert len(fake.runs_calls()) == 1
+
+
+async def test_upstream_5xx_reaches_every_caller_without_resending(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    fake.status_override = 500
+    answers = await _stop_all(proxy, [f"r{i}" for i in range(6)], path=DELETE)
+    assert {a[0] for a in answers} == {500}
+    assert len(fake.runs_calls()) == 1
+
+
+async def test_upstream_timeout_gives_every_caller_504_without_resending(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(batch_timeout=0.3)
+    fake.gate = asyncio.Event()  # never set: the upstream hangs
+    answers = await _stop_all(proxy, [f"r{i}" for i in range(5)])
+    assert {a[0] for a in answers} == {504}
+    assert len(fake.runs_calls()) == 1
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b'{"runs_names": ["a"], "abort": false, "extra": 1}', "application/json"),
+    (b'{"runs_names": ["a"]}', "application/json"),
+    (b'{"runs_names": [], "abort": false}', "application/json"),
+    (b'{"runs_names": "a", "abort": false}', "application/json"),
+    (b'{"runs_names": ["a"], "abort": "yes"}', "application/json"),
+    (b'{"runs_names": ["a"], "abort": false', "application/json"),
+    (b'{"runs_names": ["a"], "abort": false}', "text/plain"),
+])
+async def test_non_canonical_bodies_pass_through_byte_for_byte(
+    proxy: Client, fake: FakeUpstream, body: bytes, content_type: str
+) -> None:
+    await proxy.post(STOP, data=body, headers={**MEMBER, "Content-Type": content_type})
+    (call,) = fake.runs_calls() or [c for c in fake.calls if c.path == STOP]
+    assert call.body == body
+    assert call.headers["content-type"] == [content_type]
+
+
+async def test_requests_without_a_credential_or_with_a_query_pass_through(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    await asyncio.gather(
+        proxy.post(STOP, json={"runs_names": ["a"], "abort": False}),
+        proxy.post(STOP + "?x=1", json={"runs_names": ["b"], "abort": False}, headers=MEMBER),
+    )
+    assert len([c for c in fake.calls if c.path.startswith(STOP)]) == 2
+    assert metric(proxy, "proxy_coalesce_bypass_total", reason="credentials") == 1
+    assert metric(proxy, "proxy_coalesce_bypass_total", reason="query") == 1
+
+
+async def test_overload_passes_requests_through_instead_of_rejecting(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(max_pending_per_key=3)
+    answers = await _stop_all(proxy, [f"r{i}" for i in range(8)])
+    assert answers == [(200, b"null")] * 8
+    assert metric(proxy, "proxy_coalesce_bypass_total", reason="key_limit") == 5
+    assert len(fake.runs_calls()) == 1 + 5
+
+
+async def test_a_caller_that_leaves_does_not_cancel_the_batch(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(window_ms=300)
+    leaver = asyncio.ensure_future(_stop_all(proxy, ["leaver"]))
+    await asyncio.sleep(0.05)
+    stayer = asyncio.ensure_future(_stop_all(proxy, ["stayer"]))
+    await asyncio.sleep(0.05)
+    leaver.cancel()  # the client disconnects inside the window
+    assert await stayer == [(200, b"null")]
+    (call,) = fake.runs_calls()
+    assert call.json["runs_names"] == ["leaver", "stayer"]  # accepted means executed
+
+
+async def test_shutdown_flushes_open_windows_at_once(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(window_ms=60_000, max_wait_ms=60_000)
+    callers = asyncio.ensure_future(_stop_all(proxy, ["x", "y", "z"]))
+    await asyncio.sleep(0.1)
+    assert fake.runs_calls() == []
+    await proxy.app.shutdown()  # what SIGTERM runs: on_shutdown flushes every window
+    assert await asyncio.wait_for(callers, 5) == [(200, b"null")] * 3
+    (call,) = fake.runs_calls()
+    assert call.json["runs_names"] == ["x", "y", "z"]
+    assert metric(proxy, "proxy_batch_flushes_total", endpoint="runs/stop", reason="close") == 1
+
+
+async def test_shadow_mode_forwards_singly_and_counts_the_batch_it_would_form(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(mode="shadow")
+    answers = await _stop_all(proxy, ["a", "b", "c"])
+    assert answers == [(200, b"null")] * 3
+    assert len(fake.runs_calls()) == 3
+    await asyncio.sleep(0.1)  # the shadow window (20 ms) closes after the answers
+    assert metric(proxy, "proxy_shadow_batches_total", endpoint="runs/stop") == 1
+
+
+async def test_mode_off_is_pure_pass_through(make_proxy: ProxyFactory, fake: FakeUpstream) -> None:
+    proxy = await make_proxy(mode="off")
+    await _stop_all(proxy, ["a", "b", "c"])
+    assert len(fake.runs_calls()) == 3
+    assert metric(proxy, "proxy_coalesced_requests_total", endpoint="runs/stop") == 0
+
+
+async def test_flight_in_progress_collects_the_next_batch(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(window_ms=10)
+    fake.gate = asyncio.Event()
+    first = asyncio.ensure_future(_stop_all(proxy, ["a", "b"]))
+    while len(fake.runs_calls()) < 1:
+        await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(_stop_all(proxy, ["c", "d", "e"]))
+    await asyncio.sleep(0.1)  # well past the window: still held behind the flight
+    assert len(fake.runs_calls()) == 1
+    fake.gate.set()
+    await asyncio.gather(first, second)
+    assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a", "b"], ["c", "d", "e"]]

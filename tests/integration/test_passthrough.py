@@ -1,0 +1,202 @@
+"""Pass-through with a fake upstream: only what a real dstack server cannot be made to do on
+demand (compression, slow streams, odd headers, faults, websockets, huge bodies)."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from .conftest import ProxyFactory
+from .fakes import GZIPPED, MB, FakeUpstream
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def test_gzip_bytes_arrive_unchanged(proxy: Client) -> None:
+    resp = await proxy.get("/gzip", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert resp.status == 200
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert int(resp.headers["Content-Length"]) == len(GZIPPED)
+    assert await resp.read() == GZIPPED
+
+
+async def test_no_accept_encoding_is_invented(proxy: Client, fake: FakeUpstream) -> None:
+    resp = await proxy.get("/anything", skip_auto_headers=["Accept-Encoding", "User-Agent"])
+    assert resp.status == 200
+    sent = fake.calls[-1].headers
+    assert "accept-encoding" not in sent
+    assert "user-agent" not in sent
+
+
+async def test_first_chunk_reaches_client_before_upstream_finishes(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    resp = await proxy.get("/slow")
+    first = await asyncio.wait_for(resp.content.readany(), 5)
+    assert first == b"first;"
+    assert not fake.release_stream.is_set()
+    fake.release_stream.set()
+    assert await resp.read() == b"second"
+
+
+async def test_hop_by_hop_headers_are_stripped_both_ways(proxy: Client, fake: FakeUpstream) -> None:
+    resp = await proxy.get("/headers", headers={
+        "Connection": "keep-alive, X-Client-Private",
+        "X-Client-Private": "secret",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic c2VjcmV0",
+        "TE": "trailers",
+        "X-Kept": "yes",
+    })
+    sent = fake.calls[-1].headers
+    for name in ("x-client-private", "keep-alive", "proxy-authorization", "te"):
+        assert name not in sent
+    assert sent["x-kept"] == ["yes"]
+    for name in ("X-Upstream-Private", "Keep-Alive", "Proxy-Authenticate"):
+        assert name not in resp.headers
+    assert resp.headers.getall("Set-Cookie") == [
+        "a=1; Path=/", "b=2; Expires=Wed, 21 Oct 2015 07:28:00 GMT"]
+
+
+async def test_forwarding_headers_replace_client_supplied_ones(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    await proxy.get("/x", headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"})
+    sent = fake.calls[-1].headers
+    assert sent["x-forwarded-for"] == ["127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["http"]
+    assert sent["x-forwarded-host"] == [f"{proxy.host}:{proxy.port}"]
+    assert sent["host"] == [f"localhost:{fake_port(proxy)}"]
+
+
+def fake_port(proxy: Client) -> int:
+    from proxy.keys import CONFIG_KEY
+    from yarl import URL
+    port = URL(proxy.app[CONFIG_KEY].upstream).port
+    assert port is not None
+    return port
+
+
+async def test_cookies_from_one_user_never_reach_another(proxy: Client, fake: FakeUpstream) -> None:
+    resp = await proxy.get("/headers")  # the upstream sets cookies a and b
+    assert len(resp.headers.getall("Set-Cookie")) == 2
+    proxy.session.cookie_jar.clear()
+    await proxy.get("/x")
+    assert "cookie" not in fake.calls[-1].headers
+
+
+async def test_query_and_raw_path_are_forwarded_verbatim(proxy: Client, fake: FakeUpstream) -> None:
+    resp = await proxy.get("/api/a%2Fb/c?x=1&y=%20")
+    assert resp.status == 200
+    assert fake.calls[-1].path == "/api/a%2Fb/c?x=1&y=%20"
+
+
+async def test_redirect_is_returned_not_followed_and_points_at_the_proxy(proxy: Client) -> None:
+    resp = await proxy.get("/redirect", allow_redirects=False)
+    assert resp.status == 307
+    assert resp.headers["Location"] == f"http://{proxy.host}:{proxy.port}/landing"
+
+
+async def test_connection_reset_before_response_gives_502(proxy: Client) -> None:
+    resp = await proxy.get("/reset")
+    assert resp.status == 502
+    assert resp.headers["X-Proxy-Error"] == "upstream_unavailable"
+    body = await resp.json()
+    assert body["detail"][0]["code"] == "upstream_unavailable"
+
+
+async def test_upstream_hang_gives_504(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(read_timeout=0.3)
+    resp = await proxy.get("/hang")
+    assert resp.status == 504
+    assert (await resp.json())["detail"][0]["code"] == "upstream_timeout"
+
+
+async def test_unreachable_upstream_gives_502(aiohttp_client, unused_tcp_port: int) -> None:
+    from proxy.app import make_app
+    from proxy.config import Config
+    proxy = await aiohttp_client(make_app(Config(upstream=f"http://127.0.0.1:{unused_tcp_port}")))
+    resp = await proxy.post("/api/users/list", json={})
+    assert resp.status == 502
+    assert (await resp.json())["detail"][0]["code"] == "upstream_unavailable"
+
+
+async def test_truncated_upstream_body_aborts_the_client_connection(proxy: Client) -> None:
+    resp = await proxy.get("/truncated")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+
+async def test_absolute_form_target_never_reaches_another_host(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(b"GET http://other-host/x HTTP/1.1\r\nHost: other-host\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("target", [b"//other-host/x", b"/a\\b"])
+async def test_odd_targets_are_refused(proxy: Client, fake: FakeUpstream, target: bytes) -> None:
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert fake.calls == []
+
+
+async def test_websocket_echo_and_close_code_are_relayed(proxy: Client) -> None:
+    async with proxy.ws_connect("/ws", protocols=("echo.v1",)) as ws:
+        assert ws.protocol == "echo.v1"
+        await ws.send_str("hi")
+        assert (await ws.receive_str(timeout=5)) == "echo:hi"
+        await ws.send_bytes(b"abc")
+        assert (await ws.receive_bytes(timeout=5)) == b"cba"
+        await ws.send_str("close-me")
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4001 or msg.data == 4001
+
+
+async def test_refused_websocket_upgrade_keeps_the_upstream_status(proxy: Client) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await proxy.ws_connect("/ws-refused")
+    assert refused.value.status == 403
+
+
+async def test_large_upload_and_download_stream_with_flat_memory(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    size = 50 * MB
+
+    async def body():
+        chunk = b"u" * (256 << 10)
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    tracemalloc.start()
+    try:
+        resp = await proxy.post("/upload", data=body())
+        assert (await resp.json()) == {"size": size}
+        resp = await proxy.get("/download/50")
+        received = 0
+        async for chunk in resp.content.iter_any():
+            received += len(chunk)
+        assert received == size
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Proxy, fake upstream and client share this process: all three together stay far
+    # below one copy of the body.
+    assert peak < 12 * MB, f"peak traced memory {peak / MB:.1f} MiB"
