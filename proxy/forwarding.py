@@ -89,30 +89,37 @@ async def _copy_response(
                 headers[name], upstream_origin=config.upstream,
                 client_origin=f"{request.scheme}://{request.host}")
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    await response.prepare(request)
-    if request.method == hdrs.METH_HEAD or upstream.status in _NO_BODY_STATUSES:
+    try:
+        await response.prepare(request)
+        if request.method != hdrs.METH_HEAD and upstream.status not in _NO_BODY_STATUSES:
+            await _copy_body(request, upstream, response)
         await response.write_eof()
-        return response
+    except ConnectionResetError:  # the client left; aiohttp's ClientConnectionResetError too
+        request.app[METRICS_KEY].disconnects.labels("passthrough").inc()
+        log.debug("client_disconnected")
+        upstream.close()  # a half-read upstream connection must not go back to the pool
+    except _UpstreamBroke:
+        upstream.close()
+        _abort(request)  # the status is already sent: a truncated body must not look complete
+    return response
+
+
+class _UpstreamBroke(Exception):
+    """The upstream failed after the response had started."""
+
+
+async def _copy_body(
+    request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+) -> None:
     while True:
         try:
             chunk = await upstream.content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            # The status is already sent: abort rather than let a truncated body look complete.
             log.warning("upstream_stream_failed", error=type(exc).__name__)
-            upstream.close()
-            _abort(request)
-            return response
+            raise _UpstreamBroke from exc
         if not chunk:
-            break
-        try:
-            await response.write(chunk)  # awaited: back-pressure against slow readers
-        except ConnectionResetError:
-            request.app[METRICS_KEY].disconnects.labels("passthrough").inc()
-            log.debug("client_disconnected")
-            upstream.close()  # a half-read upstream connection must not go back to the pool
-            return response
-    await response.write_eof()
-    return response
+            return
+        await response.write(chunk)  # awaited: back-pressure against slow readers
 
 
 def _abort(request: web.Request) -> None:
