@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from tests.e2e.dstack_harness import DstackServer
 
-from .processes import FastUpstream, ProxyProcess
+from tests.e2e.processes import FastUpstream, ProxyProcess
 
 SMALL_POST = "/api/users/get_my_user"
 

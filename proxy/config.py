@@ -166,6 +166,13 @@ def _endpoints(v: Any) -> tuple[EndpointSpec, ...]:
     return specs
 
 
+def _flag(v: Any) -> bool:
+    # A quoted "false" must never switch an endpoint on, as bool("false") would.
+    if not isinstance(v, bool):
+        raise ValueError(f"enabled must be true or false, not {v!r}")
+    return v
+
+
 def _endpoint(e: Any) -> EndpointSpec:
     if not isinstance(e, dict):
         raise ValueError("expected each endpoint to be a mapping")
@@ -180,7 +187,7 @@ def _endpoint(e: Any) -> EndpointSpec:
             item_type=e.get("item_type", "str"),
             equal_fields=tuple((str(k), t) for k, t in (e.get("equal_fields") or {}).items()),
             key_wide_statuses=frozenset(int(s) for s in e.get("key_wide_statuses", (401, 403, 404))),
-            enabled=bool(e.get("enabled", True)),
+            enabled=_flag(e.get("enabled", True)),
         )
     except KeyError as missing:
         raise ValueError(f"endpoint entry misses {missing}") from None
@@ -229,8 +236,11 @@ def build_config(values: Mapping[str, tuple[Any, str]]) -> Config:
             raise ConfigError(f"invalid {name} from {source}: {raw!r} ({exc})") from None
     config = Config(**parsed)
     if config.max_wait_ms < config.window_ms:
+        def where(name: str) -> str:
+            return values[name][1] if name in values else "default"
         raise ConfigError(
-            f"invalid max_wait_ms: {config.max_wait_ms!r} (must be >= window_ms {config.window_ms})")
+            f"invalid max_wait_ms from {where('max_wait_ms')}: {config.max_wait_ms!r} (must be >= "
+            f"window_ms {config.window_ms!r} from {where('window_ms')})")
     return config
 
 

@@ -113,7 +113,8 @@ def forwarding_headers(
     front of this one); otherwise a new chain starts here, so clients cannot forge their address.
     """
     out: CIMultiDict[str] = CIMultiDict()
-    chain = headers.get(hdrs.X_FORWARDED_FOR) if trusted_peer else None
+    # Repeated header lines are one comma-joined list (RFC 9110 §5.3).
+    chain = ", ".join(headers.getall(hdrs.X_FORWARDED_FOR, ())) if trusted_peer else None
     if remote:
         out[hdrs.X_FORWARDED_FOR] = f"{chain}, {remote}" if chain else remote
     out[hdrs.X_FORWARDED_PROTO] = (

@@ -1,4 +1,4 @@
-"""Processes the benchmarks and the demo run side by side: the proxy itself (the real console
+"""Processes the e2e tests, the benchmarks and the demo run side by side: the proxy itself (the real console
 entry point, in its own process) and a minimal fast upstream."""
 
 from __future__ import annotations

@@ -1,0 +1,117 @@
+"""Coalescing against a REAL dstack server. Upstream calls are counted from the server's own
+log (`Processed request POST …/runs/stop`), and who stopped which run from its events API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Iterator
+
+import pytest
+
+from .dstack_harness import (
+    DstackServer,
+    add_member,
+    create_active_runs,
+    create_user,
+    run_states,
+    stop_runs_until_finished,
+)
+from .real import burst, stop_events
+
+PROJECT = "main"
+STOP = f"/api/project/{PROJECT}/runs/stop"
+DELETE = f"/api/project/{PROJECT}/runs/delete"
+FINISHED = {"terminated", "failed", "done"}
+
+
+@pytest.fixture
+def cleanup(dstack_server: DstackServer) -> Iterator[list[str]]:
+    """Runs to leave finished after the test: pending runs keep the server's pipeline busy."""
+    names: list[str] = []
+    yield names
+    stop_runs_until_finished(dstack_server, PROJECT, names)
+
+
+async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_call_each(
+    dstack_server: DstackServer, proxy_url: str, cleanup: list[str]
+) -> None:
+    names = [f"burst-{i}" for i in range(40)]
+    cleanup += names
+    create_active_runs(dstack_server, PROJECT, names)
+    token = dstack_server.admin_token
+
+    mark = dstack_server.log_mark()
+    answers = await burst(proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in names],
+                          token)
+    states = run_states(dstack_server, PROJECT)  # right after the answers (§1.5 race)
+    assert answers == [(200, b"null")] * 40
+    assert dstack_server.count_requests("/runs/stop", since=mark) <= 2
+    stopped = stop_events(dstack_server, PROJECT, names)
+    assert {n: [actor for _, actor in stopped[n]] for n in names} == {n: ["admin"] for n in names}
+    assert all(states[n] == "terminating" or states[n] in FINISHED for n in names), states
+
+    stop_runs_until_finished(dstack_server, PROJECT, names)  # deletable only once finished
+    mark = dstack_server.log_mark()
+    answers = await burst(proxy_url, DELETE, [{"runs_names": [n]} for n in names], token)
+    assert answers == [(200, b"null")] * 40
+    assert dstack_server.count_requests("/runs/delete", since=mark) <= 2
+    after = run_states(dstack_server, PROJECT, include_deleted=True)
+    assert {after[n] for n in names} == {"deleted"}
+
+
+async def test_one_active_run_fails_only_its_own_delete_with_dstacks_own_answer(
+    dstack_server: DstackServer, proxy_url: str, cleanup: list[str]
+) -> None:
+    names = [f"mixed-{i}" for i in range(12)]
+    active = "mixed-7"
+    cleanup += names
+    create_active_runs(dstack_server, PROJECT, names)
+    stop_runs_until_finished(dstack_server, PROJECT, [n for n in names if n != active])
+    token = dstack_server.admin_token
+
+    mark = dstack_server.log_mark()
+    answers = dict(zip(names, await burst(proxy_url, DELETE, [{"runs_names": [n]} for n in names],
+                                          token)))
+    calls = dstack_server.count_requests("/runs/delete", since=mark)
+    alone = (await burst(dstack_server.url, DELETE, [{"runs_names": [active]}], token))[0]
+
+    assert alone[0] == 400
+    assert json.loads(alone[1])["detail"][0]["msg"] == f"Cannot delete active runs: ['{active}']"
+    assert answers.pop(active) == alone
+    assert set(answers.values()) == {(200, b"null")}
+    assert calls <= 2 * math.log2(len(names)) + 2
+    after = run_states(dstack_server, PROJECT, include_deleted=True)
+    assert {n: after[n] for n in answers} == dict.fromkeys(answers, "deleted")
+    assert after[active] not in FINISHED | {"deleted"}
+
+
+async def test_member_and_non_member_stopping_at_once_never_share_a_call(
+    dstack_server: DstackServer, proxy_url: str, cleanup: list[str]
+) -> None:
+    member = create_user(dstack_server, "team-member")
+    add_member(dstack_server, PROJECT, "team-member", "user")
+    outsider = create_user(dstack_server, "outsider")
+    mine, theirs = [f"own-{i}" for i in range(5)], [f"target-{i}" for i in range(5)]
+    cleanup += mine + theirs
+    create_active_runs(dstack_server, PROJECT, mine + theirs)
+
+    mark = dstack_server.log_mark()
+    member_answers, outsider_answers = await asyncio.gather(
+        burst(proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in mine], member),
+        burst(proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in theirs], outsider),
+    )
+    states = run_states(dstack_server, PROJECT)
+    direct = (await burst(dstack_server.url, STOP, [{"runs_names": [theirs[0]], "abort": False}],
+                          outsider))[0]
+
+    assert member_answers == [(200, b"null")] * 5
+    assert direct[0] == 403
+    assert outsider_answers == [direct] * 5
+    assert all(states[n] not in FINISHED | {"terminating"} for n in theirs), states
+    events = stop_events(dstack_server, PROJECT, mine + theirs)
+    assert {n: [a for _, a in events[n]] for n in mine} == dict.fromkeys(mine, ["team-member"])
+    assert {n: events[n] for n in theirs} == dict.fromkeys(theirs, [])
+    # One call per credential: the member's batch and the outsider's (plus the direct probe).
+    assert dstack_server.count_requests("/runs/stop", since=mark) <= 3

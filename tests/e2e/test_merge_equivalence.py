@@ -1,0 +1,145 @@
+"""Merge equivalence, as a property against a REAL dstack server: random callers (credential,
+names, flags), run sets and run states give, through the proxy, the same per-caller status and
+body and the same final effect as the same requests sent one by one straight to the server.
+
+Two fresh projects hold identical runs per example; the direct requests go to one, the proxied
+burst to the other, so the bodies (which name runs, never projects) compare byte for byte, but
+for one thing: dstack lists the active runs of a refused delete in database order, which is
+arbitrary and differs between the two projects, so those lists are compared as sets. (Each
+caller's exact bytes against its own run are checked in test_coalescing_real.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
+
+from .dstack_harness import (
+    DstackServer,
+    add_member,
+    create_active_runs,
+    create_project,
+    create_user,
+    run_states,
+    stop_runs_until_finished,
+)
+from .real import burst, send_one_by_one, stop_events
+
+POOL = ("r-a", "r-b", "r-c", "r-d")
+NAMES = st.lists(st.sampled_from((*POOL, "ghost")), min_size=1, max_size=3)
+CREDENTIALS = ("admin", "member", "outsider")
+_examples = itertools.count()
+
+
+@dataclass(frozen=True)
+class Caller:
+    credential: str
+    names: tuple[str, ...]
+    abort: bool
+
+
+@dataclass(frozen=True)
+class Scenario:
+    op: str
+    finished: frozenset[str]
+    callers: tuple[Caller, ...]
+
+
+scenarios = st.builds(
+    Scenario,
+    op=st.sampled_from(("stop", "delete")),
+    finished=st.frozensets(st.sampled_from(POOL)),
+    callers=st.lists(
+        st.builds(Caller, st.sampled_from(CREDENTIALS), NAMES.map(tuple), st.booleans()),
+        min_size=2, max_size=8,
+    ).map(tuple),
+)
+
+
+@pytest.fixture(scope="module")
+def tokens(dstack_server: DstackServer) -> dict[str, str]:
+    return {"admin": dstack_server.admin_token,
+            "member": create_user(dstack_server, "eq-member"),
+            "outsider": create_user(dstack_server, "eq-outsider")}
+
+
+def _prepare(server: DstackServer, project: str, finished: frozenset[str]) -> None:
+    create_project(server, project)
+    add_member(server, project, "eq-member", "user")
+    create_active_runs(server, project, POOL)
+    stop_runs_until_finished(server, project, sorted(finished))
+
+
+def _in_both(fn, *projects: str) -> None:  # type: ignore[no-untyped-def]
+    with ThreadPoolExecutor(len(projects)) as pool:
+        list(pool.map(fn, projects))
+
+
+_ACTIVE_RUNS = re.compile(rb"Cannot delete active runs: \[([^\]]*)\]")
+
+
+def _normalised(answers: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def sort_names(m: re.Match[bytes]) -> bytes:
+        return b"Cannot delete active runs: [" + b", ".join(sorted(m[1].split(b", "))) + b"]"
+    return [(status, _ACTIVE_RUNS.sub(sort_names, body)) for status, body in answers]
+
+
+def _body(scenario: Scenario, caller: Caller) -> dict[str, object]:
+    body: dict[str, object] = {"runs_names": list(caller.names)}
+    if scenario.op == "stop":
+        body["abort"] = caller.abort
+    return body
+
+
+async def _send(base: str, project: str, scenario: Scenario, tokens: dict[str, str],
+                together: bool) -> list[tuple[int, bytes]]:
+    path = f"/api/project/{project}/runs/{scenario.op}"
+    if together:  # the burst an old web UI sends: everything at once
+        groups = await asyncio.gather(*(
+            burst(base, path, [_body(scenario, c)], tokens[c.credential])
+            for c in scenario.callers))
+        return [answer for group in groups for answer in group]
+    answers = []
+    for c in scenario.callers:
+        answers += await send_one_by_one(base, path, [_body(scenario, c)], tokens[c.credential])
+    return answers
+
+
+def _effect(server: DstackServer, project: str, op: str) -> object:
+    if op == "delete":
+        states = run_states(server, project, include_deleted=True)
+        return {n: states[n] == "deleted" for n in POOL}
+    stopped = stop_events(server, project, list(POOL))
+    return {n: sorted({actor for _, actor in stopped[n]}) for n in POOL}
+
+
+@settings(max_examples=4, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(Scenario("delete", frozenset({"r-a", "r-b", "r-c"}), (
+    Caller("admin", ("r-a",), False), Caller("admin", ("r-b", "r-d"), False),
+    Caller("member", ("r-c", "ghost"), False), Caller("admin", ("r-b",), False),
+    Caller("outsider", ("r-a",), False))))
+@given(scenario=scenarios)
+def test_proxied_burst_is_equivalent_to_direct_one_by_one(
+    dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
+) -> None:
+    k = next(_examples)
+    direct_project, proxied_project = f"eq{k}-direct", f"eq{k}-proxied"
+    _in_both(lambda p: _prepare(dstack_server, p, scenario.finished),
+             direct_project, proxied_project)
+    try:
+        direct = asyncio.run(_send(dstack_server.url, direct_project, scenario, tokens, False))
+        direct_effect = _effect(dstack_server, direct_project, scenario.op)
+        proxied = asyncio.run(_send(proxy_url, proxied_project, scenario, tokens, True))
+        proxied_effect = _effect(dstack_server, proxied_project, scenario.op)
+    finally:
+        _in_both(lambda p: stop_runs_until_finished(dstack_server, p, list(POOL)),
+                 direct_project, proxied_project)
+    assert _normalised(proxied) == _normalised(direct)
+    assert proxied_effect == direct_effect
