@@ -161,6 +161,8 @@ class FakeUpstream:
         total = int(request.match_info["mb"]) * MB
         resp = web.StreamResponse(headers={"Content-Length": str(total)})
         await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
         chunk = b"d" * (256 << 10)
         for _ in range(total // len(chunk)):
             await resp.write(chunk)

@@ -200,3 +200,31 @@ async def test_large_upload_and_download_stream_with_flat_memory(
     # Proxy, fake upstream and client share this process: all three together stay far
     # below one copy of the body.
     assert peak < 12 * MB, f"peak traced memory {peak / MB:.1f} MiB"
+
+
+async def test_request_content_length_is_kept_so_upload_limits_still_hold(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    # dstack reads its upload limit from Content-Length only; re-chunking would bypass it.
+    body = b"x" * 3000
+    await proxy.post("/api/project/main/repos/upload_code", data=body)
+    call = fake.calls[-1]
+    assert call.headers["content-length"] == ["3000"]
+    assert "transfer-encoding" not in call.headers
+    assert call.body == body
+
+
+async def test_head_gets_the_upstream_headers_and_no_body(proxy: Client) -> None:
+    resp = await proxy.head("/download/1")
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == str(MB)
+    assert await resp.read() == b""
+
+
+async def test_idle_upstream_connections_close_before_uvicorns_keep_alive(proxy: Client) -> None:
+    # uvicorn closes idle connections after 5 s; reusing one it just closed fails at random
+    # with "server disconnected" (PROXY-PITFALLS A10).
+    from proxy.keys import SESSION_KEY
+    connector = proxy.app[SESSION_KEY].connector
+    assert connector is not None
+    assert connector._keepalive_timeout < 5  # noqa: SLF001 - aiohttp exposes no getter

@@ -1,0 +1,60 @@
+"""Coalescing against a real dstack server: for N = 10, 40, 100 one-run stops (then deletes),
+upstream calls and wall time sent straight to the server, through the proxy, and as one direct
+batch, side by side in one run. Medians over rounds; each way gets fresh runs every round.
+
+    .venv/bin/python -m bench.coalescing [--sizes 10 40 100] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from tests.e2e.dstack_harness import DstackServer
+from tests.e2e.processes import ProxyProcess
+
+from .workload import WAYS, Measured, stop_then_delete, table
+
+
+def _median(rows: list[Measured]) -> Measured:
+    first = rows[0]
+    return Measured(first.way, first.op, first.callers,
+                    int(statistics.median(r.upstream_calls for r in rows)),
+                    statistics.median(r.wall_s for r in rows), all(r.ok for r in rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 40, 100])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    samples: dict[tuple[str, int, str], list[Measured]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-coalescing-") as tmp, DstackServer() as server:
+        with ProxyProcess(server.url, Path(tmp) / "proxy.log", "--log-level", "warning") as proxy:
+            serial = 0
+            for n in args.sizes:
+                for round_ in range(args.rounds):
+                    for way in WAYS:  # interleaved, so drift in the machine hits every way
+                        serial += 1
+                        names = [f"b{serial}-{i}" for i in range(n)]
+                        for m in stop_then_delete(server, proxy.url, way, "main", names):
+                            samples.setdefault((m.op, n, way), []).append(m)
+                        print(f"N={n} round {round_ + 1} {way}: done", flush=True)
+    rows = [_median(v) for _, v in sorted(samples.items(), key=lambda kv: (
+        kv[0][0] != "stop", kv[0][1], WAYS.index(kv[0][2])))]  # type: ignore[arg-type]
+    print(f"\nMedians of {args.rounds} rounds\n" + table(rows))
+    print("\n| op | N | direct singles / proxy (wall) | proxy / direct batch (wall) |")
+    print("|---|---|---|---|")
+    by = {(r.op, r.callers, r.way): r for r in rows}
+    for op in ("stop", "delete"):
+        for n in args.sizes:
+            d, p, b = (by[(op, n, w)] for w in WAYS)
+            print(f"| {op} | {n} | {d.wall_s / p.wall_s:.1f}x | {p.wall_s / b.wall_s:.1f}x |")
+    print(json.dumps([r.__dict__ for r in rows]))
+
+
+if __name__ == "__main__":
+    main()

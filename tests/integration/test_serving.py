@@ -1,0 +1,97 @@
+"""The proxy as it runs in production: its own process (`python -m proxy`), both listeners,
+JSON logs, and SIGTERM draining, in front of the recording fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.processes import ProxyProcess
+
+from .fakes import FakeUpstream
+
+SECRET = "very-secret-token"
+
+
+@pytest.fixture
+async def proxy_process(upstream_server: Any, tmp_path: Path) -> AsyncIterator[ProxyProcess]:
+    proxy = ProxyProcess(f"http://localhost:{upstream_server.port}", tmp_path / "proxy.log",
+                         "--window-ms", "2000", "--max-wait-ms", "5000", "--drain-seconds", "5")
+    await asyncio.to_thread(proxy.__enter__)
+    yield proxy
+    await asyncio.to_thread(proxy.stop)
+
+
+async def test_sigterm_drains_in_flight_requests_and_flushes_open_batches(
+    proxy_process: ProxyProcess, fake: FakeUpstream
+) -> None:
+    fake.gate = asyncio.Event()  # hold runs/* calls upstream until released
+    headers = {"Authorization": "Bearer member"}
+    async with aiohttp.ClientSession() as session:
+        async def stop(name: str) -> tuple[int, str]:
+            async with session.post(proxy_process.url + "/api/project/main/runs/stop",
+                                    json={"runs_names": [name], "abort": False},
+                                    headers=headers) as resp:
+                return resp.status, await resp.text()
+        callers = asyncio.gather(stop("a"), stop("b"))
+        await asyncio.sleep(0.3)  # inside the 2 s window: nothing sent yet
+        assert fake.runs_calls() == []
+        assert proxy_process.proc is not None
+        proxy_process.proc.send_signal(signal.SIGTERM)
+        while not fake.runs_calls():  # the window is flushed at once, not after 2 s
+            await asyncio.sleep(0.02)
+        fake.gate.set()
+        assert await asyncio.wait_for(callers, 5) == [(200, "null"), (200, "null")]
+    assert await asyncio.to_thread(proxy_process.proc.wait, 10) == 0
+    (call,) = fake.runs_calls()
+    assert call.json == {"runs_names": ["a", "b"], "abort": False}
+
+
+async def test_admin_listener_reports_health_readiness_and_metrics(
+    proxy_process: ProxyProcess, upstream_server: Any
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy_process.admin_url + "/healthz") as resp:
+            assert resp.status == 200
+        async with session.get(proxy_process.admin_url + "/readyz") as resp:
+            assert resp.status == 200
+        async with session.post(proxy_process.url + "/api/anything", json={}) as resp:
+            assert resp.status == 200
+        async with session.get(proxy_process.admin_url + "/metrics") as resp:
+            text = await resp.text()
+            assert resp.headers["Content-Type"].startswith("text/plain")
+        assert 'proxy_requests_total{route="api",status="200"} 1.0' in text
+        assert "proxy_upstream_latency_seconds_bucket" in text
+        assert "proxy_requests_in_flight" in text
+        # dstack's own /metrics on the public port is the upstream's, not the proxy's
+        async with session.get(proxy_process.url + "/metrics") as resp:
+            assert "proxy_requests_total" not in await resp.text()
+        await upstream_server.close()
+        async with session.get(proxy_process.admin_url + "/readyz") as resp:
+            assert resp.status == 503
+
+
+async def test_logs_are_json_name_upstream_errors_and_never_credentials(
+    proxy_process: ProxyProcess, upstream_server: Any
+) -> None:
+    headers = {"Authorization": f"Bearer {SECRET}", "Cookie": f"session={SECRET}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy_process.url + "/api/project/main/runs/stop",
+                                json={"runs_names": ["a"], "abort": False}, headers=headers):
+            pass
+        await upstream_server.close()
+        async with session.get(proxy_process.url + "/api/x", headers=headers) as resp:
+            assert resp.status == 502
+    await asyncio.to_thread(proxy_process.stop)
+    lines = proxy_process.log.read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    names = [e["event"] for e in events]
+    assert {"listening", "batch_flushed", "upstream_failed", "shutdown_complete"} <= set(names)
+    assert SECRET not in proxy_process.log.read_text()
