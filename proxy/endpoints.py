@@ -79,6 +79,8 @@ DEFAULT_ENDPOINTS: Final = (
                  "str"),
     EndpointSpec("repos/delete", "/api/project/{project}/repos/delete", "repos_ids", "str",
                  enabled=False),
+    EndpointSpec("backends/delete", "/api/project/{project}/backends/delete", "backends_names",
+                 "str", enabled=False),
 )
 
 

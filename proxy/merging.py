@@ -49,7 +49,7 @@ class Merger:
         flush = dispatcher.flush if config.mode == "on" else self._observe
         self._batcher: Batcher[BatchKey, Item, UpstreamReply] = Batcher(
             flush, window=config.window, max_size=config.max_batch, max_wait=config.max_wait)
-        self._observers: set[asyncio.Task[object]] = set()
+        self._observers: set[asyncio.Task[None]] = set()  # shadow submissions under way
         metrics.pending.set_function(lambda: self._batcher.pending)
 
     def match(self, request: web.Request) -> tuple[EndpointSpec, str] | None:
@@ -145,10 +145,15 @@ class Merger:
         return await forward(request, prefix=body)
 
     def _observe_later(self, key: BatchKey, item: Item) -> None:
-        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-            self._batcher.submit(key, item))
+        task = asyncio.get_running_loop().create_task(self._observe_one(key, item))
         self._observers.add(task)
         task.add_done_callback(self._observers.discard)
+
+    async def _observe_one(self, key: BatchKey, item: Item) -> None:
+        try:
+            await self._batcher.submit(key, item)
+        except BatcherClosed:  # shutting down: there is nothing left to observe
+            pass
 
     async def _observe(self, batch: ClosedBatch[BatchKey, Item]) -> dict[Item, None]:
         """Shadow mode's flush: count and log the batch that would have gone, send nothing."""

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from typing import Any
 
+import aiohttp
+import aiohttp.abc
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from proxy.app import make_app
+from proxy.config import Config
 
 from .conftest import ProxyFactory, metric
 from .fakes import FakeUpstream
@@ -229,3 +237,38 @@ async def test_flight_in_progress_collects_the_next_batch(
     fake.gate.set()
     await asyncio.gather(first, second)
     assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a", "b"], ["c", "d", "e"]]
+
+
+class _FailOnceResolver(aiohttp.abc.AbstractResolver):
+    """Resolves `localhost` to loopback, but fails the first look-up: a connection that could
+    not even be opened, so nothing reached the upstream."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET
+                      ) -> list[aiohttp.abc.ResolveResult]:
+        self.lookups += 1
+        if self.lookups == 1:
+            raise OSError("temporary failure in name resolution")
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_merged_call_that_could_not_connect_is_sent_once_more(
+    aiohttp_client: AiohttpClient, upstream_server: Any, fake: FakeUpstream
+) -> None:
+    resolver = _FailOnceResolver()
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as session:
+        config = Config(upstream=f"http://localhost:{upstream_server.port}")
+        proxy = await aiohttp_client(make_app(config, session=session))
+        answers = await _stop_all(proxy, ["a", "b"])
+    assert answers == [(200, b"null")] * 2
+    assert resolver.lookups == 2
+    assert len(fake.runs_calls()) == 1
