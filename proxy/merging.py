@@ -81,12 +81,17 @@ class Merger:
             return await self._bypass(request, reason, body)
         try:
             reply = await self._batcher.submit(key, parsed.item)
+        except asyncio.CancelledError:  # the client left, with handler_cancellation on
+            self._metrics.disconnects.labels("coalesced").inc()  # its item still goes upstream
+            raise
         except BatcherClosed:
             return await self._bypass(request, "closed", body)
         except UpstreamError as exc:
             return error_response(exc)
         finally:
             self._limits.release(key, len(body))
+        if request.transport is None or request.transport.is_closing():
+            self._metrics.disconnects.labels("coalesced").inc()  # left, yet its item went
         return _render(reply)
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,11 +12,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .dstack_harness import find_free_port
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
@@ -67,7 +62,7 @@ class ProxyProcess(Background):
     """`python -m proxy` in front of `upstream`, on free loopback ports."""
 
     def __init__(self, upstream: str, log: Path, *extra: str) -> None:
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port = find_free_port(), find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         super().__init__(
@@ -80,7 +75,7 @@ class FastUpstream(Background):
     """A tiny aiohttp app answering `null` to anything: the proxy's own cost, isolated."""
 
     def __init__(self, log: Path) -> None:
-        self.port = free_port()
+        self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__([sys.executable, "-m", "bench.fast_upstream", str(self.port)],
                          f"{self.url}/healthcheck", log)

@@ -181,14 +181,22 @@ async def test_a_caller_that_leaves_does_not_cancel_the_batch(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
     proxy = await make_proxy(window_ms=300)
-    leaver = asyncio.ensure_future(_stop_all(proxy, ["leaver"]))
+    body = b'{"runs_names": ["leaver"], "abort": false}'
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(b"POST " + STOP.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer member\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
     await asyncio.sleep(0.05)
     stayer = asyncio.ensure_future(_stop_all(proxy, ["stayer"]))
     await asyncio.sleep(0.05)
-    leaver.cancel()  # the client disconnects inside the window
+    writer.close()  # the client disconnects inside the window
+    await writer.wait_closed()
     assert await stayer == [(200, b"null")]
     (call,) = fake.runs_calls()
     assert call.json["runs_names"] == ["leaver", "stayer"]  # accepted means executed
+    await asyncio.sleep(0.05)  # the leaver's handler finishes with the batch
+    assert metric(proxy, "proxy_client_disconnects_total", route="coalesced") == 1
 
 
 async def test_shutdown_flushes_open_windows_at_once(
