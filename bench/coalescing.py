@@ -21,9 +21,14 @@ from .workload import WAYS, Measured, stop_then_delete, table
 
 def _median(rows: list[Measured]) -> Measured:
     first = rows[0]
-    return Measured(first.way, first.op, first.callers,
-                    int(statistics.median(r.upstream_calls for r in rows)),
-                    statistics.median(r.wall_s for r in rows), all(r.ok for r in rows))
+    return Measured(
+        first.way,
+        first.op,
+        first.callers,
+        int(statistics.median(r.upstream_calls for r in rows)),
+        statistics.median(r.wall_s for r in rows),
+        all(r.ok for r in rows),
+    )
 
 
 def main() -> None:
@@ -32,19 +37,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     samples: dict[tuple[str, int, str], list[Measured]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-coalescing-") as tmp, DstackServer() as server:
-        with ProxyProcess(server.url, Path(tmp) / "proxy.log", "--log-level", "warning") as proxy:
-            serial = 0
-            for n in args.sizes:
-                for round_ in range(args.rounds):
-                    for way in WAYS:  # interleaved, so drift in the machine hits every way
-                        serial += 1
-                        names = [f"b{serial}-{i}" for i in range(n)]
-                        for m in stop_then_delete(server, proxy.url, way, "main", names):
-                            samples.setdefault((m.op, n, way), []).append(m)
-                        print(f"N={n} round {round_ + 1} {way}: done", flush=True)
-    rows = [_median(v) for _, v in sorted(samples.items(), key=lambda kv: (
-        kv[0][0] != "stop", kv[0][1], WAYS.index(kv[0][2])))]  # type: ignore[arg-type]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-coalescing-") as tmp,
+        DstackServer() as server,
+        ProxyProcess(server.url, Path(tmp) / "proxy.log", "--log-level", "warning") as proxy,
+    ):
+        serial = 0
+        for n in args.sizes:
+            for round_ in range(args.rounds):
+                for way in WAYS:  # interleaved, so drift in the machine hits every way
+                    serial += 1
+                    names = [f"b{serial}-{i}" for i in range(n)]
+                    for m in stop_then_delete(server, proxy.url, way, "main", names):
+                        samples.setdefault((m.op, n, way), []).append(m)
+                        print(
+                            f"round {round_ + 1}: {m.op} N={n} {way}: "
+                            f"{m.upstream_calls} calls, {m.wall_s:.3f} s, ok={m.ok}",
+                            flush=True,
+                        )
+    rows = [
+        _median(v)
+        for _, v in sorted(
+            samples.items(), key=lambda kv: (kv[0][0] != "stop", kv[0][1], WAYS.index(kv[0][2]))
+        )
+    ]  # type: ignore[arg-type]
     print(f"\nMedians of {args.rounds} rounds\n" + table(rows))
     print("\n| op | N | direct singles / proxy (wall) | proxy / direct batch (wall) |")
     print("|---|---|---|---|")

@@ -24,12 +24,13 @@ from .workload import Measured, stop_then_delete, table
 async def _show_passthrough(server: DstackServer, proxy_url: str) -> None:
     headers = {"Authorization": f"Bearer {server.admin_token}"}
     async with aiohttp.ClientSession() as session:
-        for method, path, body in (("GET", "/healthcheck", None),
-                                   ("POST", "/api/users/get_my_user", {}),
-                                   ("POST", "/api/projects/list", {})):
+        for method, path, body in (
+            ("GET", "/healthcheck", None),
+            ("POST", "/api/users/get_my_user", {}),
+            ("POST", "/api/projects/list", {}),
+        ):
             for name, base in (("direct", server.url), ("proxy ", proxy_url)):
-                async with session.request(method, base + path, json=body,
-                                           headers=headers) as resp:
+                async with session.request(method, base + path, json=body, headers=headers) as resp:
                     text = (await resp.text())[:70]
                 print(f"  {name} {method:4} {path:24} -> {resp.status} {text}")
 
@@ -40,18 +41,25 @@ def main() -> None:
     args = parser.parse_args()
     n = args.runs
     print("Starting a real dstack server on loopback (about 20 s) ...")
-    with tempfile.TemporaryDirectory(prefix="coalescer-demo-") as tmp, DstackServer() as server:
-        with ProxyProcess(server.url, Path(tmp) / "proxy.log") as proxy:
-            print(f"dstack server {server.url}, dstack-coalescer {proxy.url} "
-                  f"(admin {proxy.admin_url})\n\nTraffic passing through:")
-            asyncio.run(_show_passthrough(server, proxy.url))
-            rows: list[Measured] = []
-            for way in ("direct singles", "proxy singles"):
-                print(f"\n{way}: creating {n} runs, stopping them with {n} concurrent one-run "
-                      "requests, then deleting them the same way ...")
-                names = [f"demo-{way.split()[0]}-{i}" for i in range(n)]
-                rows += stop_then_delete(server, proxy.url, way, "main", names)  # type: ignore[arg-type]
-            metrics = urllib.request.urlopen(f"{proxy.admin_url}/metrics").read().decode()
+    with (
+        tempfile.TemporaryDirectory(prefix="coalescer-demo-") as tmp,
+        DstackServer() as server,
+        ProxyProcess(server.url, Path(tmp) / "proxy.log") as proxy,
+    ):
+        print(
+            f"dstack server {server.url}, dstack-coalescer {proxy.url} "
+            f"(admin {proxy.admin_url})\n\nTraffic passing through:"
+        )
+        asyncio.run(_show_passthrough(server, proxy.url))
+        rows: list[Measured] = []
+        for way in ("direct singles", "proxy singles"):
+            print(
+                f"\n{way}: creating {n} runs, stopping them with {n} concurrent one-run "
+                "requests, then deleting them the same way ..."
+            )
+            names = [f"demo-{way.split()[0]}-{i}" for i in range(n)]
+            rows += stop_then_delete(server, proxy.url, way, "main", names)  # type: ignore[arg-type]
+        metrics = urllib.request.urlopen(f"{proxy.admin_url}/metrics").read().decode()
     rows.sort(key=lambda r: (r.op != "stop", r.way))
     print("\n" + table(rows))
     saved = [ln for ln in metrics.splitlines() if ln.startswith("proxy_upstream_calls_saved_total")]

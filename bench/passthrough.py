@@ -20,7 +20,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.e2e.dstack_harness import DstackServer
-
 from tests.e2e.processes import FastUpstream, ProxyProcess
 
 SMALL_POST = "/api/users/get_my_user"
@@ -48,8 +47,10 @@ def _pct(samples: list[float], q: float) -> float:
 
 def latency(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
     """p50/p99 of a small POST, direct and via the proxy, interleaved in rounds of 50."""
-    with DstackServer() as server, ProxyProcess(server.url, workdir / "proxy-latency.log",
-                                                "--log-level", "warning") as proxy:
+    with (
+        DstackServer() as server,
+        ProxyProcess(server.url, workdir / "proxy-latency.log", "--log-level", "warning") as proxy,
+    ):
         direct: list[float] = []
         proxied: list[float] = []
         _timed_posts(server.url, server.admin_token, 20)  # warm-up
@@ -57,8 +58,10 @@ def latency(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
         for _ in range(max(requests // 50, 1)):
             direct += _timed_posts(server.url, server.admin_token, 50)
             proxied += _timed_posts(proxy.url, server.admin_token, 50)
-    return {name: {"p50": _pct(s, 50), "p99": _pct(s, 99)}
-            for name, s in (("direct", direct), ("proxy", proxied))}
+    return {
+        name: {"p50": _pct(s, 50), "p99": _pct(s, 99)}
+        for name, s in (("direct", direct), ("proxy", proxied))
+    }
 
 
 _WRK_SCRIPT = """wrk.method = "POST"
@@ -76,12 +79,17 @@ def throughput(seconds: int, workdir: Path) -> dict[str, float]:
     script = workdir / "post.lua"
     script.write_text(_WRK_SCRIPT)
     out = {}
-    with FastUpstream(workdir / "fast.log") as fast, ProxyProcess(
-            fast.url, workdir / "proxy-rps.log", "--log-level", "warning") as proxy:
+    with (
+        FastUpstream(workdir / "fast.log") as fast,
+        ProxyProcess(fast.url, workdir / "proxy-rps.log", "--log-level", "warning") as proxy,
+    ):
         for name, base in (("direct", fast.url), ("proxy", proxy.url)):
             result = subprocess.run(
                 [wrk, "-t1", "-c32", f"-d{seconds}s", "-s", str(script), base + "/api/runs/list"],
-                capture_output=True, text=True, check=True)
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             out[name] = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
             if "Non-2xx" in result.stdout or "Socket errors" in result.stdout:
                 raise SystemExit(f"errors under load:\n{result.stdout}")
@@ -100,8 +108,10 @@ def main() -> None:
     print("| path | p50 ms | p99 ms |\n|---|---|---|")
     for name in ("direct", "proxy"):
         print(f"| {name} | {lat[name]['p50']:.2f} | {lat[name]['p99']:.2f} |")
-    print(f"| added by the proxy | {lat['proxy']['p50'] - lat['direct']['p50']:+.2f} "
-          f"| {lat['proxy']['p99'] - lat['direct']['p99']:+.2f} |")
+    print(
+        f"| added by the proxy | {lat['proxy']['p50'] - lat['direct']['p50']:+.2f} "
+        f"| {lat['proxy']['p99'] - lat['direct']['p99']:+.2f} |"
+    )
     print(f"\nPass-through throughput against a fast upstream (wrk -c32, {args.seconds} s)")
     print("| path | requests/s |\n|---|---|")
     for name in ("direct", "proxy"):

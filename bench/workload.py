@@ -37,10 +37,12 @@ async def _post_all(base: str, path: str, bodies: list[dict[str, object]], token
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=True)
     ) as session:
+
         async def one(body: dict[str, object]) -> int:
             async with session.post(base + path, data=orjson.dumps(body), headers=headers) as r:
                 await r.read()
                 return r.status
+
         return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
@@ -50,14 +52,18 @@ def _bodies(way: Way, op: str, names: list[str]) -> list[dict[str, object]]:
     return [{"runs_names": g, **extra} for g in groups]
 
 
-def measure(server: DstackServer, proxy_url: str, way: Way, op: str, project: str,
-            names: list[str]) -> Measured:
+def measure(
+    server: DstackServer, proxy_url: str, way: Way, op: str, project: str, names: list[str]
+) -> Measured:
     """Send the stops or deletes for `names` the given way; count the server's calls."""
     base = proxy_url if way == "proxy singles" else server.url
     mark = server.log_mark()
     started = time.perf_counter()
-    statuses = asyncio.run(_post_all(base, f"/api/project/{project}/runs/{op}",
-                                     _bodies(way, op, names), server.admin_token))
+    statuses = asyncio.run(
+        _post_all(
+            base, f"/api/project/{project}/runs/{op}", _bodies(way, op, names), server.admin_token
+        )
+    )
     wall = time.perf_counter() - started
     calls = server.count_requests(f"/runs/{op}", since=mark)
     states = run_states(server, project, include_deleted=True)
@@ -66,20 +72,27 @@ def measure(server: DstackServer, proxy_url: str, way: Way, op: str, project: st
     return Measured(way, op, len(names), calls, wall, ok)
 
 
-def stop_then_delete(server: DstackServer, proxy_url: str, way: Way, project: str,
-                     names: list[str]) -> tuple[Measured, Measured]:
+def stop_then_delete(
+    server: DstackServer, proxy_url: str, way: Way, project: str, names: list[str]
+) -> tuple[Measured, Measured]:
     """Create `names`, stop them the given way, let them finish, delete them the same way."""
     create_active_runs(server, project, names)
     stopped = measure(server, proxy_url, way, "stop", project, names)
-    stop_runs_until_finished(server, project, names)  # setup for delete; not measured
+    # Setup for the delete, not measured. With a hundred runs pending, the server's pipeline
+    # can take minutes to finish a stopped "submitted" run.
+    stop_runs_until_finished(server, project, names, timeout=300)
     deleted = measure(server, proxy_url, way, "delete", project, names)
     return stopped, deleted
 
 
 def table(rows: list[Measured]) -> str:
-    lines = ["| op | N callers | way | upstream calls | wall s | all ok |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| op | N callers | way | upstream calls | wall s | all ok |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.op} | {r.callers} | {r.way} | {r.upstream_calls} | {r.wall_s:.3f} "
-                     f"| {'yes' if r.ok else 'NO'} |")
+        lines.append(
+            f"| {r.op} | {r.callers} | {r.way} | {r.upstream_calls} | {r.wall_s:.3f} "
+            f"| {'yes' if r.ok else 'NO'} |"
+        )
     return "\n".join(lines)

@@ -67,7 +67,8 @@ def make_session(config: Config) -> aiohttp.ClientSession:
         auto_decompress=False,
         trust_env=False,
         timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout),
+            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
+        ),
     )
 
 
@@ -80,6 +81,7 @@ def _session_context(
         yield
         if given is None:
             await session.close()
+
     return context
 
 
@@ -108,7 +110,8 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
     """Bind log context, refuse targets that could reach another host, count every answer."""
     request_id = uuid.uuid4().hex[:16]
     structlog.contextvars.bind_contextvars(
-        request_id=request_id, method=request.method, path=request.path)
+        request_id=request_id, method=request.method, path=request.path
+    )
     metrics = request.app[METRICS_KEY]
     route = _route_class(request)
     metrics.in_flight.inc()

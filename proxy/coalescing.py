@@ -156,7 +156,9 @@ class Batcher(Generic[K, T, R]):
         batch = state.open
         if batch is None:
             batch = state.open = _Batch(key, opened_at=now, last_at=now)
-            batch.timer = self._clock.call_later(self._window, lambda: self._on_window(state, batch))
+            batch.timer = self._clock.call_later(
+                self._window, lambda: self._on_window(state, batch)
+            )
         future = batch.futures.get(item)
         if future is None:
             future = batch.futures[item] = asyncio.get_running_loop().create_future()
@@ -174,7 +176,9 @@ class Batcher(Generic[K, T, R]):
             self._close(state, FlushReason.WINDOW)
             return
         left = batch.opened_at + self._max_wait - self._clock.now()
-        batch.timer = self._clock.call_later(max(left, 0.0), lambda: self._on_max_wait(state, batch))
+        batch.timer = self._clock.call_later(
+            max(left, 0.0), lambda: self._on_max_wait(state, batch)
+        )
 
     def _on_max_wait(self, state: _KeyState[K, T, R], batch: _Batch[K, T, R]) -> None:
         if state.open is batch:
@@ -186,11 +190,19 @@ class Batcher(Generic[K, T, R]):
         if batch.timer is not None:
             batch.timer.cancel()
         state.flights += 1
-        closed = ClosedBatch(batch.key, list(batch.futures), batch.waiters, reason,
-                             batch.opened_at, batch.last_at, self._clock.now())
+        closed = ClosedBatch(
+            batch.key,
+            list(batch.futures),
+            batch.waiters,
+            reason,
+            batch.opened_at,
+            batch.last_at,
+            self._clock.now(),
+        )
         # A fresh context: the first submitter's log context must not stamp the whole batch.
         task = asyncio.get_running_loop().create_task(
-            self._fly(state, closed, batch.futures), context=contextvars.Context())
+            self._fly(state, closed, batch.futures), context=contextvars.Context()
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

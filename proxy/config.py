@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 class Config:
     """Everything the proxy can be told. Field metadata holds each option's help text."""
 
-    upstream: str = field(default="http://127.0.0.1:3000", metadata={"help": "dstack server origin"})
+    upstream: str = field(
+        default="http://127.0.0.1:3000", metadata={"help": "dstack server origin"}
+    )
     host: str = field(default="0.0.0.0", metadata={"help": "public listen address"})
     port: int = field(default=8080, metadata={"help": "public listen port"})
     admin_host: str = field(default="127.0.0.1", metadata={"help": "admin listen address"})
@@ -50,15 +52,18 @@ class Config:
     read_timeout: float = field(default=300.0, metadata={"help": "upstream idle read, seconds"})
     batch_timeout: float = field(default=30.0, metadata={"help": "one merged call, seconds"})
     keepalive_timeout: float = field(
-        default=4.0, metadata={"help": "idle upstream keep-alive; below uvicorn's 5 s"})
+        default=4.0, metadata={"help": "idle upstream keep-alive; below uvicorn's 5 s"}
+    )
     pool_size: int = field(default=100, metadata={"help": "upstream connections"})
     drain_seconds: float = field(default=8.0, metadata={"help": "shutdown drain budget"})
     trusted_proxies: tuple[str, ...] = field(
-        default=(), metadata={"help": "peers whose X-Forwarded-* are believed"})
+        default=(), metadata={"help": "peers whose X-Forwarded-* are believed"}
+    )
     log_format: str = field(default="json", metadata={"help": "json or console"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
     endpoints: tuple[EndpointSpec, ...] = field(
-        default=DEFAULT_ENDPOINTS, metadata={"help": "mergeable endpoint table (file only)"})
+        default=DEFAULT_ENDPOINTS, metadata={"help": "mergeable endpoint table (file only)"}
+    )
 
     @property
     def window(self) -> float:
@@ -128,6 +133,7 @@ def _choice(options: Sequence[str]) -> Callable[[Any], str]:
         if s not in options:
             raise ValueError(f"expected one of {', '.join(options)}")
         return s
+
     return parse
 
 
@@ -186,7 +192,9 @@ def _endpoint(e: Any) -> EndpointSpec:
             list_field=str(e["list_field"]),
             item_type=e.get("item_type", "str"),
             equal_fields=tuple((str(k), t) for k, t in (e.get("equal_fields") or {}).items()),
-            key_wide_statuses=frozenset(int(s) for s in e.get("key_wide_statuses", (401, 403, 404))),
+            key_wide_statuses=frozenset(
+                int(s) for s in e.get("key_wide_statuses", (401, 403, 404))
+            ),
             enabled=_flag(e.get("enabled", True)),
         )
     except KeyError as missing:
@@ -236,11 +244,14 @@ def build_config(values: Mapping[str, tuple[Any, str]]) -> Config:
             raise ConfigError(f"invalid {name} from {source}: {raw!r} ({exc})") from None
     config = Config(**parsed)
     if config.max_wait_ms < config.window_ms:
+
         def where(name: str) -> str:
             return values[name][1] if name in values else "default"
+
         raise ConfigError(
             f"invalid max_wait_ms from {where('max_wait_ms')}: {config.max_wait_ms!r} (must be >= "
-            f"window_ms {config.window_ms!r} from {where('window_ms')})")
+            f"window_ms {config.window_ms!r} from {where('window_ms')})"
+        )
     return config
 
 

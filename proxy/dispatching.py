@@ -126,8 +126,11 @@ class Dispatcher:
     ) -> Outcome:
         spec, target = key.target.spec, key.target
         # One caller's request is sent as it was; merged lists drop repeated names.
-        names = list(items[0]) if len(items) == 1 else list(dict.fromkeys(
-            name for item in items for name in item))
+        names: list[str | int] = (
+            list(items[0])
+            if len(items) == 1
+            else list(dict.fromkeys(name for item in items for name in item))
+        )
         headers = target.headers.copy()
         headers["X-Request-ID"] = f"{batch_id}-{tally.calls}"
         tally.calls += 1
@@ -135,8 +138,13 @@ class Dispatcher:
         self._metrics.upstream_calls.labels(spec.name, purpose).inc()
         started = time.perf_counter()
         try:
-            reply = await post_json(self._session, target.url, headers,
-                                    render_body(spec, names, key.equal), timeout=self._timeout)
+            reply = await post_json(
+                self._session,
+                target.url,
+                headers,
+                render_body(spec, names, key.equal),
+                timeout=self._timeout,
+            )
         except UpstreamError as exc:
             self._metrics.upstream_errors.labels("batch", exc.code).inc()
             log.warning("upstream_failed", batch_id=batch_id, endpoint=spec.name, error=exc.code)

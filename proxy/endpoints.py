@@ -7,6 +7,7 @@ through untouched, so dstack answers it as it always did.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 from urllib.parse import unquote
@@ -64,23 +65,39 @@ class ParsedBody:
 
 
 DEFAULT_ENDPOINTS: Final = (
-    EndpointSpec("runs/stop", "/api/project/{project}/runs/stop", "runs_names", "str",
-                 (("abort", "bool"),)),
+    EndpointSpec(
+        "runs/stop", "/api/project/{project}/runs/stop", "runs_names", "str", (("abort", "bool"),)
+    ),
     EndpointSpec("runs/delete", "/api/project/{project}/runs/delete", "runs_names", "str"),
     EndpointSpec("volumes/delete", "/api/project/{project}/volumes/delete", "names", "str"),
     # An SSH fleet can earn a 403 of its own, so 403 is not key-wide here.
-    EndpointSpec("fleets/delete", "/api/project/{project}/fleets/delete", "names", "str",
-                 key_wide_statuses=frozenset({401, 404})),
-    EndpointSpec("fleets/delete_instances", "/api/project/{project}/fleets/delete_instances",
-                 "instance_nums", "int", (("name", "str"),),
-                 key_wide_statuses=frozenset({401, 404})),
+    EndpointSpec(
+        "fleets/delete",
+        "/api/project/{project}/fleets/delete",
+        "names",
+        "str",
+        key_wide_statuses=frozenset({401, 404}),
+    ),
+    EndpointSpec(
+        "fleets/delete_instances",
+        "/api/project/{project}/fleets/delete_instances",
+        "instance_nums",
+        "int",
+        (("name", "str"),),
+        key_wide_statuses=frozenset({401, 404}),
+    ),
     EndpointSpec("gateways/delete", "/api/project/{project}/gateways/delete", "names", "str"),
-    EndpointSpec("secrets/delete", "/api/project/{project}/secrets/delete", "secrets_names",
-                 "str"),
-    EndpointSpec("repos/delete", "/api/project/{project}/repos/delete", "repos_ids", "str",
-                 enabled=False),
-    EndpointSpec("backends/delete", "/api/project/{project}/backends/delete", "backends_names",
-                 "str", enabled=False),
+    EndpointSpec("secrets/delete", "/api/project/{project}/secrets/delete", "secrets_names", "str"),
+    EndpointSpec(
+        "repos/delete", "/api/project/{project}/repos/delete", "repos_ids", "str", enabled=False
+    ),
+    EndpointSpec(
+        "backends/delete",
+        "/api/project/{project}/backends/delete",
+        "backends_names",
+        "str",
+        enabled=False,
+    ),
 )
 
 
@@ -90,7 +107,7 @@ def match_project(spec: EndpointSpec, raw_path: str) -> str | None:
     prefix, suffix = spec.prefix, spec.suffix
     if not (raw_path.startswith(prefix) and raw_path.endswith(suffix)):
         return None
-    segment = raw_path[len(prefix): len(raw_path) - len(suffix)]
+    segment = raw_path[len(prefix) : len(raw_path) - len(suffix)]
     if not _SEGMENT_RE.fullmatch(segment):
         return None
     try:
@@ -122,7 +139,9 @@ def parse_body(spec: EndpointSpec, body: bytes) -> ParsedBody | None:
     return ParsedBody(tuple(items), tuple((f, data[f]) for f, _ in spec.equal_fields))
 
 
-def render_body(spec: EndpointSpec, items: list[str] | list[int], equal: tuple[tuple[str, object], ...]) -> bytes:
+def render_body(
+    spec: EndpointSpec, items: Sequence[str | int], equal: tuple[tuple[str, object], ...]
+) -> bytes:
     """The JSON body of a call naming `items`."""
     return orjson.dumps({spec.list_field: items, **dict(equal)})
 

@@ -86,8 +86,10 @@ async def _copy_response(
     for name in (hdrs.LOCATION, hdrs.CONTENT_LOCATION):
         if name in headers:
             headers[name] = rewrite_location(
-                headers[name], upstream_origin=config.upstream,
-                client_origin=f"{request.scheme}://{request.host}")
+                headers[name],
+                upstream_origin=config.upstream,
+                client_origin=f"{request.scheme}://{request.host}",
+            )
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
         await response.prepare(request)

@@ -126,9 +126,7 @@ def forwarding_headers(
     return out
 
 
-def client_response_headers(
-    headers: HeadersIn, *, also: Iterable[str] = ()
-) -> CIMultiDict[str]:
+def client_response_headers(headers: HeadersIn, *, also: Iterable[str] = ()) -> CIMultiDict[str]:
     """Headers to send to the client for an upstream response (framing is left to aiohttp)."""
     return strip_hop_by_hop(headers, also=also)
 
@@ -137,5 +135,5 @@ def rewrite_location(value: str, *, upstream_origin: str, client_origin: str) ->
     """Point an absolute redirect at the upstream's own origin back at the proxy (nginx's
     `proxy_redirect default`): dstack builds absolute `Location`s from the Host it saw."""
     if value == upstream_origin or value.startswith(upstream_origin + "/"):
-        return client_origin + value[len(upstream_origin):]
+        return client_origin + value[len(upstream_origin) :]
     return value

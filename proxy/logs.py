@@ -9,8 +9,9 @@ from typing import Any, Final
 
 import structlog
 
-_SECRET_KEYS: Final = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization",
-                                 "token", "password"})
+_SECRET_KEYS: Final = frozenset(
+    {"authorization", "cookie", "set-cookie", "proxy-authorization", "token", "password"}
+)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -24,8 +25,11 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """Configure structlog (and stdlib logging, for aiohttp's own messages) once."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    renderer = (structlog.processors.JSONRenderer() if fmt == "json"
-                else structlog.dev.ConsoleRenderer(colors=False))
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -39,5 +43,8 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s %(message)s",
+    )

@@ -4,6 +4,7 @@ submit it to the batcher, and render the caller's own answer. When in any doubt,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -44,11 +45,14 @@ class Merger:
         self._metrics = metrics
         self._specs = config.enabled_endpoints if config.mode != "off" else ()
         self._secret = secrets.token_bytes(32)  # per process: fingerprints never leave memory
-        self._limits = Limits(config.max_pending, config.max_pending_per_key,
-                              config.max_pending_bytes)
+        self._limits = Limits(
+            config.max_pending, config.max_pending_per_key, config.max_pending_bytes
+        )
         flush = dispatcher.flush if config.mode == "on" else self._observe
-        self._batcher: Batcher[BatchKey, Item, UpstreamReply] = Batcher(
-            flush, window=config.window, max_size=config.max_batch, max_wait=config.max_wait)
+        # Shadow mode resolves every item to None: it only observes.
+        self._batcher: Batcher[BatchKey, Item, UpstreamReply | None] = Batcher(
+            flush, window=config.window, max_size=config.max_batch, max_wait=config.max_wait
+        )
         self._observers: set[asyncio.Task[None]] = set()  # shadow submissions under way
         metrics.pending.set_function(lambda: self._batcher.pending)
 
@@ -62,14 +66,19 @@ class Merger:
                 return spec, project
         return None
 
-    async def handle(self, request: web.Request, spec: EndpointSpec, project: str) -> web.StreamResponse:
+    async def handle(
+        self, request: web.Request, spec: EndpointSpec, project: str
+    ) -> web.StreamResponse:
+        """Merge the request if it fits `spec` exactly; otherwise pass it through."""
         if reason := self._precheck(request):
             return await self._bypass(request, reason)
         try:
             body, complete = await _read_capped(request, self._config.max_body_bytes)
         except TimeoutError:
-            return web.json_response({"detail": [{"msg": "request body timed out",
-                                                  "code": "request_timeout"}]}, status=408)
+            return web.json_response(
+                {"detail": [{"msg": "request body timed out", "code": "request_timeout"}]},
+                status=408,
+            )
         parsed = parse_body(spec, body) if complete else None
         if parsed is None:
             return await self._bypass(request, "too_large" if not complete else "body", body)
@@ -77,10 +86,15 @@ class Merger:
         if self._config.mode == "shadow":
             self._observe_later(key, parsed.item)
             return await forward(request, prefix=body)
+        return await self._coalesce(request, key, parsed.item, body)
+
+    async def _coalesce(
+        self, request: web.Request, key: BatchKey, item: Item, body: bytes
+    ) -> web.StreamResponse:
         if reason := self._limits.admit(key, len(body)):
             return await self._bypass(request, reason, body)
         try:
-            reply = await self._batcher.submit(key, parsed.item)
+            reply = await self._batcher.submit(key, item)
         except asyncio.CancelledError:  # the client left, with handler_cancellation on
             self._metrics.disconnects.labels("coalesced").inc()  # its item still goes upstream
             raise
@@ -92,6 +106,7 @@ class Merger:
             self._limits.release(key, len(body))
         if request.transport is None or request.transport.is_closing():
             self._metrics.disconnects.labels("coalesced").inc()  # left, yet its item went
+        assert reply is not None  # only shadow mode resolves to None, and it never gets here
         return _render(reply)
 
     @property
@@ -117,7 +132,10 @@ class Merger:
             return "content_type"
         if hdrs.CONTENT_ENCODING in headers:
             return "content_encoding"
-        if len(headers.getall(hdrs.AUTHORIZATION, ())) != 1 or len(headers.getall(hdrs.COOKIE, ())) > 1:
+        if (
+            len(headers.getall(hdrs.AUTHORIZATION, ())) != 1
+            or len(headers.getall(hdrs.COOKIE, ())) > 1
+        ):
             return "credentials"
         if any(len(headers.getall(h, ())) > 1 for h in VARYING_HEADERS):
             return "headers"
@@ -125,7 +143,9 @@ class Merger:
             return "too_large"
         return None
 
-    def _key(self, request: web.Request, spec: EndpointSpec, project: str, parsed: ParsedBody) -> BatchKey:
+    def _key(
+        self, request: web.Request, spec: EndpointSpec, project: str, parsed: ParsedBody
+    ) -> BatchKey:
         url, headers = upstream_request(request, rewritten=True)
         headers[hdrs.CONTENT_TYPE] = "application/json"
         headers[hdrs.ACCEPT_ENCODING] = "identity"
@@ -141,11 +161,17 @@ class Merger:
     def _fingerprint(self, request: web.Request) -> str:
         mac = hmac.new(self._secret, digestmod=hashlib.sha256)
         for name in CREDENTIAL_HEADERS:
-            mac.update(name.encode() + b"\0" + request.headers.get(name, "").encode(
-                "utf-8", "surrogateescape") + b"\0")
+            mac.update(
+                name.encode()
+                + b"\0"
+                + request.headers.get(name, "").encode("utf-8", "surrogateescape")
+                + b"\0"
+            )
         return mac.hexdigest()
 
-    async def _bypass(self, request: web.Request, reason: str, body: bytes = b"") -> web.StreamResponse:
+    async def _bypass(
+        self, request: web.Request, reason: str, body: bytes = b""
+    ) -> web.StreamResponse:
         self._metrics.bypasses.labels(reason).inc()
         return await forward(request, prefix=body)
 
@@ -155,17 +181,21 @@ class Merger:
         task.add_done_callback(self._observers.discard)
 
     async def _observe_one(self, key: BatchKey, item: Item) -> None:
-        try:
+        with contextlib.suppress(BatcherClosed):  # shutting down: nothing left to observe
             await self._batcher.submit(key, item)
-        except BatcherClosed:  # shutting down: there is nothing left to observe
-            pass
 
     async def _observe(self, batch: ClosedBatch[BatchKey, Item]) -> dict[Item, None]:
         """Shadow mode's flush: count and log the batch that would have gone, send nothing."""
         spec = batch.key.target.spec
         self._metrics.shadow_batches.labels(spec.name).inc()
-        log.info("batch_shadowed", endpoint=spec.name, project=batch.key.project,
-                 size=batch.waiters, distinct=len(batch.items), reason=batch.reason.value)
+        log.info(
+            "batch_shadowed",
+            endpoint=spec.name,
+            project=batch.key.project,
+            size=batch.waiters,
+            distinct=len(batch.items),
+            reason=batch.reason.value,
+        )
         return dict.fromkeys(batch.items)
 
 

@@ -18,48 +18,87 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "proxy_requests_total", "Client requests answered, by route class and status",
-            ["route", "status"], registry=r)
+            "proxy_requests_total",
+            "Client requests answered, by route class and status",
+            ["route", "status"],
+            registry=r,
+        )
         self.in_flight = Gauge(
-            "proxy_requests_in_flight", "Client requests being handled", registry=r)
+            "proxy_requests_in_flight", "Client requests being handled", registry=r
+        )
         self.upstream_latency = Histogram(
-            "proxy_upstream_latency_seconds", "Upstream time to response headers",
-            ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+            "proxy_upstream_latency_seconds",
+            "Upstream time to response headers",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.upstream_errors = Counter(
-            "proxy_upstream_errors_total", "Upstream failures by kind", ["kind", "code"],
-            registry=r)
+            "proxy_upstream_errors_total", "Upstream failures by kind", ["kind", "code"], registry=r
+        )
         self.coalesced = Counter(
-            "proxy_coalesced_requests_total", "Requests answered from a merged call",
-            ["endpoint"], registry=r)
+            "proxy_coalesced_requests_total",
+            "Requests answered from a merged call",
+            ["endpoint"],
+            registry=r,
+        )
         self.upstream_calls = Counter(
-            "proxy_coalesced_upstream_calls_total", "Upstream calls made for merged batches",
-            ["endpoint", "purpose"], registry=r)
+            "proxy_coalesced_upstream_calls_total",
+            "Upstream calls made for merged batches",
+            ["endpoint", "purpose"],
+            registry=r,
+        )
         self.calls_saved = Counter(
-            "proxy_upstream_calls_saved_total", "Requests minus upstream calls, per batch",
-            ["endpoint"], registry=r)
+            "proxy_upstream_calls_saved_total",
+            "Requests minus upstream calls, per batch",
+            ["endpoint"],
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "proxy_batch_size", "Requests per flushed batch", ["endpoint"],
-            buckets=_SIZE_BUCKETS, registry=r)
+            "proxy_batch_size",
+            "Requests per flushed batch",
+            ["endpoint"],
+            buckets=_SIZE_BUCKETS,
+            registry=r,
+        )
         self.batch_wait = Histogram(
-            "proxy_batch_wait_seconds", "Time the oldest request of a batch waited to flush",
-            ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+            "proxy_batch_wait_seconds",
+            "Time the oldest request of a batch waited to flush",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.flushes = Counter(
-            "proxy_batch_flushes_total", "Batches flushed by reason", ["endpoint", "reason"],
-            registry=r)
+            "proxy_batch_flushes_total",
+            "Batches flushed by reason",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.bisections = Counter(
-            "proxy_bisections_total", "Merged calls split to isolate a failure", ["endpoint"],
-            registry=r)
+            "proxy_bisections_total",
+            "Merged calls split to isolate a failure",
+            ["endpoint"],
+            registry=r,
+        )
         self.bypasses = Counter(
-            "proxy_coalesce_bypass_total", "Mergeable-path requests passed through singly",
-            ["reason"], registry=r)
-        self.pending = Gauge(
-            "proxy_coalesce_pending", "Requests waiting in batches", registry=r)
+            "proxy_coalesce_bypass_total",
+            "Mergeable-path requests passed through singly",
+            ["reason"],
+            registry=r,
+        )
+        self.pending = Gauge("proxy_coalesce_pending", "Requests waiting in batches", registry=r)
         self.shadow_batches = Counter(
-            "proxy_shadow_batches_total", "Batches shadow mode would have formed",
-            ["endpoint"], registry=r)
+            "proxy_shadow_batches_total",
+            "Batches shadow mode would have formed",
+            ["endpoint"],
+            registry=r,
+        )
         self.disconnects = Counter(
-            "proxy_client_disconnects_total", "Clients gone before their answer was written",
-            ["route"], registry=r)
+            "proxy_client_disconnects_total",
+            "Clients gone before their answer was written",
+            ["route"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -30,16 +30,21 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         # that leaves never cancels a handler, so an accepted request is always executed.
         handler_cancellation=False,
     )
-    admin = web.AppRunner(make_admin_app(app), handle_signals=False, access_log=None,
-                          shutdown_timeout=1.0)
+    admin = web.AppRunner(
+        make_admin_app(app), handle_signals=False, access_log=None, shutdown_timeout=1.0
+    )
     await runner.setup()
     await admin.setup()
     try:
         await web.TCPSite(runner, config.host, config.port).start()
         await web.TCPSite(admin, config.admin_host, config.admin_port).start()
-        log.info("listening", public=f"{config.host}:{config.port}",
-                 admin=f"{config.admin_host}:{config.admin_port}", upstream=config.upstream,
-                 mode=config.mode)
+        log.info(
+            "listening",
+            public=f"{config.host}:{config.port}",
+            admin=f"{config.admin_host}:{config.admin_port}",
+            upstream=config.upstream,
+            mode=config.mode,
+        )
         await stop.wait()
         log.info("shutdown_started", drain_seconds=config.drain_seconds)
         app[STATE_KEY].draining = True

@@ -99,7 +99,7 @@ async def post_json(
         except aiohttp.ClientConnectorError as exc:
             if attempt == 2:
                 raise classify(exc) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise classify(exc) from exc
     raise AssertionError("unreachable")
 
@@ -113,5 +113,3 @@ def classify(exc: BaseException) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnavailable(f"upstream unreachable: {exc.os_error or exc}")
     return UpstreamUnavailable(f"upstream failed: {type(exc).__name__}")
-
-

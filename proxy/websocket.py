@@ -22,8 +22,10 @@ _WS_TIMEOUT: Final = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0)
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
-    return (request.method == hdrs.METH_GET
-            and request.headers.get(hdrs.UPGRADE, "").lower() == "websocket")
+    return (
+        request.method == hdrs.METH_GET
+        and request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    )
 
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
@@ -31,11 +33,16 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     url, headers = upstream_request(request)
     for name in WEBSOCKET_HANDSHAKE_HEADERS:
         headers.popall(name, None)
-    protocols = [p.strip() for v in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
-                 for p in v.split(",") if p.strip()]
+    protocols = [
+        p.strip()
+        for v in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
+        for p in v.split(",")
+        if p.strip()
+    ]
     try:
         upstream = await request.app[SESSION_KEY].ws_connect(
-            url, headers=headers, protocols=protocols, timeout=_WS_TIMEOUT, autoping=True)
+            url, headers=headers, protocols=protocols, timeout=_WS_TIMEOUT, autoping=True
+        )
     except aiohttp.WSServerHandshakeError as exc:
         # The upstream refused the upgrade (dstack 0.22.5 answers 403): so does the proxy.
         return web.Response(status=exc.status, text=exc.message or "")
@@ -54,8 +61,10 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    pumps = [asyncio.ensure_future(_pump(client, upstream)),
-             asyncio.ensure_future(_pump(upstream, client))]
+    pumps = [
+        asyncio.ensure_future(_pump(client, upstream)),
+        asyncio.ensure_future(_pump(upstream, client)),
+    ]
     try:
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
     finally:

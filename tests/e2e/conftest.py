@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .processes import ProxyProcess
-
 from .dstack_harness import DstackServer
+from .processes import ProxyProcess
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Processes the e2e tests, the benchmarks and the demo run side by side: the proxy itself (the real console
-entry point, in its own process) and a minimal fast upstream."""
+"""Processes the e2e tests, benchmarks and demo run side by side: the proxy itself (the real
+console entry point, in its own process) and a minimal fast upstream."""
 
 from __future__ import annotations
 
@@ -39,8 +39,12 @@ class Background:
     def __enter__(self) -> Background:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         _wait_http(self.ready_url, self.proc, self.log)
         return self
 
@@ -66,9 +70,23 @@ class ProxyProcess(Background):
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         super().__init__(
-            [sys.executable, "-m", "proxy", "--upstream", upstream, "--host", "127.0.0.1",
-             "--port", str(self.port), "--admin-port", str(self.admin_port), *extra],
-            f"{self.admin_url}/healthz", log)
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "--upstream",
+                upstream,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--admin-port",
+                str(self.admin_port),
+                *extra,
+            ],
+            f"{self.admin_url}/healthz",
+            log,
+        )
 
 
 class FastUpstream(Background):
@@ -77,5 +95,8 @@ class FastUpstream(Background):
     def __init__(self, log: Path) -> None:
         self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__([sys.executable, "-m", "bench.fast_upstream", str(self.port)],
-                         f"{self.url}/healthcheck", log)
+        super().__init__(
+            [sys.executable, "-m", "bench.fast_upstream", str(self.port)],
+            f"{self.url}/healthcheck",
+            log,
+        )

@@ -17,17 +17,23 @@ Answer = tuple[int, bytes]
 STOP_MARK = "-> TERMINATING"
 
 
-async def burst(base: str, path: str, bodies: Sequence[Any], token: str,
-                headers: dict[str, str] | None = None) -> list[Answer]:
+async def burst(
+    base: str, path: str, bodies: Sequence[Any], token: str, headers: dict[str, str] | None = None
+) -> list[Answer]:
     """Send every body at once (one connection each, like a browser's Promise.all)."""
-    hdrs = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-            **(headers or {})}
+    hdrs = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        **(headers or {}),
+    }
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=True)
     ) as session:
+
         async def one(body: Any) -> Answer:
             async with session.post(base + path, data=orjson.dumps(body), headers=hdrs) as resp:
                 return resp.status, await resp.read()
+
         return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
@@ -38,8 +44,9 @@ async def send_one_by_one(base: str, path: str, bodies: Sequence[Any], token: st
     return answers
 
 
-def stop_events(server: DstackServer, project: str, names: Sequence[str],
-                settle: float = 1.0) -> dict[str, list[tuple[str, str | None]]]:
+def stop_events(
+    server: DstackServer, project: str, names: Sequence[str], settle: float = 1.0
+) -> dict[str, list[tuple[str, str | None]]]:
     """`{run: [(status change, actor)]}` for every user stop the server recorded on those runs.
 
     Events can appear shortly after the change, so this polls until nothing new arrives for
@@ -50,8 +57,11 @@ def stop_events(server: DstackServer, project: str, names: Sequence[str],
     previous: dict[str, list[tuple[str, str | None]]] | None = None
     deadline = time.monotonic() + 10
     while True:
-        events = [e for chunk in _chunks(list(ids), 4) for e in api_post(
-            server, "/api/events/list", {"target_runs": chunk, "limit": 100})]
+        events = [
+            e
+            for chunk in _chunks(list(ids), 4)
+            for e in api_post(server, "/api/events/list", {"target_runs": chunk, "limit": 100})
+        ]
         found: dict[str, list[tuple[str, str | None]]] = {n: [] for n in names}
         for event in events:
             if STOP_MARK in event["message"] and event.get("actor_user"):
@@ -66,4 +76,4 @@ def stop_events(server: DstackServer, project: str, names: Sequence[str],
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     # The events API takes at most 16 targets and returns at most 100 events per page.
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -43,8 +43,9 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
     token = dstack_server.admin_token
 
     mark = dstack_server.log_mark()
-    answers = await burst(proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in names],
-                          token)
+    answers = await burst(
+        proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in names], token
+    )
     states = run_states(dstack_server, PROJECT)  # right after the answers (§1.5 race)
     assert answers == [(200, b"null")] * 40
     assert dstack_server.count_requests("/runs/stop", since=mark) <= 2
@@ -72,8 +73,8 @@ async def test_one_active_run_fails_only_its_own_delete_with_dstacks_own_answer(
     token = dstack_server.admin_token
 
     mark = dstack_server.log_mark()
-    answers = dict(zip(names, await burst(proxy_url, DELETE, [{"runs_names": [n]} for n in names],
-                                          token)))
+    deletes = [{"runs_names": [n]} for n in names]
+    answers = dict(zip(names, await burst(proxy_url, DELETE, deletes, token), strict=True))
     calls = dstack_server.count_requests("/runs/delete", since=mark)
     alone = (await burst(dstack_server.url, DELETE, [{"runs_names": [active]}], token))[0]
 
@@ -103,15 +104,18 @@ async def test_member_and_non_member_stopping_at_once_never_share_a_call(
         burst(proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in theirs], outsider),
     )
     states = run_states(dstack_server, PROJECT)
-    direct = (await burst(dstack_server.url, STOP, [{"runs_names": [theirs[0]], "abort": False}],
-                          outsider))[0]
+    direct = (
+        await burst(
+            dstack_server.url, STOP, [{"runs_names": [theirs[0]], "abort": False}], outsider
+        )
+    )[0]
 
     assert member_answers == [(200, b"null")] * 5
     assert direct[0] == 403
     assert outsider_answers == [direct] * 5
     assert all(states[n] not in FINISHED | {"terminating"} for n in theirs), states
     events = stop_events(dstack_server, PROJECT, mine + theirs)
-    assert {n: [a for _, a in events[n]] for n in mine} == dict.fromkeys(mine, ["team-member"])
-    assert {n: events[n] for n in theirs} == dict.fromkeys(theirs, [])
+    assert {n: [a for _, a in events[n]] for n in mine} == {n: ["team-member"] for n in mine}
+    assert {n: events[n] for n in theirs} == {n: [] for n in theirs}
     # One call per credential: the member's batch and the outsider's (plus the direct probe).
     assert dstack_server.count_requests("/runs/stop", since=mark) <= 3

@@ -29,13 +29,31 @@ PROBES: list[tuple[str, str, str, str | None, bytes | None, dict[str, str]]] = [
     ("ui index", "GET", "/", None, None, {}),
     ("ui spa fallback", "GET", "/projects/probe/runs", None, None, {}),
     ("read: my user", "POST", "/api/users/get_my_user", "admin", b"{}", {}),
-    ("read: runs list", "POST", "/api/runs/list", "admin",
-     b'{"project_name": "probe", "limit": 10}', {}),
-    ("read: unknown run", "POST", f"/api/project/{PROJECT}/runs/get", "admin",
-     b'{"run_name": "no-such-run"}', {}),
+    (
+        "read: runs list",
+        "POST",
+        "/api/runs/list",
+        "admin",
+        b'{"project_name": "probe", "limit": 10}',
+        {},
+    ),
+    (
+        "read: unknown run",
+        "POST",
+        f"/api/project/{PROJECT}/runs/get",
+        "admin",
+        b'{"run_name": "no-such-run"}',
+        {},
+    ),
     ("stop unknown run", "POST", STOP, "admin", b'{"runs_names": ["no-such"], "abort": false}', {}),
-    ("delete unknown run", "POST", f"/api/project/{PROJECT}/runs/delete", "admin",
-     b'{"runs_names": ["no-such"]}', {}),
+    (
+        "delete unknown run",
+        "POST",
+        f"/api/project/{PROJECT}/runs/delete",
+        "admin",
+        b'{"runs_names": ["no-such"]}',
+        {},
+    ),
     ("malformed json", "POST", STOP, "admin", b'{"runs_names": [', {}),
     ("malformed json, no token", "POST", STOP, None, b'{"runs_names": [', {}),
     ("wrong list type", "POST", STOP, "admin", b'{"runs_names": "x", "abort": false}', {}),
@@ -44,20 +62,50 @@ PROBES: list[tuple[str, str, str, str | None, bytes | None, dict[str, str]]] = [
     ("extra field", "POST", STOP, "admin", b'{"runs_names": ["x"], "abort": false, "z": 1}', {}),
     ("missing field", "POST", STOP, "admin", b'{"runs_names": ["x"]}', {}),
     ("empty body", "POST", STOP, "admin", b"", {}),
-    ("json array body", "POST", STOP, "admin", b'[1, 2]', {}),
-    ("text/plain body", "POST", STOP, "admin", b'{"runs_names": ["x"], "abort": false}',
-     {"Content-Type": "text/plain"}),
+    ("json array body", "POST", STOP, "admin", b"[1, 2]", {}),
+    (
+        "text/plain body",
+        "POST",
+        STOP,
+        "admin",
+        b'{"runs_names": ["x"], "abort": false}',
+        {"Content-Type": "text/plain"},
+    ),
     ("no token", "POST", STOP, None, b'{"runs_names": ["x"], "abort": false}', {}),
     ("bad token", "POST", STOP, "bad", b'{"runs_names": ["x"], "abort": false}', {}),
-    ("unknown project", "POST", "/api/project/no-such-project/runs/stop", "admin",
-     b'{"runs_names": ["x"], "abort": false}', {}),
-    ("project in other case", "POST", "/api/project/PROBE/runs/stop", "admin",
-     b'{"runs_names": ["x"], "abort": false}', {}),
+    (
+        "unknown project",
+        "POST",
+        "/api/project/no-such-project/runs/stop",
+        "admin",
+        b'{"runs_names": ["x"], "abort": false}',
+        {},
+    ),
+    (
+        "project in other case",
+        "POST",
+        "/api/project/PROBE/runs/stop",
+        "admin",
+        b'{"runs_names": ["x"], "abort": false}',
+        {},
+    ),
     ("query string", "POST", STOP + "?x=1", "admin", b'{"runs_names": ["x"], "abort": false}', {}),
-    ("invalid api version", "POST", STOP, "admin", b'{"runs_names": ["x"], "abort": false}',
-     {"X-API-Version": "garbage!"}),
-    ("newer client", "POST", STOP, "admin", b'{"runs_names": ["x"], "abort": false}',
-     {"X-API-Version": "0.99.0"}),
+    (
+        "invalid api version",
+        "POST",
+        STOP,
+        "admin",
+        b'{"runs_names": ["x"], "abort": false}',
+        {"X-API-Version": "garbage!"},
+    ),
+    (
+        "newer client",
+        "POST",
+        STOP,
+        "admin",
+        b'{"runs_names": ["x"], "abort": false}',
+        {"X-API-Version": "0.99.0"},
+    ),
     ("unknown api path", "POST", "/api/no/such/path", "admin", b"{}", {}),
     ("trailing slash", "POST", STOP + "/", "admin", b'{"runs_names": ["x"], "abort": false}', {}),
     ("GET on a POST route", "GET", STOP, "admin", None, {}),
@@ -71,21 +119,30 @@ def probe_project(dstack_server: DstackServer) -> str:
     return PROJECT
 
 
-async def _send(session: aiohttp.ClientSession, base: str, method: str, path: str,
-                token: str | None, body: bytes | None, extra: dict[str, str]
-                ) -> tuple[int, str | None, bytes]:
+async def _send(
+    session: aiohttp.ClientSession,
+    base: str,
+    method: str,
+    path: str,
+    token: str | None,
+    body: bytes | None,
+    extra: dict[str, str],
+) -> tuple[int, str | None, bytes]:
     headers = {"Content-Type": JSON} if body is not None else {}
     headers.update(extra)
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    async with session.request(method, base + path, data=body, headers=headers,
-                               allow_redirects=False) as resp:
+    async with session.request(
+        method, base + path, data=body, headers=headers, allow_redirects=False
+    ) as resp:
         return resp.status, resp.headers.get("Content-Type"), await resp.read()
 
 
 @pytest.mark.parametrize("probe", PROBES, ids=[p[0] for p in PROBES])
 async def test_probe_gets_the_same_answer_direct_and_via_the_proxy(
-    dstack_server: DstackServer, proxy_url: str, probe_project: str,
+    dstack_server: DstackServer,
+    proxy_url: str,
+    probe_project: str,
     probe: tuple[str, str, str, str | None, bytes | None, dict[str, str]],
 ) -> None:
     _, method, path, credential, body, extra = probe
@@ -106,8 +163,9 @@ async def test_ui_asset_ranges_and_conditional_requests_pass_through(
             answers = []
             for base in (dstack_server.url, proxy_url):
                 async with session.get(base + "/", headers=headers) as resp:
-                    answers.append((resp.status, resp.headers.get("Content-Range"),
-                                    await resp.read()))
+                    answers.append(
+                        (resp.status, resp.headers.get("Content-Range"), await resp.read())
+                    )
             assert answers[0] == answers[1]
             assert answers[0][0] == status
 

@@ -57,16 +57,19 @@ scenarios = st.builds(
     finished=st.frozensets(st.sampled_from(POOL)),
     callers=st.lists(
         st.builds(Caller, st.sampled_from(CREDENTIALS), NAMES.map(tuple), st.booleans()),
-        min_size=2, max_size=8,
+        min_size=2,
+        max_size=8,
     ).map(tuple),
 )
 
 
 @pytest.fixture(scope="module")
 def tokens(dstack_server: DstackServer) -> dict[str, str]:
-    return {"admin": dstack_server.admin_token,
-            "member": create_user(dstack_server, "eq-member"),
-            "outsider": create_user(dstack_server, "eq-outsider")}
+    return {
+        "admin": dstack_server.admin_token,
+        "member": create_user(dstack_server, "eq-member"),
+        "outsider": create_user(dstack_server, "eq-outsider"),
+    }
 
 
 def _prepare(server: DstackServer, project: str, finished: frozenset[str]) -> None:
@@ -87,6 +90,7 @@ _ACTIVE_RUNS = re.compile(rb"Cannot delete active runs: \[([^\]]*)\]")
 def _normalised(answers: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     def sort_names(m: re.Match[bytes]) -> bytes:
         return b"Cannot delete active runs: [" + b", ".join(sorted(m[1].split(b", "))) + b"]"
+
     return [(status, _ACTIVE_RUNS.sub(sort_names, body)) for status, body in answers]
 
 
@@ -97,13 +101,17 @@ def _body(scenario: Scenario, caller: Caller) -> dict[str, object]:
     return body
 
 
-async def _send(base: str, project: str, scenario: Scenario, tokens: dict[str, str],
-                together: bool) -> list[tuple[int, bytes]]:
+async def _send(
+    base: str, project: str, scenario: Scenario, tokens: dict[str, str], together: bool
+) -> list[tuple[int, bytes]]:
     path = f"/api/project/{project}/runs/{scenario.op}"
     if together:  # the burst an old web UI sends: everything at once
-        groups = await asyncio.gather(*(
-            burst(base, path, [_body(scenario, c)], tokens[c.credential])
-            for c in scenario.callers))
+        groups = await asyncio.gather(
+            *(
+                burst(base, path, [_body(scenario, c)], tokens[c.credential])
+                for c in scenario.callers
+            )
+        )
         return [answer for group in groups for answer in group]
     answers = []
     for c in scenario.callers:
@@ -119,27 +127,45 @@ def _effect(server: DstackServer, project: str, op: str) -> object:
     return {n: sorted({actor for _, actor in stopped[n]}) for n in POOL}
 
 
-@settings(max_examples=4, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@example(Scenario("delete", frozenset({"r-a", "r-b", "r-c"}), (
-    Caller("admin", ("r-a",), False), Caller("admin", ("r-b", "r-d"), False),
-    Caller("member", ("r-c", "ghost"), False), Caller("admin", ("r-b",), False),
-    Caller("outsider", ("r-a",), False))))
+@settings(
+    max_examples=4,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(
+    Scenario(
+        "delete",
+        frozenset({"r-a", "r-b", "r-c"}),
+        (
+            Caller("admin", ("r-a",), False),
+            Caller("admin", ("r-b", "r-d"), False),
+            Caller("member", ("r-c", "ghost"), False),
+            Caller("admin", ("r-b",), False),
+            Caller("outsider", ("r-a",), False),
+        ),
+    )
+)
 @given(scenario=scenarios)
 def test_proxied_burst_is_equivalent_to_direct_one_by_one(
     dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
 ) -> None:
     k = next(_examples)
     direct_project, proxied_project = f"eq{k}-direct", f"eq{k}-proxied"
-    _in_both(lambda p: _prepare(dstack_server, p, scenario.finished),
-             direct_project, proxied_project)
+    _in_both(
+        lambda p: _prepare(dstack_server, p, scenario.finished), direct_project, proxied_project
+    )
     try:
         direct = asyncio.run(_send(dstack_server.url, direct_project, scenario, tokens, False))
         direct_effect = _effect(dstack_server, direct_project, scenario.op)
         proxied = asyncio.run(_send(proxy_url, proxied_project, scenario, tokens, True))
         proxied_effect = _effect(dstack_server, proxied_project, scenario.op)
     finally:
-        _in_both(lambda p: stop_runs_until_finished(dstack_server, p, list(POOL)),
-                 direct_project, proxied_project)
+        _in_both(
+            lambda p: stop_runs_until_finished(dstack_server, p, list(POOL)),
+            direct_project,
+            proxied_project,
+        )
     assert _normalised(proxied) == _normalised(direct)
     assert proxied_effect == direct_effect

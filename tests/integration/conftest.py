@@ -37,7 +37,8 @@ def make_proxy(aiohttp_client: AiohttpClient, upstream_server: Any) -> ProxyFact
 
     async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
         config = dataclasses.replace(
-            Config(upstream=f"http://localhost:{upstream_server.port}"), **overrides)
+            Config(upstream=f"http://localhost:{upstream_server.port}"), **overrides
+        )
         return await aiohttp_client(make_app(config))
 
     return start

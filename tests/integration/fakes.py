@@ -88,12 +88,19 @@ class FakeUpstream:
 
     async def echo(self, request: web.Request) -> web.Response:
         call = await self._record(request)
-        return web.json_response({"method": call.method, "path": call.path,
-                                  "headers": call.headers, "body": call.body.decode()})
+        return web.json_response(
+            {
+                "method": call.method,
+                "path": call.path,
+                "headers": call.headers,
+                "body": call.body.decode(),
+            }
+        )
 
     async def gzip(self, request: web.Request) -> web.Response:
-        return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip",
-                                                   "Content-Type": "application/json"})
+        return web.Response(
+            body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
 
     async def slow(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()

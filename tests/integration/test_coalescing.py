@@ -26,13 +26,22 @@ STOP = "/api/project/main/runs/stop"
 DELETE = "/api/project/main/runs/delete"
 
 
-async def _stop_all(proxy: Client, names: list[str], headers: dict[str, str] = MEMBER,
-                    abort: bool = False, path: str = STOP) -> list[tuple[int, bytes]]:
+async def _stop_all(
+    proxy: Client,
+    names: list[str],
+    headers: dict[str, str] = MEMBER,
+    abort: bool = False,
+    path: str = STOP,
+) -> list[tuple[int, bytes]]:
     async def one(name: str) -> tuple[int, bytes]:
-        body = {"runs_names": [name], "abort": abort} if path.endswith("stop") else {
-            "runs_names": [name]}
+        body = (
+            {"runs_names": [name], "abort": abort}
+            if path.endswith("stop")
+            else {"runs_names": [name]}
+        )
         async with proxy.post(path, json=body, headers=headers) as resp:
             return resp.status, await resp.read()
+
     return await asyncio.gather(*(one(n) for n in names))
 
 
@@ -85,10 +94,13 @@ async def test_duplicate_requests_share_one_item(proxy: Client, fake: FakeUpstre
 async def test_one_active_run_fails_only_its_own_caller(proxy: Client, fake: FakeUpstream) -> None:
     names = [f"run-{i}" for i in range(16)]
     fake.active_runs = {"run-11"}
-    answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE)))
+    answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE), strict=True))
     assert answers.pop("run-11") == (
-        400, json.dumps({"detail": [{"msg": "Cannot delete active runs: ['run-11']",
-                                     "code": "error"}]}).encode())
+        400,
+        json.dumps(
+            {"detail": [{"msg": "Cannot delete active runs: ['run-11']", "code": "error"}]}
+        ).encode(),
+    )
     assert set(answers.values()) == {(200, b"null")}
     # One merged call, then two calls per level of the bisection: 1 + 2·log2(16).
     assert len(fake.runs_calls()) <= 1 + 2 * 4
@@ -100,7 +112,7 @@ async def test_several_failing_callers_each_get_their_own_answer(
 ) -> None:
     names = [f"r{i}" for i in range(10)]
     fake.active_runs = {"r0", "r5", "r9"}
-    answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE)))
+    answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE), strict=True))
     for name in names:
         status, body = answers[name]
         if name in fake.active_runs:
@@ -110,9 +122,12 @@ async def test_several_failing_callers_each_get_their_own_answer(
             assert (status, body) == (200, b"null")
 
 
-async def test_key_wide_refusal_is_fanned_out_with_one_call(proxy: Client, fake: FakeUpstream) -> None:
-    answers = await _stop_all(proxy, [f"r{i}" for i in range(8)],
-                              headers={"Authorization": "Bearer outsider"})
+async def test_key_wide_refusal_is_fanned_out_with_one_call(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    answers = await _stop_all(
+        proxy, [f"r{i}" for i in range(8)], headers={"Authorization": "Bearer outsider"}
+    )
     assert {a[0] for a in answers} == {403}
     assert {json.loads(a[1])["detail"]["msg"] for a in answers} == {"Access denied"}
     assert len(fake.runs_calls()) == 1
@@ -137,15 +152,18 @@ async def test_upstream_timeout_gives_every_caller_504_without_resending(
     assert len(fake.runs_calls()) == 1
 
 
-@pytest.mark.parametrize("body, content_type", [
-    (b'{"runs_names": ["a"], "abort": false, "extra": 1}', "application/json"),
-    (b'{"runs_names": ["a"]}', "application/json"),
-    (b'{"runs_names": [], "abort": false}', "application/json"),
-    (b'{"runs_names": "a", "abort": false}', "application/json"),
-    (b'{"runs_names": ["a"], "abort": "yes"}', "application/json"),
-    (b'{"runs_names": ["a"], "abort": false', "application/json"),
-    (b'{"runs_names": ["a"], "abort": false}', "text/plain"),
-])
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b'{"runs_names": ["a"], "abort": false, "extra": 1}', "application/json"),
+        (b'{"runs_names": ["a"]}', "application/json"),
+        (b'{"runs_names": [], "abort": false}', "application/json"),
+        (b'{"runs_names": "a", "abort": false}', "application/json"),
+        (b'{"runs_names": ["a"], "abort": "yes"}', "application/json"),
+        (b'{"runs_names": ["a"], "abort": false', "application/json"),
+        (b'{"runs_names": ["a"], "abort": false}', "text/plain"),
+    ],
+)
 async def test_non_canonical_bodies_pass_through_byte_for_byte(
     proxy: Client, fake: FakeUpstream, body: bytes, content_type: str
 ) -> None:
@@ -182,10 +200,12 @@ async def test_a_caller_that_leaves_does_not_cancel_the_batch(
 ) -> None:
     proxy = await make_proxy(window_ms=300)
     body = b'{"runs_names": ["leaver"], "abort": false}'
-    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
-    writer.write(b"POST " + STOP.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-                 b"Authorization: Bearer member\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    _, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(
+        b"POST " + STOP.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer member\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     await writer.drain()
     await asyncio.sleep(0.05)
     stayer = asyncio.ensure_future(_stop_all(proxy, ["stayer"]))
@@ -254,13 +274,22 @@ class _FailOnceResolver(aiohttp.abc.AbstractResolver):
     def __init__(self) -> None:
         self.lookups = 0
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET
-                      ) -> list[aiohttp.abc.ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: int = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
         self.lookups += 1
         if self.lookups == 1:
             raise OSError("temporary failure in name resolution")
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
-                 "proto": 0, "flags": 0}]
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
 
     async def close(self) -> None:
         pass

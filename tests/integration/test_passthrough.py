@@ -45,14 +45,17 @@ async def test_first_chunk_reaches_client_before_upstream_finishes(
 
 
 async def test_hop_by_hop_headers_are_stripped_both_ways(proxy: Client, fake: FakeUpstream) -> None:
-    resp = await proxy.get("/headers", headers={
-        "Connection": "keep-alive, X-Client-Private",
-        "X-Client-Private": "secret",
-        "Keep-Alive": "timeout=5",
-        "Proxy-Authorization": "Basic c2VjcmV0",
-        "TE": "trailers",
-        "X-Kept": "yes",
-    })
+    resp = await proxy.get(
+        "/headers",
+        headers={
+            "Connection": "keep-alive, X-Client-Private",
+            "X-Client-Private": "secret",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic c2VjcmV0",
+            "TE": "trailers",
+            "X-Kept": "yes",
+        },
+    )
     sent = fake.calls[-1].headers
     for name in ("x-client-private", "keep-alive", "proxy-authorization", "te"):
         assert name not in sent
@@ -60,7 +63,9 @@ async def test_hop_by_hop_headers_are_stripped_both_ways(proxy: Client, fake: Fa
     for name in ("X-Upstream-Private", "Keep-Alive", "Proxy-Authenticate"):
         assert name not in resp.headers
     assert resp.headers.getall("Set-Cookie") == [
-        "a=1; Path=/", "b=2; Expires=Wed, 21 Oct 2015 07:28:00 GMT"]
+        "a=1; Path=/",
+        "b=2; Expires=Wed, 21 Oct 2015 07:28:00 GMT",
+    ]
 
 
 async def test_forwarding_headers_replace_client_supplied_ones(
@@ -75,8 +80,10 @@ async def test_forwarding_headers_replace_client_supplied_ones(
 
 
 def fake_port(proxy: Client) -> int:
-    from proxy.keys import CONFIG_KEY
     from yarl import URL
+
+    from proxy.keys import CONFIG_KEY
+
     port = URL(proxy.app[CONFIG_KEY].upstream).port
     assert port is not None
     return port
@@ -120,6 +127,7 @@ async def test_upstream_hang_gives_504(make_proxy: ProxyFactory) -> None:
 async def test_unreachable_upstream_gives_502(aiohttp_client, unused_tcp_port: int) -> None:
     from proxy.app import make_app
     from proxy.config import Config
+
     proxy = await aiohttp_client(make_app(Config(upstream=f"http://127.0.0.1:{unused_tcp_port}")))
     resp = await proxy.post("/api/users/list", json={})
     assert resp.status == 502
@@ -137,7 +145,9 @@ async def test_absolute_form_target_never_reaches_another_host(
     proxy: Client, fake: FakeUpstream
 ) -> None:
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
-    writer.write(b"GET http://other-host/x HTTP/1.1\r\nHost: other-host\r\nConnection: close\r\n\r\n")
+    writer.write(
+        b"GET http://other-host/x HTTP/1.1\r\nHost: other-host\r\nConnection: close\r\n\r\n"
+    )
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 5)
     writer.close()
@@ -145,13 +155,16 @@ async def test_absolute_form_target_never_reaches_another_host(
     assert fake.calls == []
 
 
-@pytest.mark.parametrize("request_line, status", [
-    (b"GET //other-host/x HTTP/1.1", b"400"),
-    (b"GET /a\\b HTTP/1.1", b"400"),
-    (b"CONNECT other-host:443 HTTP/1.1", b"405"),
-    (b"TRACE / HTTP/1.1", b"405"),
-    (b"OPTIONS * HTTP/1.1", b"400"),
-])
+@pytest.mark.parametrize(
+    "request_line, status",
+    [
+        (b"GET //other-host/x HTTP/1.1", b"400"),
+        (b"GET /a\\b HTTP/1.1", b"400"),
+        (b"CONNECT other-host:443 HTTP/1.1", b"405"),
+        (b"TRACE / HTTP/1.1", b"405"),
+        (b"OPTIONS * HTTP/1.1", b"400"),
+    ],
+)
 async def test_odd_targets_and_methods_are_refused(
     proxy: Client, fake: FakeUpstream, request_line: bytes, status: bytes
 ) -> None:
@@ -168,8 +181,10 @@ async def test_a_request_with_both_content_length_and_chunked_never_reaches_upst
     proxy: Client, fake: FakeUpstream
 ) -> None:
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
-    writer.write(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-                 b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n")
+    writer.write(
+        b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+    )
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 5)
     writer.close()
@@ -246,6 +261,7 @@ async def test_idle_upstream_connections_close_before_uvicorns_keep_alive(proxy:
     # uvicorn closes idle connections after 5 s; reusing one it just closed fails at random
     # with "server disconnected" (PROXY-PITFALLS A10).
     from proxy.keys import SESSION_KEY
+
     connector = proxy.app[SESSION_KEY].connector
     assert connector is not None
-    assert connector._keepalive_timeout < 5  # noqa: SLF001 - aiohttp exposes no getter
+    assert connector._keepalive_timeout < 5

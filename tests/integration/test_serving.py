@@ -22,8 +22,16 @@ SECRET = "very-secret-token"
 
 @pytest.fixture
 async def proxy_process(upstream_server: Any, tmp_path: Path) -> AsyncIterator[ProxyProcess]:
-    proxy = ProxyProcess(f"http://localhost:{upstream_server.port}", tmp_path / "proxy.log",
-                         "--window-ms", "2000", "--max-wait-ms", "5000", "--drain-seconds", "5")
+    proxy = ProxyProcess(
+        f"http://localhost:{upstream_server.port}",
+        tmp_path / "proxy.log",
+        "--window-ms",
+        "2000",
+        "--max-wait-ms",
+        "5000",
+        "--drain-seconds",
+        "5",
+    )
     await asyncio.to_thread(proxy.__enter__)
     yield proxy
     await asyncio.to_thread(proxy.stop)
@@ -35,11 +43,15 @@ async def test_sigterm_drains_in_flight_requests_and_flushes_open_batches(
     fake.gate = asyncio.Event()  # hold runs/* calls upstream until released
     headers = {"Authorization": "Bearer member"}
     async with aiohttp.ClientSession() as session:
+
         async def stop(name: str) -> tuple[int, str]:
-            async with session.post(proxy_process.url + "/api/project/main/runs/stop",
-                                    json={"runs_names": [name], "abort": False},
-                                    headers=headers) as resp:
+            async with session.post(
+                proxy_process.url + "/api/project/main/runs/stop",
+                json={"runs_names": [name], "abort": False},
+                headers=headers,
+            ) as resp:
                 return resp.status, await resp.text()
+
         callers = asyncio.gather(stop("a"), stop("b"))
         await asyncio.sleep(0.3)  # inside the 2 s window: nothing sent yet
         assert fake.runs_calls() == []
@@ -83,8 +95,11 @@ async def test_logs_are_json_name_upstream_errors_and_never_credentials(
 ) -> None:
     headers = {"Authorization": f"Bearer {SECRET}", "Cookie": f"session={SECRET}"}
     async with aiohttp.ClientSession() as session:
-        async with session.post(proxy_process.url + "/api/project/main/runs/stop",
-                                json={"runs_names": ["a"], "abort": False}, headers=headers):
+        async with session.post(
+            proxy_process.url + "/api/project/main/runs/stop",
+            json={"runs_names": ["a"], "abort": False},
+            headers=headers,
+        ):
             pass
         await upstream_server.close()
         async with session.get(proxy_process.url + "/api/x", headers=headers) as resp:

@@ -106,7 +106,8 @@ async def make_batcher(clock: ManualClock, gate: asyncio.Event) -> AsyncIterator
             return await respond(batch)
 
         batcher: Batcher[str, str, str] = Batcher(
-            flush, window=WINDOW, max_size=max_size, max_wait=MAX_WAIT, clock=clock)
+            flush, window=WINDOW, max_size=max_size, max_wait=MAX_WAIT, clock=clock
+        )
         made.append(batcher)
         return batcher, calls
 
@@ -204,8 +205,7 @@ async def test_items_under_different_keys_never_merge(
     clock.advance(WINDOW)
     await settle()
 
-    assert sorted((batch.key, batch.items) for batch in calls) == [
-        ("x", ["a", "b"]), ("y", ["a"])]
+    assert sorted((batch.key, batch.items) for batch in calls) == [("x", ["a", "b"]), ("y", ["a"])]
     assert [t.result() for t in x + y] == ["x:a", "x:b", "y:a"]
 
 
@@ -220,7 +220,10 @@ async def test_a_burst_on_one_key_does_not_delay_another_keys_window(
     await settle()
 
     assert [(b.key, b.items, b.closed_at) for b in calls] == [
-        ("busy", ["a", "b"], 5), ("busy", ["c", "d"], 5), ("quiet", ["q"], WINDOW)]
+        ("busy", ["a", "b"], 5),
+        ("busy", ["c", "d"], 5),
+        ("quiet", ["q"], WINDOW),
+    ]
 
     clock.advance(5)
     await settle()
@@ -459,9 +462,7 @@ async def test_aclose_flushes_every_open_batch_at_once_and_waits_for_the_flights
     assert [t.result() for t in tasks] == ["x:a", "x:b", "y:c"]
 
 
-async def test_submit_after_aclose_raises_batcher_closed(
-    echo_batcher: Recorded
-) -> None:
+async def test_submit_after_aclose_raises_batcher_closed(echo_batcher: Recorded) -> None:
     batcher, calls = echo_batcher
     await batcher.aclose()
 

@@ -26,7 +26,11 @@ def test_defaults_are_the_documented_values() -> None:
     config = load_config([], {})
     assert config == Config()
     assert (config.upstream, config.port, config.admin_host, config.admin_port) == (
-        "http://127.0.0.1:3000", 8080, "127.0.0.1", 9090)
+        "http://127.0.0.1:3000",
+        8080,
+        "127.0.0.1",
+        9090,
+    )
     assert (config.mode, config.window, config.max_batch, config.max_wait) == ("on", 0.02, 500, 2.0)
     assert config.trusted_proxies == ()
     assert config.endpoints == DEFAULT_ENDPOINTS
@@ -43,13 +47,16 @@ def test_the_repository_config_yaml_documents_every_option() -> None:
 
 def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "port: 1001\nwindow_ms: 11\nmax_batch: 7\n")
-    environ = {"COALESCER_CONFIG": str(path), "COALESCER_PORT": "1002",
-               "COALESCER_WINDOW_MS": "12"}
+    environ = {"COALESCER_CONFIG": str(path), "COALESCER_PORT": "1002", "COALESCER_WINDOW_MS": "12"}
 
     config = load_config(["--port", "1003"], environ)
 
     assert (config.port, config.window_ms, config.max_batch, config.max_pending) == (
-        1003, 12, 7, Config().max_pending)
+        1003,
+        12,
+        7,
+        Config().max_pending,
+    )
 
 
 def test_the_config_flag_beats_the_config_variable(tmp_path: Path) -> None:
@@ -63,24 +70,34 @@ def test_the_config_flag_beats_the_config_variable(tmp_path: Path) -> None:
 
 
 def test_values_from_the_environment_are_parsed_like_any_other() -> None:
-    environ = {"COALESCER_TRUSTED_PROXIES": "10.0.0.1, ::1", "COALESCER_CONNECT_TIMEOUT": "2.5",
-               "COALESCER_MODE": "SHADOW"}
+    environ = {
+        "COALESCER_TRUSTED_PROXIES": "10.0.0.1, ::1",
+        "COALESCER_CONNECT_TIMEOUT": "2.5",
+        "COALESCER_MODE": "SHADOW",
+    }
     config = load_config([], environ)
     assert (config.trusted_proxies, config.connect_timeout, config.mode) == (
-        ("10.0.0.1", "::1"), 2.5, "shadow")
+        ("10.0.0.1", "::1"),
+        2.5,
+        "shadow",
+    )
 
 
 def test_the_endpoint_table_is_read_from_the_file_only(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path, (
-        "endpoints:\n"
-        "  - name: runs/stop\n"
-        "    path: /api/project/{project}/runs/stop\n"
-        "    list_field: runs_names\n"
-        "    equal_fields: {abort: bool}\n"
-    ))
+    path = write_yaml(
+        tmp_path,
+        (
+            "endpoints:\n"
+            "  - name: runs/stop\n"
+            "    path: /api/project/{project}/runs/stop\n"
+            "    list_field: runs_names\n"
+            "    equal_fields: {abort: bool}\n"
+        ),
+    )
     config = load_config(["--config", str(path)], {"COALESCER_ENDPOINTS": "[]"})
     assert [(e.name, e.equal_fields) for e in config.endpoints] == [
-        ("runs/stop", (("abort", "bool"),))]
+        ("runs/stop", (("abort", "bool"),))
+    ]
 
 
 ENDPOINT_WITH_ENABLED = (
@@ -127,51 +144,117 @@ FILE = "config file"
 @pytest.mark.parametrize(
     ("argv", "environ", "file_text", "must_name"),
     [
-        pytest.param(["--port", "70000"], {}, None, ["port", "flag --port", "70000"],
-                     id="port out of range"),
-        pytest.param([], {"COALESCER_PORT": "http"}, None,
-                     ["port", "environment COALESCER_PORT", "http"], id="port not a number"),
+        pytest.param(
+            ["--port", "70000"], {}, None, ["port", "flag --port", "70000"], id="port out of range"
+        ),
+        pytest.param(
+            [],
+            {"COALESCER_PORT": "http"},
+            None,
+            ["port", "environment COALESCER_PORT", "http"],
+            id="port not a number",
+        ),
         pytest.param([], {}, "port: true\n", ["port", FILE, "True"], id="port as yaml bool"),
-        pytest.param([], {"COALESCER_WINDOW_MS": "abc"}, None,
-                     ["window_ms", "environment COALESCER_WINDOW_MS", "abc"], id="window_ms text"),
-        pytest.param(["--window-ms", "-1"], {}, None, ["window_ms", "flag --window-ms", "-1"],
-                     id="window_ms negative"),
-        pytest.param([], {}, "window_ms: 2.5\n", ["window_ms", FILE, "2.5"],
-                     id="window_ms fraction"),
+        pytest.param(
+            [],
+            {"COALESCER_WINDOW_MS": "abc"},
+            None,
+            ["window_ms", "environment COALESCER_WINDOW_MS", "abc"],
+            id="window_ms text",
+        ),
+        pytest.param(
+            ["--window-ms", "-1"],
+            {},
+            None,
+            ["window_ms", "flag --window-ms", "-1"],
+            id="window_ms negative",
+        ),
+        pytest.param(
+            [], {}, "window_ms: 2.5\n", ["window_ms", FILE, "2.5"], id="window_ms fraction"
+        ),
         pytest.param([], {}, "mode: sometimes\n", ["mode", FILE, "sometimes"], id="mode"),
-        pytest.param([], {}, "upstream: http://127.0.0.1:3000/api\n",
-                     ["upstream", FILE, "http://127.0.0.1:3000/api"], id="upstream with a path"),
-        pytest.param(["--upstream", "ftp://dstack:21"], {}, None,
-                     ["upstream", "flag --upstream", "ftp://dstack:21"], id="upstream scheme"),
-        pytest.param(["--log-format", "xml"], {}, None, ["log_format", "flag --log-format", "xml"],
-                     id="log_format"),
-        pytest.param([], {"COALESCER_TRUSTED_PROXIES": "10.0.0.1,proxy.local"}, None,
-                     ["trusted_proxies", "environment COALESCER_TRUSTED_PROXIES", "proxy.local"],
-                     id="trusted_proxies host name"),
-        pytest.param([], {}, "trusted_proxies: [10.0.0.0/8]\n",
-                     ["trusted_proxies", FILE, "10.0.0.0/8"], id="trusted_proxies network"),
-        pytest.param(["--connect-timeout", "nan"], {}, None,
-                     ["connect_timeout", "flag --connect-timeout", "nan"], id="timeout nan"),
-        pytest.param(["--max-batch", "0"], {}, None, ["max_batch", "flag --max-batch", "0"],
-                     id="max_batch zero"),
+        pytest.param(
+            [],
+            {},
+            "upstream: http://127.0.0.1:3000/api\n",
+            ["upstream", FILE, "http://127.0.0.1:3000/api"],
+            id="upstream with a path",
+        ),
+        pytest.param(
+            ["--upstream", "ftp://dstack:21"],
+            {},
+            None,
+            ["upstream", "flag --upstream", "ftp://dstack:21"],
+            id="upstream scheme",
+        ),
+        pytest.param(
+            ["--log-format", "xml"],
+            {},
+            None,
+            ["log_format", "flag --log-format", "xml"],
+            id="log_format",
+        ),
+        pytest.param(
+            [],
+            {"COALESCER_TRUSTED_PROXIES": "10.0.0.1,proxy.local"},
+            None,
+            ["trusted_proxies", "environment COALESCER_TRUSTED_PROXIES", "proxy.local"],
+            id="trusted_proxies host name",
+        ),
+        pytest.param(
+            [],
+            {},
+            "trusted_proxies: [10.0.0.0/8]\n",
+            ["trusted_proxies", FILE, "10.0.0.0/8"],
+            id="trusted_proxies network",
+        ),
+        pytest.param(
+            ["--connect-timeout", "nan"],
+            {},
+            None,
+            ["connect_timeout", "flag --connect-timeout", "nan"],
+            id="timeout nan",
+        ),
+        pytest.param(
+            ["--max-batch", "0"],
+            {},
+            None,
+            ["max_batch", "flag --max-batch", "0"],
+            id="max_batch zero",
+        ),
         # The name is the bad value here; the option's value is not repeated.
         pytest.param([], {}, "prot: 8080\n", ["prot", FILE], id="unknown option in file"),
-        pytest.param([], {}, (
-            "endpoints:\n"
-            "  - {name: x, path: '/api/project/{project}/x', list_field: names, colour: red}\n"
-        ), ["endpoints", FILE, "colour", "unknown endpoint keys"],
-            id="endpoint entry with unknown key"),
-        pytest.param([], {}, (
-            "endpoints:\n"
-            "  - {name: projects/remove_members, path: '/api/projects/{project}/remove_members',"
-            " list_field: usernames}\n"
-        ), ["endpoints", FILE, "remove_members", "never be merged"], id="remove_members endpoint"),
-        pytest.param([], {}, "max_wait_ms: 5\n", ["max_wait_ms", FILE, "5"],
-                     id="max_wait_ms below window_ms"),
+        pytest.param(
+            [],
+            {},
+            (
+                "endpoints:\n"
+                "  - {name: x, path: '/api/project/{project}/x', list_field: names, colour: red}\n"
+            ),
+            ["endpoints", FILE, "colour", "unknown endpoint keys"],
+            id="endpoint entry with unknown key",
+        ),
+        pytest.param(
+            [],
+            {},
+            (
+                "endpoints:\n"
+                "  - {name: projects/remove_members,"
+                " path: '/api/projects/{project}/remove_members', list_field: usernames}\n"
+            ),
+            ["endpoints", FILE, "remove_members", "never be merged"],
+            id="remove_members endpoint",
+        ),
+        pytest.param(
+            [], {}, "max_wait_ms: 5\n", ["max_wait_ms", FILE, "5"], id="max_wait_ms below window_ms"
+        ),
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_the_option_source_and_value(
-    tmp_path: Path, argv: list[str], environ: dict[str, str], file_text: str | None,
+    tmp_path: Path,
+    argv: list[str],
+    environ: dict[str, str],
+    file_text: str | None,
     must_name: list[str],
 ) -> None:
     if file_text is not None:
@@ -209,7 +292,7 @@ def test_a_file_that_is_not_a_mapping_of_options_fails_with_one_line(
 
 
 def test_a_missing_file_fails_naming_the_path(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="absent.yaml"):
+    with pytest.raises(ConfigError, match=r"absent\.yaml"):
         load_config(["--config", str(tmp_path / "absent.yaml")], {})
 
 
@@ -217,7 +300,12 @@ def test_python_m_proxy_with_a_bad_flag_exits_2_with_one_stderr_line(tmp_path: P
     environ = {k: v for k, v in os.environ.items() if not k.startswith("COALESCER_")}
     done = subprocess.run(
         [sys.executable, "-m", "proxy", "--window-ms", "abc"],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=30, check=False,
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     lines = done.stderr.splitlines()

@@ -77,14 +77,23 @@ def test_match_project_refuses_anything_but_exactly_the_spec_path(raw_path: str)
 @pytest.mark.parametrize(
     ("spec", "body", "parsed"),
     [
-        (STOP, b'{"runs_names": ["a", "b"], "abort": false}',
-         ParsedBody(("a", "b"), (("abort", False),))),
+        (
+            STOP,
+            b'{"runs_names": ["a", "b"], "abort": false}',
+            ParsedBody(("a", "b"), (("abort", False),)),
+        ),
         (STOP, b'{"abort": true, "runs_names": ["a"]}', ParsedBody(("a",), (("abort", True),))),
         (SPECS["runs/delete"], b'{"runs_names": ["a", "a"]}', ParsedBody(("a", "a"), ())),
-        (DELETE_INSTANCES, b'{"name": "f", "instance_nums": [0, 3]}',
-         ParsedBody((0, 3), (("name", "f"),))),
-        (DELETE_INSTANCES, b'{"name": "f", "instance_nums": [9223372036854775807]}',
-         ParsedBody((2**63 - 1,), (("name", "f"),))),
+        (
+            DELETE_INSTANCES,
+            b'{"name": "f", "instance_nums": [0, 3]}',
+            ParsedBody((0, 3), (("name", "f"),)),
+        ),
+        (
+            DELETE_INSTANCES,
+            b'{"name": "f", "instance_nums": [9223372036854775807]}',
+            ParsedBody((2**63 - 1,), (("name", "f"),)),
+        ),
     ],
     ids=["stop", "fields in any order", "no equal fields", "int items", "largest i64"],
 )
@@ -112,17 +121,22 @@ def test_parse_body_accepts_exactly_the_spec_fields_and_types(
         pytest.param(STOP, b'{"runs_names": ["a"], "abort": "yes"}', id="bool as str"),
         pytest.param(STOP, b'{"runs_names": ["a"], "abort": 1}', id="bool as int"),
         pytest.param(STOP, b'{"runs_names": ["a"], "abort": null}', id="bool as null"),
-        pytest.param(DELETE_INSTANCES, b'{"name": "f", "instance_nums": [true]}',
-                     id="bool in int list"),
-        pytest.param(DELETE_INSTANCES, b'{"name": "f", "instance_nums": ["1"]}',
-                     id="int as str"),
-        pytest.param(DELETE_INSTANCES, b'{"name": "f", "instance_nums": [1.0]}',
-                     id="int as float"),
+        pytest.param(
+            DELETE_INSTANCES, b'{"name": "f", "instance_nums": [true]}', id="bool in int list"
+        ),
+        pytest.param(DELETE_INSTANCES, b'{"name": "f", "instance_nums": ["1"]}', id="int as str"),
+        pytest.param(DELETE_INSTANCES, b'{"name": "f", "instance_nums": [1.0]}', id="int as float"),
         pytest.param(DELETE_INSTANCES, b'{"name": 1, "instance_nums": [1]}', id="str as int"),
-        pytest.param(DELETE_INSTANCES, b'{"name": "f", "instance_nums": [18446744073709551616]}',
-                     id="int beyond 64 bits"),
-        pytest.param(DELETE_INSTANCES, b'{"name": "f", "instance_nums": [1' + b"0" * 400 + b"]}",
-                     id="huge int"),
+        pytest.param(
+            DELETE_INSTANCES,
+            b'{"name": "f", "instance_nums": [18446744073709551616]}',
+            id="int beyond 64 bits",
+        ),
+        pytest.param(
+            DELETE_INSTANCES,
+            b'{"name": "f", "instance_nums": [1' + b"0" * 400 + b"]}",
+            id="huge int",
+        ),
         pytest.param(STOP, b'["a"]', id="json array"),
         pytest.param(STOP, b'"a"', id="json string"),
         pytest.param(STOP, b"null", id="json null"),
@@ -144,9 +158,11 @@ def test_parse_body_refuses_anything_that_does_not_fit_exactly(
 
 def test_render_body_writes_the_list_field_then_the_equal_fields() -> None:
     assert render_body(STOP, ["a", "b"], (("abort", True),)) == (
-        b'{"runs_names":["a","b"],"abort":true}')
+        b'{"runs_names":["a","b"],"abort":true}'
+    )
     assert render_body(DELETE_INSTANCES, [1, 2], (("name", "f"),)) == (
-        b'{"instance_nums":[1,2],"name":"f"}')
+        b'{"instance_nums":[1,2],"name":"f"}'
+    )
 
 
 @settings(database=None)

@@ -21,10 +21,20 @@ def headers(*pairs: tuple[str, str]) -> CIMultiDict[str]:
     return CIMultiDict(pairs)
 
 
-def to_upstream(pairs: Pairs, *, trusted_peer: bool = False, body_rewritten: bool = False,
-                remote: str | None = "10.0.0.9") -> Pairs:
-    out = upstream_request_headers(headers(*pairs), remote=remote, scheme="http",
-                                   trusted_peer=trusted_peer, body_rewritten=body_rewritten)
+def to_upstream(
+    pairs: Pairs,
+    *,
+    trusted_peer: bool = False,
+    body_rewritten: bool = False,
+    remote: str | None = "10.0.0.9",
+) -> Pairs:
+    out = upstream_request_headers(
+        headers(*pairs),
+        remote=remote,
+        scheme="http",
+        trusted_peer=trusted_peer,
+        body_rewritten=body_rewritten,
+    )
     return list(out.items())
 
 
@@ -33,16 +43,24 @@ def to_client(pairs: Pairs) -> Pairs:
 
 
 HOP_BY_HOP = [
-    "Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Trailers",
-    "Transfer-Encoding", "Upgrade", "Proxy-Authenticate", "Proxy-Authorization",
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Trailers",
+    "Transfer-Encoding",
+    "Upgrade",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
 ]
 
 
 def test_the_hop_by_hop_set_is_exactly_the_rfc_list_plus_common_extras() -> None:
-    assert HOP_BY_HOP_HEADERS == {h.lower() for h in HOP_BY_HOP}
+    assert {h.lower() for h in HOP_BY_HOP} == HOP_BY_HOP_HEADERS
 
 
-@pytest.mark.parametrize("name", HOP_BY_HOP + ["transfer-encoding", "KEEP-ALIVE"])
+@pytest.mark.parametrize("name", [*HOP_BY_HOP, "transfer-encoding", "KEEP-ALIVE"])
 @pytest.mark.parametrize("leg", ["request", "response"])
 def test_hop_by_hop_headers_are_stripped_on_both_legs(name: str, leg: str) -> None:
     pairs = [("Accept", "*/*"), (name, "x"), ("X-Kept", "1")]
@@ -56,10 +74,16 @@ def test_hop_by_hop_headers_are_stripped_on_both_legs(name: str, leg: str) -> No
     [
         pytest.param([("Connection", "X-Secret")], {"x-secret"}, id="one name"),
         pytest.param([("Connection", "x-SECRET")], {"x-secret"}, id="other case"),
-        pytest.param([("Connection", "keep-alive, X-Secret ,X-Other")], {"x-secret", "x-other"},
-                     id="comma list"),
-        pytest.param([("Connection", "X-Secret"), ("connection", "X-Other")],
-                     {"x-secret", "x-other"}, id="two Connection headers"),
+        pytest.param(
+            [("Connection", "keep-alive, X-Secret ,X-Other")],
+            {"x-secret", "x-other"},
+            id="comma list",
+        ),
+        pytest.param(
+            [("Connection", "X-Secret"), ("connection", "X-Other")],
+            {"x-secret", "x-other"},
+            id="two Connection headers",
+        ),
         pytest.param([("Connection", " , ,X-Other,")], {"x-other"}, id="empty list elements"),
     ],
 )
@@ -67,7 +91,7 @@ def test_hop_by_hop_headers_are_stripped_on_both_legs(name: str, leg: str) -> No
 def test_headers_named_in_connection_are_stripped(
     connection: Pairs, dropped: set[str], leg: str
 ) -> None:
-    pairs = connection + [("X-Secret", "s"), ("X-Other", "o"), ("X-Kept", "k")]
+    pairs = [*connection, ("X-Secret", "s"), ("X-Other", "o"), ("X-Kept", "k")]
     out = to_upstream(pairs) if leg == "request" else to_client(pairs)
     names = {n.lower() for n, _ in out}
     assert not names & (dropped | {"connection"})
@@ -77,7 +101,10 @@ def test_headers_named_in_connection_are_stripped(
 
 def test_connection_tokens_lists_every_named_header_lower_cased() -> None:
     assert connection_tokens(headers(("Connection", "Keep-Alive, X-A"), ("CONNECTION", "x-b"))) == {
-        "keep-alive", "x-a", "x-b"}
+        "keep-alive",
+        "x-a",
+        "x-b",
+    }
 
 
 def test_repeated_set_cookie_headers_survive_as_separate_entries() -> None:
@@ -94,36 +121,73 @@ def test_strip_hop_by_hop_also_drops_the_extra_names_given() -> None:
     ("pairs", "trusted_peer", "forwarded"),
     [
         pytest.param(
-            [("Host", "proxy.example")], False,
-            {"X-Forwarded-For": "10.0.0.9", "X-Forwarded-Proto": "http",
-             "X-Forwarded-Host": "proxy.example"},
-            id="new chain"),
+            [("Host", "proxy.example")],
+            False,
+            {
+                "X-Forwarded-For": "10.0.0.9",
+                "X-Forwarded-Proto": "http",
+                "X-Forwarded-Host": "proxy.example",
+            },
+            id="new chain",
+        ),
         pytest.param(
-            [("Host", "proxy.example"), ("X-Forwarded-For", "6.6.6.6"),
-             ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "forged.example"),
-             ("Forwarded", "for=6.6.6.6"), ("X-Real-IP", "6.6.6.6")], False,
-            {"X-Forwarded-For": "10.0.0.9", "X-Forwarded-Proto": "http",
-             "X-Forwarded-Host": "proxy.example"},
-            id="client-supplied values dropped from an untrusted peer"),
+            [
+                ("Host", "proxy.example"),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Host", "forged.example"),
+                ("Forwarded", "for=6.6.6.6"),
+                ("X-Real-IP", "6.6.6.6"),
+            ],
+            False,
+            {
+                "X-Forwarded-For": "10.0.0.9",
+                "X-Forwarded-Proto": "http",
+                "X-Forwarded-Host": "proxy.example",
+            },
+            id="client-supplied values dropped from an untrusted peer",
+        ),
         pytest.param(
-            [("Host", "inner.example"), ("X-Forwarded-For", "1.1.1.1, 2.2.2.2"),
-             ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "outer.example")], True,
-            {"X-Forwarded-For": "1.1.1.1, 2.2.2.2, 10.0.0.9", "X-Forwarded-Proto": "https",
-             "X-Forwarded-Host": "outer.example"},
-            id="trusted peer's chain extended"),
+            [
+                ("Host", "inner.example"),
+                ("X-Forwarded-For", "1.1.1.1, 2.2.2.2"),
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Host", "outer.example"),
+            ],
+            True,
+            {
+                "X-Forwarded-For": "1.1.1.1, 2.2.2.2, 10.0.0.9",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "outer.example",
+            },
+            id="trusted peer's chain extended",
+        ),
         pytest.param(
-            [("Host", "inner.example")], True,
-            {"X-Forwarded-For": "10.0.0.9", "X-Forwarded-Proto": "http",
-             "X-Forwarded-Host": "inner.example"},
-            id="trusted peer without forwarding headers"),
+            [("Host", "inner.example")],
+            True,
+            {
+                "X-Forwarded-For": "10.0.0.9",
+                "X-Forwarded-Proto": "http",
+                "X-Forwarded-Host": "inner.example",
+            },
+            id="trusted peer without forwarding headers",
+        ),
         pytest.param(
-            [("Host", "proxy.example"), ("X-Forwarded-For", "1.1.1.1"),
-             ("X-Forwarded-For", "2.2.2.2")], True,
-            {"X-Forwarded-For": "1.1.1.1, 2.2.2.2, 10.0.0.9", "X-Forwarded-Proto": "http",
-             "X-Forwarded-Host": "proxy.example"},
+            [
+                ("Host", "proxy.example"),
+                ("X-Forwarded-For", "1.1.1.1"),
+                ("X-Forwarded-For", "2.2.2.2"),
+            ],
+            True,
+            {
+                "X-Forwarded-For": "1.1.1.1, 2.2.2.2, 10.0.0.9",
+                "X-Forwarded-Proto": "http",
+                "X-Forwarded-Host": "proxy.example",
+            },
             # RFC 9110 §5.3: repeated fields mean one comma-joined list; a regression test
             # for reading only the first line, which lost the peer's second hop.
-            id="trusted peer's repeated X-Forwarded-For"),
+            id="trusted peer's repeated X-Forwarded-For",
+        ),
     ],
 )
 def test_forwarding_headers_are_rebuilt_for_this_hop(
@@ -158,8 +222,13 @@ def test_expect_is_not_sent_upstream() -> None:
 
 
 def test_end_to_end_request_headers_pass_in_order_with_repeats() -> None:
-    pairs = [("Authorization", "Bearer t"), ("Cookie", "a=1"), ("X-API-Version", "1"),
-             ("Accept", "a"), ("Accept", "b")]
+    pairs = [
+        ("Authorization", "Bearer t"),
+        ("Cookie", "a=1"),
+        ("X-API-Version", "1"),
+        ("Accept", "a"),
+        ("Accept", "b"),
+    ]
     assert to_upstream(pairs)[: len(pairs)] == pairs
 
 
