@@ -18,6 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+lint: $(STAMP)
+	$(BIN)/ruff check proxy bench tests
+	$(BIN)/ruff format --check proxy bench tests
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.passthrough
 	$(BIN)/python -m bench.coalescing

@@ -83,19 +83,3 @@ def test_counting_stop_and_delete_requests(dstack_server: h.DstackServer) -> Non
     assert dstack_server.count_requests("/runs/delete", since=mark) == 1
     assert "smoke-count" not in h.run_states(dstack_server, PROJECT)
     assert h.run_states(dstack_server, PROJECT, include_deleted=True)["smoke-count"] == "deleted"
-
-
-def test_second_user_can_stop_runs_in_shared_project(dstack_server: h.DstackServer) -> None:
-    token = h.create_user(dstack_server, "smoke-user")
-    h.add_member(dstack_server, PROJECT, "smoke-user", "user")
-    h.create_active_runs(dstack_server, PROJECT, ["smoke-user-run"], token=token)
-
-    mark = dstack_server.log_mark()
-    h.stop_runs(dstack_server, PROJECT, ["smoke-user-run"], token=token)
-    assert dstack_server.count_requests(f"/api/project/{PROJECT}/runs/stop", since=mark) == 1
-    h.stop_runs_until_finished(dstack_server, PROJECT, ["smoke-user-run"], token=token)
-
-    outsider = h.create_user(dstack_server, "smoke-outsider")
-    with pytest.raises(h.ApiError) as err:
-        h.stop_runs(dstack_server, PROJECT, ["smoke-active"], token=outsider)
-    assert err.value.status == 403
