@@ -112,7 +112,8 @@ class Batcher(Generic[K, T, R]):
         # Mutated only in synchronous code (no await between lookup and change), so no lock.
         # A key is present while it has an open batch or a flight, and removed when it has neither.
         self._keys: dict[K, _KeyState[K, T, R]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # running flushes, awaited by aclose()
+        # Running flushes and the futures each will resolve; awaited (or abandoned) by aclose().
+        self._tasks: dict[asyncio.Task[None], dict[T, asyncio.Future[R | BaseException]]] = {}
         self._pending = 0  # submitters still waiting for an answer
         self._closed = False
 
@@ -141,14 +142,29 @@ class Batcher(Generic[K, T, R]):
             raise result
         return result
 
-    async def aclose(self) -> None:
-        """Refuse new items, flush every open batch now, and wait for every flight."""
+    async def aclose(
+        self, timeout: float | None = None, abandon: BaseException | None = None
+    ) -> None:
+        """Refuse new items, flush every open batch now, and wait for every flight.
+
+        After `timeout` seconds every waiter still without a result gets `abandon` (or a
+        TimeoutError) instead, so it can be answered; the flights themselves go on.
+        """
         self._closed = True
         for state in list(self._keys.values()):
             if state.open is not None:
                 self._close(state, FlushReason.CLOSE)
+        loop = asyncio.get_running_loop()  # real time: this bounds a real shutdown
+        deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            await asyncio.wait(list(self._tasks), timeout=left)
+        for futures in self._tasks.values():
+            for future in futures.values():
+                if not future.done():
+                    future.set_result(abandon or TimeoutError("batcher closed before the answer"))
 
     def _enqueue(self, key: K, item: T) -> asyncio.Future[R | BaseException]:
         now = self._clock.now()
@@ -203,8 +219,11 @@ class Batcher(Generic[K, T, R]):
         task = asyncio.get_running_loop().create_task(
             self._fly(state, closed, batch.futures), context=contextvars.Context()
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = batch.futures
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _fly(
         self,

@@ -175,7 +175,7 @@ def _endpoints(v: Any) -> tuple[EndpointSpec, ...]:
 def _flag(v: Any) -> bool:
     # A quoted "false" must never switch an endpoint on, as bool("false") would.
     if not isinstance(v, bool):
-        raise ValueError(f"enabled must be true or false, not {v!r}")
+        raise ValueError(f"expected true or false, not {v!r}")
     return v
 
 
@@ -196,6 +196,7 @@ def _endpoint(e: Any) -> EndpointSpec:
                 int(s) for s in e.get("key_wide_statuses", (401, 403, 404))
             ),
             enabled=_flag(e.get("enabled", True)),
+            idempotent=_flag(e.get("idempotent", True)),
         )
     except KeyError as missing:
         raise ValueError(f"endpoint entry misses {missing}") from None

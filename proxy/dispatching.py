@@ -5,15 +5,21 @@ such project) is shared without resending. Any other failure is bisected: the ca
 in halves and each half resent, until every failing request stands alone and gets the upstream's
 answer to exactly its own request. dstack's list endpoints change nothing when they fail
 (shared/dstack-api.md §1.4), so resending is safe.
+
+Resending is bounded: a batch of N callers never costs more than 1 + N + 2·ceil(log2 N) calls
+(one bad caller costs about 2·log2 N; when failures are dense the rest go singly), with at most
+MAX_CONCURRENT_CALLS of them at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import aiohttp
 import structlog
@@ -21,13 +27,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .coalescing import ClosedBatch
-from .endpoints import EndpointSpec, Item, render_body
+from .endpoints import EndpointSpec, Member, render_body
 from .metrics import Metrics
 from .upstream import UpstreamError, UpstreamReply, post_json
 
 log = structlog.get_logger(__name__)
 
 Outcome = UpstreamReply | UpstreamError
+MAX_CONCURRENT_CALLS: Final = 4  # per batch, while splitting: gentle on SQLite's one writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +48,7 @@ class BatchKey:
     endpoint: str
     project: str
     principal: str  # keyed fingerprint of the credential headers; never the token itself
-    varying: tuple[tuple[str, str], ...]  # other headers the upstream reads, e.g. X-API-Version
+    varying: tuple[tuple[str, str | None], ...]  # other headers dstack reads: X-API-Version
     equal: tuple[tuple[str, object], ...]  # body fields that must be equal, e.g. abort
     target: BatchTarget = field(compare=False, hash=False, repr=False)
 
@@ -54,9 +61,25 @@ class BatchTarget:
 
 
 @dataclass(eq=False, slots=True)
-class _Tally:
+class _Flight:
+    """One flush under way: its key, results so far, and call budget."""
+
+    key: BatchKey
+    batch_id: str
+    budget: int  # calls still allowed; kept >= unresolved, so every caller can be answered
+    unresolved: int  # callers without an outcome yet
+    results: dict[Member, Outcome] = field(default_factory=dict)
     calls: int = 0
     first: Outcome | None = None  # the merged call's own outcome, before any split
+    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_CALLS))
+
+    @property
+    def spec(self) -> EndpointSpec:
+        return self.key.target.spec
+
+    def settle(self, members: Sequence[Member], outcome: Outcome) -> None:
+        self.results.update(dict.fromkeys(members, outcome))
+        self.unresolved -= len(members)
 
 
 class Dispatcher:
@@ -67,90 +90,96 @@ class Dispatcher:
         self._metrics = metrics
         self._timeout = timeout
 
-    async def flush(self, batch: ClosedBatch[BatchKey, Item]) -> dict[Item, Outcome]:
-        key, spec = batch.key, batch.key.target.spec
-        batch_id = uuid.uuid4().hex[:16]
-        results: dict[Item, Outcome] = {}
-        tally = _Tally()
+    async def flush(self, batch: ClosedBatch[BatchKey, Member]) -> dict[Member, Outcome]:
         started = time.perf_counter()
-        await self._settle(key, batch.items, batch_id, results, tally)
-        first = tally.first
-        m = self._metrics
+        flight = _Flight(batch.key, uuid.uuid4().hex[:16], budget=0, unresolved=0)
+        # Where a repeated item fails (it must exist), callers naming the same item go in
+        # separate calls, in arrival order, as if sent one after the other.
+        rounds = [batch.items] if batch.key.target.spec.idempotent else _rounds(batch.items)
+        for members in rounds:
+            flight.budget = len(members) + 2 * math.ceil(math.log2(len(members)))
+            flight.unresolved = len(members)
+            await self._resolve(flight, members, await self._call(flight, members))
+        self._record(batch, flight, time.perf_counter() - started)
+        return flight.results
+
+    async def _resolve(self, flight: _Flight, members: Sequence[Member], outcome: Outcome) -> None:
+        """Give `members`, who were just called together with `outcome`, their own answers."""
+        if len(members) == 1 or _is_shared(outcome, flight.spec):
+            flight.settle(members, outcome)
+        elif flight.budget - 2 >= flight.unresolved:  # can split and still finish singly
+            flight.budget -= 2
+            self._metrics.bisections.labels(flight.spec.name).inc()
+            halves = (members[: len(members) // 2], members[len(members) // 2 :])
+            outcomes = await asyncio.gather(*(self._call(flight, h) for h in halves))
+            await asyncio.gather(
+                *(self._resolve(flight, h, o) for h, o in zip(halves, outcomes, strict=True))
+            )
+        else:  # failures are dense: asking each caller once is cheaper than splitting on
+            flight.budget -= len(members)
+            outcomes = await asyncio.gather(*(self._call(flight, (m,)) for m in members))
+            for member, own in zip(members, outcomes, strict=True):
+                flight.settle((member,), own)
+
+    async def _call(self, flight: _Flight, members: Sequence[Member]) -> Outcome:
+        spec, target = flight.spec, flight.key.target
+        # One caller's request is sent as it was; merged lists drop repeated names.
+        names: list[str | int] = (
+            list(members[0].names)
+            if len(members) == 1
+            else list(dict.fromkeys(name for m in members for name in m.names))
+        )
+        headers = target.headers.copy()
+        headers["X-Request-ID"] = f"{flight.batch_id}-{flight.calls}"
+        flight.calls += 1
+        self._metrics.upstream_calls.labels(
+            spec.name, "batch" if flight.calls == 1 else "split"
+        ).inc()
+        body = render_body(spec, names, flight.key.equal)
+        reply: Outcome
+        async with flight.gate:
+            started = time.perf_counter()
+            try:
+                reply = await post_json(
+                    self._session, target.url, headers, body, timeout=self._timeout
+                )
+            except UpstreamError as exc:
+                self._metrics.upstream_errors.labels("batch", exc.code).inc()
+                log.warning(
+                    "upstream_failed", batch_id=flight.batch_id, endpoint=spec.name, error=exc.code
+                )
+                reply = exc
+            else:
+                self._metrics.upstream_latency.labels("batch").observe(
+                    time.perf_counter() - started
+                )
+        if flight.first is None:
+            flight.first = reply
+        return reply
+
+    def _record(self, batch: ClosedBatch[BatchKey, Member], flight: _Flight, took: float) -> None:
+        spec, m, first = flight.spec, self._metrics, flight.first
         m.coalesced.labels(spec.name).inc(batch.waiters)
-        m.calls_saved.labels(spec.name).inc(max(batch.waiters - tally.calls, 0))
+        m.calls_saved.labels(spec.name).inc(max(batch.waiters - flight.calls, 0))
         m.batch_size.labels(spec.name).observe(batch.waiters)
         m.batch_wait.labels(spec.name).observe(batch.closed_at - batch.opened_at)
         m.flushes.labels(spec.name, batch.reason.value).inc()
         log.info(
             "batch_flushed",
-            batch_id=batch_id,
+            batch_id=flight.batch_id,
             endpoint=spec.name,
-            project=key.project,
-            principal=key.principal[:12],
+            project=flight.key.project,
+            principal=flight.key.principal[:12],
             size=batch.waiters,
             distinct=len(batch.items),
             reason=batch.reason.value,
             wait_max_ms=round((batch.closed_at - batch.opened_at) * 1000, 2),
             wait_min_ms=round((batch.closed_at - batch.last_at) * 1000, 2),
             upstream_status=first.status if first is not None else None,
-            upstream_ms=round((time.perf_counter() - started) * 1000, 2),
-            upstream_calls=tally.calls,
-            bisect_calls=tally.calls - 1,
+            upstream_ms=round(took * 1000, 2),
+            upstream_calls=flight.calls,
+            bisect_calls=flight.calls - 1,
         )
-        return results
-
-    async def _settle(
-        self,
-        key: BatchKey,
-        items: Sequence[Item],
-        batch_id: str,
-        results: dict[Item, Outcome],
-        tally: _Tally,
-    ) -> None:
-        spec = key.target.spec
-        outcome = await self._call(key, items, batch_id, tally)
-        if tally.first is None:
-            tally.first = outcome
-        if len(items) == 1 or _is_shared(outcome, spec):
-            results.update(dict.fromkeys(items, outcome))
-            return
-        self._metrics.bisections.labels(spec.name).inc()
-        middle = len(items) // 2
-        await asyncio.gather(
-            self._settle(key, items[:middle], batch_id, results, tally),
-            self._settle(key, items[middle:], batch_id, results, tally),
-        )
-
-    async def _call(
-        self, key: BatchKey, items: Sequence[Item], batch_id: str, tally: _Tally
-    ) -> Outcome:
-        spec, target = key.target.spec, key.target
-        # One caller's request is sent as it was; merged lists drop repeated names.
-        names: list[str | int] = (
-            list(items[0])
-            if len(items) == 1
-            else list(dict.fromkeys(name for item in items for name in item))
-        )
-        headers = target.headers.copy()
-        headers["X-Request-ID"] = f"{batch_id}-{tally.calls}"
-        tally.calls += 1
-        purpose = "batch" if tally.calls == 1 else "bisect"
-        self._metrics.upstream_calls.labels(spec.name, purpose).inc()
-        started = time.perf_counter()
-        try:
-            reply = await post_json(
-                self._session,
-                target.url,
-                headers,
-                render_body(spec, names, key.equal),
-                timeout=self._timeout,
-            )
-        except UpstreamError as exc:
-            self._metrics.upstream_errors.labels("batch", exc.code).inc()
-            log.warning("upstream_failed", batch_id=batch_id, endpoint=spec.name, error=exc.code)
-            return exc
-        self._metrics.upstream_latency.labels("batch").observe(time.perf_counter() - started)
-        return reply
 
 
 def _is_shared(outcome: Outcome, spec: EndpointSpec) -> bool:
@@ -159,3 +188,16 @@ def _is_shared(outcome: Outcome, spec: EndpointSpec) -> bool:
     if isinstance(outcome, UpstreamError):
         return True
     return outcome.ok or outcome.status in spec.key_wide_statuses or outcome.status >= 500
+
+
+def _rounds(members: Sequence[Member]) -> list[list[Member]]:
+    """Members in rounds where no item repeats, each after every earlier member it overlaps."""
+    rounds: list[list[Member]] = []
+    last: dict[str | int, int] = {}
+    for member in members:
+        at = max((last[n] + 1 for n in member.names if n in last), default=0)
+        if at == len(rounds):
+            rounds.append([])
+        rounds[at].append(member)
+        last.update(dict.fromkeys(member.names, at))
+    return rounds

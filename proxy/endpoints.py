@@ -9,14 +9,26 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, NamedTuple, TypeAlias
 from urllib.parse import unquote
 
 import orjson
 
 FieldType: TypeAlias = Literal["str", "int", "bool"]
 Item: TypeAlias = tuple[str, ...] | tuple[int, ...]
-"""One caller's list, as sent: the unit that is merged, shared when equal, and bisected."""
+"""One caller's list, as sent."""
+
+
+class Member(NamedTuple):
+    """One caller's part of a batch: the unit that is merged, shared when equal, and bisected.
+
+    `serial` is 0 where repeating an item is harmless, so equal lists share one result; where a
+    repeat fails (the item must exist), each caller gets its own serial and its own answer.
+    """
+
+    names: Item
+    serial: int = 0
+
 
 _PROJECT_SEGMENT: Final = "{project}"
 # Percent-escapes are fine; anything that could make dstack route elsewhere than we matched
@@ -35,6 +47,7 @@ class EndpointSpec:
     equal_fields: tuple[tuple[str, FieldType], ...] = ()
     key_wide_statuses: frozenset[int] = frozenset({401, 403, 404})
     enabled: bool = True
+    idempotent: bool = True  # false: an unknown item fails the call, so a repeat fails too
 
     def __post_init__(self) -> None:
         if self.path.count(_PROJECT_SEGMENT) != 1 or not self.path.startswith("/"):
@@ -87,7 +100,14 @@ DEFAULT_ENDPOINTS: Final = (
         key_wide_statuses=frozenset({401, 404}),
     ),
     EndpointSpec("gateways/delete", "/api/project/{project}/gateways/delete", "names", "str"),
-    EndpointSpec("secrets/delete", "/api/project/{project}/secrets/delete", "secrets_names", "str"),
+    # Unknown secrets fail the call (400): deleting one twice is not harmless.
+    EndpointSpec(
+        "secrets/delete",
+        "/api/project/{project}/secrets/delete",
+        "secrets_names",
+        "str",
+        idempotent=False,
+    ),
     EndpointSpec(
         "repos/delete", "/api/project/{project}/repos/delete", "repos_ids", "str", enabled=False
     ),
@@ -114,7 +134,9 @@ def match_project(spec: EndpointSpec, raw_path: str) -> str | None:
         project = unquote(segment, errors="strict")
     except UnicodeDecodeError:
         return None
-    if not project or "/" in project or project in (".", ".."):
+    if not project or "/" in project or project in (".", "..") or not project.isascii():
+        # dstack folds case in SQL: SQLite's lower() folds ASCII only, Postgres' all of
+        # Unicode. Only ASCII names mean the same project on both.
         return None
     return project.lower()
 

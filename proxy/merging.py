@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import itertools
 import secrets
 from typing import Final
 
@@ -16,13 +17,13 @@ from aiohttp import hdrs, web
 from .coalescing import Batcher, BatcherClosed, ClosedBatch
 from .config import Config
 from .dispatching import BatchKey, BatchTarget, Dispatcher
-from .endpoints import EndpointSpec, Item, ParsedBody, match_project, parse_body
+from .endpoints import EndpointSpec, Member, ParsedBody, match_project, parse_body
 from .forwarding import forward, upstream_request
-from .headers import client_response_headers
+from .headers import client_response_headers, connection_tokens
 from .keys import STATE_KEY
 from .limits import Limits
 from .metrics import Metrics
-from .upstream import UpstreamError, UpstreamReply, error_response
+from .upstream import UpstreamError, UpstreamReply, UpstreamTimeout, error_response
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,7 @@ VARYING_HEADERS: Final = ("X-API-Version",)
 CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
 BODY_READ_TIMEOUT: Final = 10.0
 _JSON_CHARSETS: Final = frozenset({None, "utf-8", "utf8"})
+_PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
 # A merged call's reply is read by the proxy and re-rendered per caller: these describe the
 # upstream message or the merged call, never a caller's own response (PROXY-PITFALLS A15).
 _REPLY_DROPPED: Final = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.SET_COOKIE)
@@ -50,9 +52,10 @@ class Merger:
         )
         flush = dispatcher.flush if config.mode == "on" else self._observe
         # Shadow mode resolves every item to None: it only observes.
-        self._batcher: Batcher[BatchKey, Item, UpstreamReply | None] = Batcher(
+        self._batcher: Batcher[BatchKey, Member, UpstreamReply | None] = Batcher(
             flush, window=config.window, max_size=config.max_batch, max_wait=config.max_wait
         )
+        self._serials = itertools.count(1)  # distinct members where repeats are not harmless
         self._observers: set[asyncio.Task[None]] = set()  # shadow submissions under way
         metrics.pending.set_function(lambda: self._batcher.pending)
 
@@ -72,24 +75,19 @@ class Merger:
         """Merge the request if it fits `spec` exactly; otherwise pass it through."""
         if reason := self._precheck(request):
             return await self._bypass(request, reason)
-        try:
-            body, complete = await _read_capped(request, self._config.max_body_bytes)
-        except TimeoutError:
-            return web.json_response(
-                {"detail": [{"msg": "request body timed out", "code": "request_timeout"}]},
-                status=408,
-            )
+        body, complete = await _read_capped(request, self._config.max_body_bytes)
         parsed = parse_body(spec, body) if complete else None
         if parsed is None:
             return await self._bypass(request, "too_large" if not complete else "body", body)
         key = self._key(request, spec, project, parsed)
+        member = Member(parsed.item, 0 if spec.idempotent else next(self._serials))
         if self._config.mode == "shadow":
-            self._observe_later(key, parsed.item)
+            self._observe_later(key, member)
             return await forward(request, prefix=body)
-        return await self._coalesce(request, key, parsed.item, body)
+        return await self._coalesce(request, key, member, body)
 
     async def _coalesce(
-        self, request: web.Request, key: BatchKey, item: Item, body: bytes
+        self, request: web.Request, key: BatchKey, item: Member, body: bytes
     ) -> web.StreamResponse:
         if reason := self._limits.admit(key, len(body)):
             return await self._bypass(request, reason, body)
@@ -114,9 +112,12 @@ class Merger:
         """Requests waiting in batches."""
         return self._batcher.pending
 
-    async def aclose(self) -> None:
-        """Flush every open batch now and wait for the flights (SIGTERM)."""
-        await self._batcher.aclose()
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Flush every open batch now and wait for the flights (SIGTERM); callers still
+        waiting after `timeout` are answered 504, as their upstream call may or may not run."""
+        await self._batcher.aclose(
+            timeout, UpstreamTimeout("the upstream did not answer before the proxy shut down")
+        )
         if self._observers:
             await asyncio.gather(*self._observers, return_exceptions=True)
 
@@ -139,6 +140,10 @@ class Merger:
             return "credentials"
         if any(len(headers.getall(h, ())) > 1 for h in VARYING_HEADERS):
             return "headers"
+        if connection_tokens(headers) - _PLAIN_CONNECTION:
+            # It would strip a header (Authorization, X-API-Version) from the merged call
+            # that the key was built with.
+            return "headers"
         if (request.content_length or 0) > self._config.max_body_bytes:
             return "too_large"
         return None
@@ -153,7 +158,9 @@ class Merger:
             endpoint=spec.name,
             project=project,
             principal=self._fingerprint(request),
-            varying=tuple((h.lower(), request.headers.get(h, "")) for h in VARYING_HEADERS),
+            # None for an absent header: dstack skips the version check then, while an empty
+            # value is a 400, so the two must never share a call.
+            varying=tuple((h.lower(), request.headers.get(h)) for h in VARYING_HEADERS),
             equal=parsed.equal,
             target=BatchTarget(spec, url, headers),
         )
@@ -175,16 +182,16 @@ class Merger:
         self._metrics.bypasses.labels(reason).inc()
         return await forward(request, prefix=body)
 
-    def _observe_later(self, key: BatchKey, item: Item) -> None:
+    def _observe_later(self, key: BatchKey, item: Member) -> None:
         task = asyncio.get_running_loop().create_task(self._observe_one(key, item))
         self._observers.add(task)
         task.add_done_callback(self._observers.discard)
 
-    async def _observe_one(self, key: BatchKey, item: Item) -> None:
+    async def _observe_one(self, key: BatchKey, item: Member) -> None:
         with contextlib.suppress(BatcherClosed):  # shutting down: nothing left to observe
             await self._batcher.submit(key, item)
 
-    async def _observe(self, batch: ClosedBatch[BatchKey, Item]) -> dict[Item, None]:
+    async def _observe(self, batch: ClosedBatch[BatchKey, Member]) -> dict[Member, None]:
         """Shadow mode's flush: count and log the batch that would have gone, send nothing."""
         spec = batch.key.target.spec
         self._metrics.shadow_batches.labels(spec.name).inc()
@@ -200,16 +207,18 @@ class Merger:
 
 
 async def _read_capped(request: web.Request, cap: int) -> tuple[bytes, bool]:
-    """Up to cap+1 bytes of body, and whether that was all of it."""
+    """Up to cap+1 bytes of body, and whether that was all of it. A body slower than
+    BODY_READ_TIMEOUT counts as incomplete: it is then streamed through as it comes."""
     chunks: list[bytes] = []
     size = 0
-    async with asyncio.timeout(BODY_READ_TIMEOUT):
-        while size <= cap:
-            chunk = await request.content.readany()
-            if not chunk:
-                return b"".join(chunks), True
-            chunks.append(chunk)
-            size += len(chunk)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
+            while size <= cap:
+                chunk = await request.content.readany()
+                if not chunk:
+                    return b"".join(chunks), True
+                chunks.append(chunk)
+                size += len(chunk)
     return b"".join(chunks), False
 
 

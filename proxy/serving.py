@@ -25,7 +25,9 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         app,
         handle_signals=False,
         access_log=None,
-        shutdown_timeout=config.drain_seconds,
+        # aiohttp waits this long for handlers, cancels, then waits as long again: with the
+        # half that on_shutdown may spend on batches, the whole drain stays in drain_seconds.
+        shutdown_timeout=config.drain_seconds / 4,
         # Explicit, as the default has changed across releases (PROXY-PITFALLS A9): a client
         # that leaves never cancels a handler, so an accepted request is always executed.
         handler_cancellation=False,

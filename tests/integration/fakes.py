@@ -38,12 +38,16 @@ class FakeUpstream:
     gate: asyncio.Event | None = None  # runs/* calls wait on it when set
     release_stream: asyncio.Event = field(default_factory=asyncio.Event)
     uploaded: int = 0
+    secrets: set[str] = field(default_factory=set)  # secrets/delete refuses unknown names
+    in_flight: int = 0  # runs/* and secrets/* calls being answered right now
+    max_in_flight: int = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=0)
         r = app.router
         r.add_post("/api/project/{project}/runs/stop", self.runs)
         r.add_post("/api/project/{project}/runs/delete", self.runs)
+        r.add_post("/api/project/{project}/secrets/delete", self.delete_secrets)
         r.add_get("/gzip", self.gzip)
         r.add_get("/slow", self.slow)
         r.add_get("/headers", self.headers)
@@ -71,8 +75,26 @@ class FakeUpstream:
 
     async def runs(self, request: web.Request) -> web.Response:
         call = await self._record(request)
-        if self.gate is not None:
-            await self.gate.wait()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.005)  # long enough for concurrent calls to overlap
+            if self.gate is not None:
+                await self.gate.wait()
+            return self._answer_runs(request, call)
+        finally:
+            self.in_flight -= 1
+
+    async def delete_secrets(self, request: web.Request) -> web.Response:
+        call = await self._record(request)
+        names = orjson.loads(call.body)["secrets_names"]
+        missing = [n for n in dict.fromkeys(names) if n not in self.secrets]
+        if missing:
+            return _detail(400, f"Secrets not found: {', '.join(missing)}", "resource_not_exists")
+        self.secrets -= set(names)
+        return web.json_response(None)
+
+    def _answer_runs(self, request: web.Request, call: Call) -> web.Response:
         if self.status_override is not None:
             return _detail(self.status_override, "overridden")
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")

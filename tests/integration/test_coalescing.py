@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 from typing import Any
 
@@ -16,6 +17,7 @@ from pytest_aiohttp import AiohttpClient
 
 from proxy.app import make_app
 from proxy.config import Config
+from proxy.dispatching import MAX_CONCURRENT_CALLS
 
 from .conftest import ProxyFactory, metric
 from .fakes import FakeUpstream
@@ -309,3 +311,70 @@ async def test_a_merged_call_that_could_not_connect_is_sent_once_more(
     assert answers == [(200, b"null")] * 2
     assert resolver.lookups == 2
     assert len(fake.runs_calls()) == 1
+
+
+async def test_absent_and_empty_api_versions_never_share_a_call(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    # dstack skips the version check without the header but refuses an empty one (400).
+    await asyncio.gather(
+        _stop_all(proxy, ["a"], headers={**MEMBER, "X-API-Version": ""}),
+        _stop_all(proxy, ["b", "c"]),
+    )
+    groups = sorted(c.json["runs_names"] for c in fake.runs_calls())
+    assert groups == [["a"], ["b", "c"]]
+
+
+async def test_a_connection_header_naming_headers_means_pass_through(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    # Connection: Authorization would strip the token from a merged call built for it.
+    answers = await asyncio.gather(
+        _stop_all(proxy, ["a"], headers={**MEMBER, "Connection": "keep-alive, Authorization"}),
+        _stop_all(proxy, ["b", "c"]),
+    )
+    assert answers[1] == [(200, b"null")] * 2
+    assert sorted(c.json["runs_names"] for c in fake.runs_calls()) == [["a"], ["b", "c"]]
+    assert metric(proxy, "proxy_coalesce_bypass_total", reason="headers") == 1
+
+
+@pytest.mark.parametrize("callers", [3, 16, 40])
+async def test_when_every_caller_fails_resending_stays_bounded(
+    proxy: Client, fake: FakeUpstream, callers: int
+) -> None:
+    # Every run still active (stops lost to the upstream race, shared/dstack-api.md §1.5):
+    # plain bisection would cost 2N-1 calls; without the proxy it would be N.
+    names = [f"r{i}" for i in range(callers)]
+    fake.active_runs = set(names)
+    answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE), strict=True))
+    for name, (status, body) in answers.items():
+        assert status == 400
+        assert json.loads(body)["detail"][0]["msg"] == f"Cannot delete active runs: ['{name}']"
+    assert len(fake.runs_calls()) <= 1 + callers + 2 * math.ceil(math.log2(callers))
+    assert fake.max_in_flight <= MAX_CONCURRENT_CALLS
+
+
+async def test_secrets_named_twice_are_deleted_in_arrival_order_never_in_one_call(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    # secrets/delete refuses unknown names, so the second delete of a secret must fail, as it
+    # would if the requests had been sent one after the other in the order they arrived.
+    proxy = await make_proxy(window_ms=200)
+    fake.secrets = {"s1", "s2", "s3", "s4"}
+    path = "/api/project/main/secrets/delete"
+    lists = [["s1", "s2"], ["s2", "s3"], ["s1"], ["s4"], ["s4"]]
+    pending = []
+    for names in lists:  # staggered so the arrival order is known
+        pending.append(
+            asyncio.ensure_future(proxy.post(path, json={"secrets_names": names}, headers=MEMBER))
+        )
+        await asyncio.sleep(0.01)
+    answers = [(r.status, await r.json()) for r in await asyncio.gather(*pending)]
+    assert [status for status, _ in answers] == [200, 400, 400, 200, 400]
+    assert answers[1][1]["detail"][0]["msg"] == "Secrets not found: s2"
+    assert answers[2][1]["detail"][0]["msg"] == "Secrets not found: s1"
+    assert answers[4][1]["detail"][0]["msg"] == "Secrets not found: s4"
+    assert fake.secrets == {"s3"}  # all or nothing: the refused call deleted none
+    for call in fake.calls:
+        names = call.json["secrets_names"]
+        assert len(names) == len(set(names))

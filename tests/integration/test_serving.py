@@ -110,3 +110,42 @@ async def test_logs_are_json_name_upstream_errors_and_never_credentials(
     names = [e["event"] for e in events]
     assert {"listening", "batch_flushed", "upstream_failed", "shutdown_complete"} <= set(names)
     assert SECRET not in proxy_process.log.read_text()
+
+
+async def test_shutdown_stays_within_the_drain_budget_and_answers_stuck_callers(
+    upstream_server: Any, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    fake.gate = asyncio.Event()  # the upstream never answers merged calls
+    proxy = ProxyProcess(
+        f"http://localhost:{upstream_server.port}",
+        tmp_path / "proxy.log",
+        "--drain-seconds",
+        "2",
+        "--read-timeout",
+        "60",
+    )
+    await asyncio.to_thread(proxy.__enter__)
+    assert proxy.proc is not None
+    headers = {"Authorization": "Bearer member"}
+    async with aiohttp.ClientSession() as session:
+
+        async def stop() -> int:
+            async with session.post(
+                proxy.url + "/api/project/main/runs/stop",
+                json={"runs_names": ["a"], "abort": False},
+                headers=headers,
+            ) as resp:
+                return resp.status
+
+        caller = asyncio.ensure_future(stop())
+        while not fake.runs_calls():
+            await asyncio.sleep(0.02)
+        started = asyncio.get_running_loop().time()
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(caller, 5) == 504  # answered, not dropped
+        code = await asyncio.to_thread(proxy.proc.wait, 10)
+        took = asyncio.get_running_loop().time() - started
+    fake.gate.set()
+    assert code == 0
+    # Before the budget was shared out, this took three budgets (6 s): a bound, not a speed.
+    assert took < 4.5, f"shutdown took {took:.1f} s for a 2 s drain budget"

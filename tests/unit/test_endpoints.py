@@ -32,7 +32,6 @@ DELETE_INSTANCES = SPECS["fleets/delete_instances"]  # instance_nums: [int], nam
         ("/api/project/MAIN/runs/stop", "main"),
         ("/api/project/ma%69n/runs/stop", "main"),
         ("/api/project/M%41IN/runs/stop", "main"),
-        ("/api/project/caf%C3%A9/runs/stop", "café"),
         ("/api/project/a%20b/runs/stop", "a b"),
     ],
 )
@@ -57,6 +56,10 @@ def test_match_project_returns_the_decoded_lower_cased_project(raw_path: str, pr
         pytest.param("/api/project//runs/stop", id="empty segment"),
         pytest.param("/api/project/runs/stop", id="no segment"),
         pytest.param("/api/project/%ff/runs/stop", id="invalid utf-8 escape"),
+        # SQLite folds ASCII only, Postgres all Unicode: "café" vs "CAFÉ" is not one project
+        # everywhere, and the Kelvin sign K lower-cases to an ASCII k in Python.
+        pytest.param("/api/project/caf%C3%A9/runs/stop", id="non-ASCII project"),
+        pytest.param("/api/project/%E2%84%AA/runs/stop", id="Kelvin sign"),
         pytest.param("/api/project/%C3/runs/stop", id="truncated utf-8 escape"),
         pytest.param("/api/project/a\\b/runs/stop", id="backslash"),
         pytest.param("/api/project/main/runs/delete", id="other endpoint"),
