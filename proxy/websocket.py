@@ -1,5 +1,5 @@
 """WebSocket pass-through: the handshake ends at the proxy and a second WebSocket is opened
-upstream; frames and close codes are relayed both ways (PROXY-PITFALLS A5)."""
+upstream; frames, close codes and close reasons are relayed both ways (PROXY-PITFALLS A5)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import WSMsgType, hdrs, web
+from multidict import CIMultiDict
 
 from .forwarding import upstream_request
-from .headers import WEBSOCKET_HANDSHAKE_HEADERS
+from .headers import WEBSOCKET_HANDSHAKE_HEADERS, client_response_headers, connection_tokens
 from .keys import SESSION_KEY, STATE_KEY
 from .upstream import classify, error_response
 
@@ -19,12 +20,16 @@ log = structlog.get_logger(__name__)
 
 # No total timeout: a WebSocket lives as long as its peers keep it open.
 _WS_TIMEOUT: Final = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0)
+_Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
+    """A complete, valid client handshake (RFC 6455 §4.2.1); anything less is plain HTTP."""
     return (
         request.method == hdrs.METH_GET
         and request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+        and "upgrade" in connection_tokens(request.headers)
+        and web.WebSocketResponse().can_prepare(request).ok
     )
 
 
@@ -41,13 +46,25 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     ]
     try:
         upstream = await request.app[SESSION_KEY].ws_connect(
-            url, headers=headers, protocols=protocols, timeout=_WS_TIMEOUT, autoping=True
+            url, headers=headers, protocols=protocols, timeout=_WS_TIMEOUT
         )
     except aiohttp.WSServerHandshakeError as exc:
-        # The upstream refused the upgrade (dstack 0.22.5 answers 403): so does the proxy.
-        return web.Response(status=exc.status, text=exc.message or "")
+        # The upstream refused the upgrade (dstack 0.22.5 refuses every one with 403): so does
+        # the proxy, with the upstream's status and headers. aiohttp does not keep the body.
+        return web.Response(
+            status=exc.status, headers=client_response_headers(CIMultiDict(exc.headers or {}))
+        )
     except (aiohttp.ClientError, TimeoutError) as exc:
         return error_response(classify(exc))
+    try:
+        return await _serve(request, upstream)
+    finally:
+        await upstream.close()
+
+
+async def _serve(
+    request: web.Request, upstream: aiohttp.ClientWebSocketResponse
+) -> web.StreamResponse:
     client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
     await client.prepare(request)
     state = request.app[STATE_KEY]
@@ -56,37 +73,39 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         await _relay(client, upstream)
     finally:
         state.websockets.discard(client)
-        await upstream.close()
     return client
 
 
 async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    pumps = [
-        asyncio.ensure_future(_pump(client, upstream)),
-        asyncio.ensure_future(_pump(upstream, client)),
-    ]
-    try:
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for pump in pumps:
-            pump.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
-    code = upstream.close_code if upstream.closed else client.close_code
-    if not client.closed:
-        await client.close(code=code or aiohttp.WSCloseCode.OK)
-    if not upstream.closed:
-        await upstream.close(code=client.close_code or aiohttp.WSCloseCode.OK)
+    pumps = {
+        asyncio.ensure_future(_pump(client, upstream)): upstream,
+        asyncio.ensure_future(_pump(upstream, client)): client,
+    }
+    done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    first = done.pop()
+    for pump in pumps:
+        pump.cancel()
+    await asyncio.gather(*pumps, return_exceptions=True)
+    # The side whose pump ended first closed (or failed): pass its code and reason on.
+    code, reason = (
+        first.result() if not first.cancelled() and not first.exception() else (None, b"")
+    )
+    for sink in (client, upstream):
+        if not sink.closed:
+            await sink.close(code=code or aiohttp.WSCloseCode.OK, message=reason)
 
 
-async def _pump(
-    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> None:
-    async for msg in source:
+async def _pump(source: _Socket, sink: _Socket) -> tuple[int | None, bytes]:
+    """Relay frames until `source` closes; return its close code and reason."""
+    while True:
+        msg = await source.receive()
         if msg.type == WSMsgType.TEXT:
             await sink.send_str(msg.data)
         elif msg.type == WSMsgType.BINARY:
             await sink.send_bytes(msg.data)
-        elif msg.type == WSMsgType.ERROR:
-            log.debug("websocket_error", error=str(source.exception()))
-            break
+        elif msg.type == WSMsgType.CLOSE:
+            return msg.data, (msg.extra or "").encode()
+        else:  # CLOSING, CLOSED, ERROR
+            if msg.type == WSMsgType.ERROR:
+                log.debug("websocket_error", error=str(source.exception()))
+            return source.close_code, b""

@@ -177,7 +177,7 @@ class FakeUpstream:
 
     async def refuse_websocket(self, request: web.Request) -> web.Response:
         # What dstack 0.22.5 does with every handshake (shared/dstack-api.md §5).
-        return web.Response(status=403)
+        return web.Response(status=403, headers={"X-Refused-By": "upstream"})
 
     async def upload(self, request: web.Request) -> web.Response:
         size = 0

@@ -192,7 +192,7 @@ async def test_a_request_with_both_content_length_and_chunked_never_reaches_upst
     assert fake.calls == []
 
 
-async def test_websocket_echo_and_close_code_are_relayed(proxy: Client) -> None:
+async def test_websocket_echo_and_close_code_and_reason_are_relayed(proxy: Client) -> None:
     async with proxy.ws_connect("/ws", protocols=("echo.v1",)) as ws:
         assert ws.protocol == "echo.v1"
         await ws.send_str("hi")
@@ -201,14 +201,29 @@ async def test_websocket_echo_and_close_code_are_relayed(proxy: Client) -> None:
         assert (await ws.receive_bytes(timeout=5)) == b"cba"
         await ws.send_str("close-me")
         msg = await ws.receive(timeout=5)
-        assert msg.type == aiohttp.WSMsgType.CLOSE
-        assert ws.close_code == 4001 or msg.data == 4001
+        assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4001, "asked")
 
 
-async def test_refused_websocket_upgrade_keeps_the_upstream_status(proxy: Client) -> None:
+async def test_refused_websocket_upgrade_keeps_the_upstream_status_and_headers(
+    proxy: Client,
+) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await proxy.ws_connect("/ws-refused")
     assert refused.value.status == 403
+    assert refused.value.headers is not None
+    assert refused.value.headers["X-Refused-By"] == "upstream"
+
+
+async def test_an_incomplete_handshake_is_plain_http_and_opens_no_upstream_websocket(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    # Upgrade without Sec-WebSocket-Key: not a WebSocket handshake, so no upstream leg that
+    # the proxy could then fail to close.
+    resp = await proxy.get("/ws-probe", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    assert resp.status == 200
+    call = fake.calls[-1]
+    assert call.path == "/ws-probe"
+    assert "upgrade" not in call.headers
 
 
 async def test_large_upload_and_download_stream_with_flat_memory(
