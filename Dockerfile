@@ -19,10 +19,10 @@ COPY config.yaml /etc/dstack-coalescer/config.yaml
 
 USER 10001:10001
 EXPOSE 8080 9090
-# The admin listener must be reachable from inside the container for this check.
-ENV COALESCER_ADMIN_HOST=0.0.0.0
+# The admin listener stays on the container's loopback (set COALESCER_ADMIN_HOST=0.0.0.0 to
+# scrape /metrics from outside); the check runs inside the container, on its admin port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('COALESCER_ADMIN_PORT', '9090'); sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"]
 # Exec form: the proxy is PID 1 and receives SIGTERM itself, then drains within drain_seconds
 # (8 s by default, inside Docker's 10 s stop grace period).
 STOPSIGNAL SIGTERM

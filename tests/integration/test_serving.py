@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -149,3 +153,19 @@ async def test_shutdown_stays_within_the_drain_budget_and_answers_stuck_callers(
     assert code == 0
     # Before the budget was shared out, this took three budgets (6 s): a bound, not a speed.
     assert took < 4.5, f"shutdown took {took:.1f} s for a 2 s drain budget"
+
+
+async def test_the_dockerfile_healthcheck_command_passes_against_the_admin_listener(
+    proxy_process: ProxyProcess,
+) -> None:
+    dockerfile = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    found = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])\n", dockerfile)
+    assert found is not None
+    check = json.loads(found.group(1))
+    check[0] = sys.executable  # the image's `python`
+    env = {**os.environ, "COALESCER_ADMIN_PORT": str(proxy_process.admin_port)}
+    healthy = await asyncio.to_thread(subprocess.run, check, env=env, capture_output=True)
+    assert healthy.returncode == 0, healthy.stderr
+    await asyncio.to_thread(proxy_process.stop)
+    gone = await asyncio.to_thread(subprocess.run, check, env=env, capture_output=True)
+    assert gone.returncode != 0
