@@ -134,6 +134,13 @@ def _effect(server: DstackServer, project: str, op: str) -> object:
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@example(  # one credential, all succeed: every caller shares one call
+    Scenario(
+        "stop",
+        frozenset({"r-d"}),
+        tuple(Caller("admin", (name,), False) for name in (*POOL, "ghost", "r-a")),
+    )
+)
 @example(
     Scenario(
         "delete",
@@ -159,7 +166,9 @@ def test_proxied_burst_is_equivalent_to_direct_one_by_one(
     try:
         direct = asyncio.run(_send(dstack_server.url, direct_project, scenario, tokens, False))
         direct_effect = _effect(dstack_server, direct_project, scenario.op)
+        mark = dstack_server.log_mark()
         proxied = asyncio.run(_send(proxy_url, proxied_project, scenario, tokens, True))
+        calls = dstack_server.count_requests(f"/{proxied_project}/runs/{scenario.op}", since=mark)
         proxied_effect = _effect(dstack_server, proxied_project, scenario.op)
     finally:
         _in_both(
@@ -169,3 +178,10 @@ def test_proxied_burst_is_equivalent_to_direct_one_by_one(
         )
     assert _normalised(proxied) == _normalised(direct)
     assert proxied_effect == direct_effect
+    # And it did merge: callers sharing a key shared calls, unless a failure had to be split
+    # (at most 1 + N + 2·log2 N calls a key then); two windows at most for one burst.
+    keys = {(c.credential, c.abort if scenario.op == "stop" else None) for c in scenario.callers}
+    if all(status == 200 for status, _ in proxied):
+        assert calls <= 2 * len(keys)
+    else:
+        assert calls <= len(scenario.callers) + len(keys) * (1 + 2 * 3)
