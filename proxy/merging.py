@@ -82,7 +82,7 @@ class Merger:
         key = self._key(request, spec, project, parsed)
         member = Member(parsed.item, 0 if spec.idempotent else next(self._serials))
         if self._config.mode == "shadow":
-            self._observe_later(key, member)
+            self._observe_later(key, member, len(body))
             return await forward(request, prefix=body)
         return await self._coalesce(request, key, member, body)
 
@@ -182,14 +182,19 @@ class Merger:
         self._metrics.bypasses.labels(reason).inc()
         return await forward(request, prefix=body)
 
-    def _observe_later(self, key: BatchKey, item: Member) -> None:
-        task = asyncio.get_running_loop().create_task(self._observe_one(key, item))
+    def _observe_later(self, key: BatchKey, member: Member, size: int) -> None:
+        if self._limits.admit(key, size):  # at a cap: the request still goes, unobserved
+            return
+        task = asyncio.get_running_loop().create_task(self._observe_one(key, member, size))
         self._observers.add(task)
         task.add_done_callback(self._observers.discard)
 
-    async def _observe_one(self, key: BatchKey, item: Member) -> None:
-        with contextlib.suppress(BatcherClosed):  # shutting down: nothing left to observe
-            await self._batcher.submit(key, item)
+    async def _observe_one(self, key: BatchKey, member: Member, size: int) -> None:
+        try:
+            with contextlib.suppress(BatcherClosed):  # shutting down: nothing left to observe
+                await self._batcher.submit(key, member)
+        finally:
+            self._limits.release(key, size)
 
     async def _observe(self, batch: ClosedBatch[BatchKey, Member]) -> dict[Member, None]:
         """Shadow mode's flush: count and log the batch that would have gone, send nothing."""
