@@ -188,3 +188,17 @@ def test_dstack_cli_works_through_the_proxy(
     # A stopped run can bounce back to pending (shared/dstack-api.md §1.5): re-stop if needed.
     final = stop_runs_until_finished(dstack_server, "main", ["cli-via-proxy"])
     assert final["cli-via-proxy"] in {"terminated", "failed", "done"}
+
+
+async def test_websocket_handshakes_are_refused_alike(
+    dstack_server: DstackServer, proxy_url: str
+) -> None:
+    # dstack 0.22.5 refuses every WebSocket handshake (shared/dstack-api.md §5).
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for base in (dstack_server.url, proxy_url):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(base + "/api/project/main/runs/list")
+            headers = refused.value.headers or {}
+            answers.append((refused.value.status, headers.get("Content-Type")))
+    assert answers[1] == answers[0]
