@@ -74,6 +74,19 @@ def stop_events(
         time.sleep(settle)
 
 
+def put_back(server: DstackServer, project: str, names: Sequence[str]) -> set[str]:
+    """Runs the server's own pipeline moved out of `terminating` back to an active status after
+    a user's stop: the upstream race of shared/dstack-api.md §1.5, not the caller's doing."""
+    ids = {info.id: name for name, info in run_infos(server, project).items() if name in names}
+    back = set()
+    for chunk in _chunks(list(ids), 4):
+        for event in api_post(server, "/api/events/list", {"target_runs": chunk, "limit": 100}):
+            message, actor = event["message"], event.get("actor_user")
+            if actor is None and "TERMINATING -> " in message and "TERMINATED" not in message:
+                back.update(ids[t["id"]] for t in event["targets"] if t["id"] in ids)
+    return back
+
+
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     # The events API takes at most 16 targets and returns at most 100 events per page.
     return [items[i : i + size] for i in range(0, len(items), size)]

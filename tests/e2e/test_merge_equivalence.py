@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -126,19 +127,35 @@ def _effect(server: DstackServer, project: str, scenario: Scenario) -> dict[str,
     if scenario.op == "delete":
         states = run_states(server, project, include_deleted=True)
         return {n: states[n] == "deleted" for n in POOL}
-    stopped = stop_events(server, project, list(POOL))
+    # Runs finished in the set-up carry the set-up's stop; stopping them again is a no-op.
+    active = [n for n in POOL if n not in scenario.finished]
+    stopped = stop_events(server, project, active)
     for name, events in stopped.items():
         allowed = {c.credential for c in scenario.callers if name in c.names} - {"outsider"}
         assert {actor.removeprefix("eq-") for _, actor in events} <= allowed, (name, events)
-    return {n: bool(stopped[n]) for n in POOL}
+    return {n: bool(stopped[n]) for n in active}
 
 
 @settings(
-    max_examples=4,
+    max_examples=3,
     deadline=None,
     database=None,
+    # CI explores a fixed sample so a landing never hangs on a draw; locally each run draws anew.
+    derandomize=os.environ.get("CI") == "true",
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(  # a run finished in the set-up that no caller names (found by CI)
+    Scenario(
+        "stop",
+        frozenset({"r-d"}),
+        (
+            Caller("admin", ("r-a", "r-c"), False),
+            Caller("member", ("r-a",), False),
+            Caller("admin", ("r-a",), False),
+            Caller("member", ("r-b",), False),
+        ),
+    )
 )
 @example(  # one credential, all succeed: every caller shares one call
     Scenario(
