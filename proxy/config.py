@@ -17,7 +17,7 @@ from typing import Any, Final
 import yaml
 from yarl import URL
 
-from .endpoints import DEFAULT_ENDPOINTS, EndpointSpec
+from .endpoints import DEFAULT_ENDPOINTS, EndpointSpec, parse_table
 
 ENV_PREFIX: Final = "COALESCER_"
 MODES: Final = ("on", "off", "shadow")
@@ -162,48 +162,6 @@ def _addresses(v: Any) -> tuple[str, ...]:
         raise ValueError("expected a list of IP addresses") from None
 
 
-def _endpoints(v: Any) -> tuple[EndpointSpec, ...]:
-    if not isinstance(v, list):
-        raise ValueError("expected a list of endpoint entries")
-    specs = tuple(_endpoint(e) for e in v)
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError("endpoint names must be unique")
-    return specs
-
-
-def _flag(v: Any) -> bool:
-    # A quoted "false" must never switch an endpoint on, as bool("false") would.
-    if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, not {v!r}")
-    return v
-
-
-def _endpoint(e: Any) -> EndpointSpec:
-    if not isinstance(e, dict):
-        raise ValueError("expected each endpoint to be a mapping")
-    known = {f.name for f in dataclasses.fields(EndpointSpec)}
-    if unknown := set(e) - known:
-        raise ValueError(f"unknown endpoint keys {sorted(unknown)}")
-    try:
-        return EndpointSpec(
-            name=str(e["name"]),
-            path=str(e["path"]),
-            list_field=str(e["list_field"]),
-            item_type=e.get("item_type", "str"),
-            equal_fields=tuple((str(k), t) for k, t in (e.get("equal_fields") or {}).items()),
-            key_wide_statuses=frozenset(
-                int(s) for s in e.get("key_wide_statuses", (401, 403, 404))
-            ),
-            enabled=_flag(e.get("enabled", True)),
-            idempotent=_flag(e.get("idempotent", True)),
-        )
-    except KeyError as missing:
-        raise ValueError(f"endpoint entry misses {missing}") from None
-    except (TypeError, AttributeError):
-        raise ValueError(f"endpoint entry {e.get('name')!r} is malformed") from None
-
-
 _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "upstream": _upstream,
     "host": _host,
@@ -227,7 +185,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "trusted_proxies": _addresses,
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(LOG_LEVELS),
-    "endpoints": _endpoints,
+    "endpoints": parse_table,
 }
 OPTIONS: Final = tuple(f.name for f in dataclasses.fields(Config))
 FILE_ONLY: Final = frozenset({"endpoints"})

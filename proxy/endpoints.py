@@ -6,10 +6,11 @@ through untouched, so dstack answers it as it always did.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, NamedTuple, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 from urllib.parse import unquote
 
 import orjson
@@ -119,6 +120,49 @@ DEFAULT_ENDPOINTS: Final = (
         enabled=False,
     ),
 )
+
+
+def parse_table(v: Any) -> tuple[EndpointSpec, ...]:
+    """The endpoint table from configuration data (a list of mappings); ValueError if bad."""
+    if not isinstance(v, list):
+        raise ValueError("expected a list of endpoint entries")
+    specs = tuple(_endpoint(e) for e in v)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("endpoint names must be unique")
+    return specs
+
+
+def _flag(v: Any) -> bool:
+    # A quoted "false" must never switch an endpoint on, as bool("false") would.
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, not {v!r}")
+    return v
+
+
+def _endpoint(e: Any) -> EndpointSpec:
+    if not isinstance(e, dict):
+        raise ValueError("expected each endpoint to be a mapping")
+    known = {f.name for f in dataclasses.fields(EndpointSpec)}
+    if unknown := set(e) - known:
+        raise ValueError(f"unknown endpoint keys {sorted(unknown)}")
+    try:
+        return EndpointSpec(
+            name=str(e["name"]),
+            path=str(e["path"]),
+            list_field=str(e["list_field"]),
+            item_type=e.get("item_type", "str"),
+            equal_fields=tuple((str(k), t) for k, t in (e.get("equal_fields") or {}).items()),
+            key_wide_statuses=frozenset(
+                int(s) for s in e.get("key_wide_statuses", (401, 403, 404))
+            ),
+            enabled=_flag(e.get("enabled", True)),
+            idempotent=_flag(e.get("idempotent", True)),
+        )
+    except KeyError as missing:
+        raise ValueError(f"endpoint entry misses {missing}") from None
+    except (TypeError, AttributeError):
+        raise ValueError(f"endpoint entry {e.get('name')!r} is malformed") from None
 
 
 def match_project(spec: EndpointSpec, raw_path: str) -> str | None:
