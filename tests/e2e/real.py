@@ -74,17 +74,35 @@ def stop_events(
         time.sleep(settle)
 
 
-def put_back(server: DstackServer, project: str, names: Sequence[str]) -> set[str]:
-    """Runs the server's own pipeline moved out of `terminating` back to an active status after
-    a user's stop: the upstream race of shared/dstack-api.md §1.5, not the caller's doing."""
+def put_back(
+    server: DstackServer, project: str, names: Sequence[str], timeout: float = 5.0
+) -> set[str]:
+    """Runs whose status the server's own pipeline changed after a user's stop: the upstream
+    race of shared/dstack-api.md §1.5 (it overwrites the stop), not the caller's doing. Polls
+    for up to `timeout` s, as events can be listed shortly after they happen."""
     ids = {info.id: name for name, info in run_infos(server, project).items() if name in names}
-    back = set()
-    for chunk in _chunks(list(ids), 4):
-        for event in api_post(server, "/api/events/list", {"target_runs": chunk, "limit": 100}):
-            message, actor = event["message"], event.get("actor_user")
-            if actor is None and "TERMINATING -> " in message and "TERMINATED" not in message:
-                back.update(ids[t["id"]] for t in event["targets"] if t["id"] in ids)
-    return back
+    deadline = time.monotonic() + timeout
+    while True:
+        events: dict[str, list[dict[str, Any]]] = {name: [] for name in ids.values()}
+        for chunk in _chunks(list(ids), 4):
+            for event in api_post(
+                server, "/api/events/list", {"target_runs": chunk, "limit": 100, "ascending": True}
+            ):
+                for target in event["targets"]:
+                    if target["id"] in ids:
+                        events[ids[target["id"]]].append(event)
+        back = {name for name, evs in events.items() if _changed_by_system_after_stop(evs)}
+        if back >= set(names) or time.monotonic() > deadline:
+            return back
+        time.sleep(0.5)
+
+
+def _changed_by_system_after_stop(events: list[dict[str, Any]]) -> bool:
+    stops = [i for i, e in enumerate(events) if STOP_MARK in e["message"] and e.get("actor_user")]
+    return bool(stops) and any(
+        e.get("actor_user") is None and e["message"].startswith("Run status changed")
+        for e in events[stops[0] + 1 :]
+    )
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
