@@ -118,5 +118,6 @@ async def test_member_and_non_member_stopping_at_once_never_share_a_call(
     events = stop_events(dstack_server, PROJECT, mine + theirs)
     assert {n: [a for _, a in events[n]] for n in mine} == {n: ["team-member"] for n in mine}
     assert {n: events[n] for n in theirs} == {n: [] for n in theirs}
-    # One call per credential: the member's batch and the outsider's (plus the direct probe).
-    assert dstack_server.count_requests("/runs/stop", since=mark) <= 3
+    # Merged per credential, never across: a batch or two each (a burst can straddle a
+    # window), plus the direct probe; ten requests singly would be ten calls.
+    assert dstack_server.count_requests("/runs/stop", since=mark) <= 2 + 2 + 1
