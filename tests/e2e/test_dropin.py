@@ -11,12 +11,14 @@ import pytest
 from .dstack_harness import (
     DstackServer,
     cli_add_project,
+    create_active_runs,
     create_project,
     run_cli,
     stop_runs_until_finished,
     wait_until_active,
     write_task_file,
 )
+from .real import stop_events
 
 PROJECT = "probe"
 STOP = f"/api/project/{PROJECT}/runs/stop"
@@ -202,3 +204,20 @@ async def test_websocket_handshakes_are_refused_alike(
             headers = refused.value.headers or {}
             answers.append((refused.value.status, headers.get("Content-Type")))
     assert answers[1] == answers[0]
+
+
+def test_dstack_sdk_works_through_the_proxy(dstack_server: DstackServer, proxy_url: str) -> None:
+    from dstack.api import Client  # imported here: the SDK takes a second to import
+
+    created = create_active_runs(dstack_server, "main", ["sdk-via-proxy"], url=proxy_url)
+    assert created["sdk-via-proxy"] not in {"terminated", "failed", "done"}
+    client = Client.from_config(
+        project_name="main", server_url=proxy_url, user_token=dstack_server.admin_token
+    )
+    assert "sdk-via-proxy" in [run.name for run in client.runs.list()]
+    run = client.runs.get("sdk-via-proxy")
+    assert run is not None
+    run.stop()  # a one-run runs/stop: the proxy merges it, alone, into one call
+    final = stop_runs_until_finished(dstack_server, "main", ["sdk-via-proxy"])
+    assert final["sdk-via-proxy"] in {"terminated", "failed", "done"}
+    assert stop_events(dstack_server, "main", ["sdk-via-proxy"])["sdk-via-proxy"]
