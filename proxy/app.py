@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,12 +95,17 @@ async def _merger_context(app: web.Application) -> AsyncIterator[None]:
 async def _drain(app: web.Application) -> None:
     """On shutdown: readiness fails, open batches flush now, websockets close (PITFALLS A17)."""
     app[STATE_KEY].draining = True
-    merger = app[MERGER_KEY]
-    log.info("draining", pending=merger.pending)
-    # Half the drain budget for open batches; the rest is aiohttp's, for handlers (serving.py).
-    await merger.aclose(timeout=app[CONFIG_KEY].drain_seconds / 2)
-    for ws in list(app[STATE_KEY].websockets):
-        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"proxy shutting down")
+    merger, budget = app[MERGER_KEY], app[CONFIG_KEY].drain_seconds / 2
+    log.info("draining", pending=merger.pending, websockets=len(app[STATE_KEY].websockets))
+    # Half the drain budget for open batches and websockets, side by side; the rest is
+    # aiohttp's, for the handlers (serving.py).
+    closing = [
+        asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"))
+        for ws in list(app[STATE_KEY].websockets)
+    ]
+    await merger.aclose(timeout=budget)
+    if closing:
+        await asyncio.wait(closing, timeout=budget)
 
 
 @web.middleware

@@ -276,3 +276,12 @@ async def test_idle_upstream_connections_close_before_uvicorns_keep_alive(proxy:
     connector = proxy.app[SESSION_KEY].connector
     assert connector is not None
     assert connector._keepalive_timeout < 5
+
+
+async def test_shutdown_closes_open_websockets_as_going_away(proxy: Client) -> None:
+    async with proxy.ws_connect("/ws") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive_str(timeout=5)) == "echo:hi"
+        await asyncio.wait_for(proxy.app.shutdown(), 5)  # what SIGTERM runs
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, aiohttp.WSCloseCode.GOING_AWAY)
