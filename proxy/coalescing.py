@@ -152,8 +152,10 @@ class Batcher(Generic[K, T, R]):
         """
         self._closed = True
         for state in list(self._keys.values()):
-            if state.open is not None:
+            if state.open is not None and state.flights == 0:
                 self._close(state, FlushReason.CLOSE)
+            elif state.open is not None:  # still one flight per key: it goes when that returns
+                state.open.due = True
         loop = asyncio.get_running_loop()  # real time: this bounds a real shutdown
         deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:

@@ -7,8 +7,8 @@ answer to exactly its own request. dstack's list endpoints change nothing when t
 (shared/dstack-api.md §1.4), so resending is safe.
 
 Resending is bounded: a batch of N callers never costs more than 1 + N + 2·ceil(log2 N) calls
-(one bad caller costs about 2·log2 N; when failures are dense the rest go singly), with at most
-MAX_CONCURRENT_CALLS of them at once.
+(one bad caller costs about 2·log2 N; when failures are dense the rest go singly), ordered
+rounds included, with at most MAX_CONCURRENT_CALLS of them at once.
 """
 
 from __future__ import annotations
@@ -92,14 +92,19 @@ class Dispatcher:
 
     async def flush(self, batch: ClosedBatch[BatchKey, Member]) -> dict[Member, Outcome]:
         started = time.perf_counter()
-        flight = _Flight(batch.key, uuid.uuid4().hex[:16], budget=0, unresolved=0)
+        n = len(batch.items)
+        # Beyond the first merged call, at most one call per caller plus a bisection's worth.
+        flight = _Flight(batch.key, uuid.uuid4().hex[:16], n + 2 * math.ceil(math.log2(n)), n)
         # Where a repeated item fails (it must exist), callers naming the same item go in
         # separate calls, in arrival order, as if sent one after the other.
         rounds = [batch.items] if batch.key.target.spec.idempotent else _rounds(batch.items)
-        for members in rounds:
-            flight.budget = len(members) + 2 * math.ceil(math.log2(len(members)))
-            flight.unresolved = len(members)
-            await self._resolve(flight, members, await self._call(flight, members))
+        await self._resolve(flight, rounds[0], await self._call(flight, rounds[0]))
+        for members in rounds[1:]:  # each later round's merged call is paid from the budget
+            if flight.budget - 1 >= flight.unresolved:
+                flight.budget -= 1
+                await self._resolve(flight, members, await self._call(flight, members))
+            else:
+                await self._one_by_one(flight, members)
         self._record(batch, flight, time.perf_counter() - started)
         return flight.results
 
@@ -116,10 +121,13 @@ class Dispatcher:
                 *(self._resolve(flight, h, o) for h, o in zip(halves, outcomes, strict=True))
             )
         else:  # failures are dense: asking each caller once is cheaper than splitting on
-            flight.budget -= len(members)
-            outcomes = await asyncio.gather(*(self._call(flight, (m,)) for m in members))
-            for member, own in zip(members, outcomes, strict=True):
-                flight.settle((member,), own)
+            await self._one_by_one(flight, members)
+
+    async def _one_by_one(self, flight: _Flight, members: Sequence[Member]) -> None:
+        flight.budget -= len(members)
+        outcomes = await asyncio.gather(*(self._call(flight, (m,)) for m in members))
+        for member, own in zip(members, outcomes, strict=True):
+            flight.settle((member,), own)
 
     async def _call(self, flight: _Flight, members: Sequence[Member]) -> Outcome:
         spec, target = flight.spec, flight.key.target

@@ -75,10 +75,10 @@ class Merger:
         """Merge the request if it fits `spec` exactly; otherwise pass it through."""
         if reason := self._precheck(request):
             return await self._bypass(request, reason)
-        body, complete = await _read_capped(request, self._config.max_body_bytes)
-        parsed = parse_body(spec, body) if complete else None
+        body, unread = await _read_capped(request, self._config.max_body_bytes)
+        parsed = parse_body(spec, body) if unread is None else None
         if parsed is None:
-            return await self._bypass(request, "too_large" if not complete else "body", body)
+            return await self._bypass(request, unread or "body", body)
         key = self._key(request, spec, project, parsed)
         member = Member(parsed.item, 0 if spec.idempotent else next(self._serials))
         if self._config.mode == "shadow":
@@ -211,20 +211,22 @@ class Merger:
         return dict.fromkeys(batch.items)
 
 
-async def _read_capped(request: web.Request, cap: int) -> tuple[bytes, bool]:
-    """Up to cap+1 bytes of body, and whether that was all of it. A body slower than
-    BODY_READ_TIMEOUT counts as incomplete: it is then streamed through as it comes."""
+async def _read_capped(request: web.Request, cap: int) -> tuple[bytes, str | None]:
+    """Up to cap+1 bytes of body, and why the rest is unread (None: it was all read). A body
+    over the cap or slower than BODY_READ_TIMEOUT is then streamed through as it comes."""
     chunks: list[bytes] = []
     size = 0
-    with contextlib.suppress(TimeoutError):
+    try:
         async with asyncio.timeout(BODY_READ_TIMEOUT):
             while size <= cap:
                 chunk = await request.content.readany()
                 if not chunk:
-                    return b"".join(chunks), True
+                    return b"".join(chunks), None
                 chunks.append(chunk)
                 size += len(chunk)
-    return b"".join(chunks), False
+    except TimeoutError:
+        return b"".join(chunks), "slow_body"
+    return b"".join(chunks), "too_large"
 
 
 def _render(reply: UpstreamReply) -> web.Response:

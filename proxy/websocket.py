@@ -21,6 +21,9 @@ log = structlog.get_logger(__name__)
 # No total timeout: a WebSocket lives as long as its peers keep it open.
 _WS_TIMEOUT: Final = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0)
 _Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+_BODY_HEADERS: Final = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.CONTENT_TYPE)
+# Codes that report a close but may never be sent in a Close frame (RFC 6455 §7.4.1).
+_UNSENDABLE: Final = frozenset({1005, 1006, 1015})
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
@@ -50,10 +53,10 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         )
     except aiohttp.WSServerHandshakeError as exc:
         # The upstream refused the upgrade (dstack 0.22.5 refuses every one with 403): so does
-        # the proxy, with the upstream's status and headers. aiohttp does not keep the body.
-        return web.Response(
-            status=exc.status, headers=client_response_headers(CIMultiDict(exc.headers or {}))
-        )
+        # the proxy, with the upstream's status and headers. aiohttp does not keep the body, so
+        # the headers that describe it must go too, or the client waits for bytes never sent.
+        headers = client_response_headers(CIMultiDict(exc.headers or {}), also=_BODY_HEADERS)
+        return web.Response(status=exc.status, headers=headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return error_response(classify(exc))
     try:
@@ -90,9 +93,11 @@ async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocke
     code, reason = (
         first.result() if not first.cancelled() and not first.exception() else (None, b"")
     )
+    if code is None or code in _UNSENDABLE:  # the peer vanished without a proper close
+        code, reason = aiohttp.WSCloseCode.INTERNAL_ERROR, b""
     for sink in (client, upstream):
         if not sink.closed:
-            await sink.close(code=code or aiohttp.WSCloseCode.OK, message=reason)
+            await sink.close(code=code, message=reason)
 
 
 async def _pump(source: _Socket, sink: _Socket) -> tuple[int | None, bytes]:

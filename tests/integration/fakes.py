@@ -170,6 +170,10 @@ class FakeUpstream:
                 if msg.data == "close-me":
                     await ws.close(code=4001, message=b"asked")
                     break
+                if msg.data == "vanish":  # the upstream dies without a close frame
+                    assert request.transport is not None
+                    request.transport.abort()
+                    break
                 await ws.send_str("echo:" + msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await ws.send_bytes(msg.data[::-1])
@@ -177,7 +181,9 @@ class FakeUpstream:
 
     async def refuse_websocket(self, request: web.Request) -> web.Response:
         # What dstack 0.22.5 does with every handshake (shared/dstack-api.md §5).
-        return web.Response(status=403, headers={"X-Refused-By": "upstream"})
+        return web.json_response(
+            {"detail": "refused"}, status=403, headers={"X-Refused-By": "upstream"}
+        )
 
     async def upload(self, request: web.Request) -> web.Response:
         size = 0

@@ -378,3 +378,22 @@ async def test_secrets_named_twice_are_deleted_in_arrival_order_never_in_one_cal
     for call in fake.calls:
         names = call.json["secrets_names"]
         assert len(names) == len(set(names))
+
+
+async def test_ordered_rounds_stay_within_the_call_budget(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    # Pairs of callers share a secret, and each also names one that does not exist: every
+    # caller fails alone, over two ordered rounds.
+    proxy = await make_proxy(window_ms=200)
+    callers = 16
+    fake.secrets = {f"p{i // 2}" for i in range(callers)}
+    path = "/api/project/main/secrets/delete"
+    answers = await asyncio.gather(
+        *(
+            proxy.post(path, json={"secrets_names": [f"p{i // 2}", f"missing{i}"]}, headers=MEMBER)
+            for i in range(callers)
+        )
+    )
+    assert {a.status for a in answers} == {400}
+    assert len(fake.calls) <= 1 + callers + 2 * math.ceil(math.log2(callers))

@@ -200,6 +200,26 @@ async def test_websocket_echo_and_close_code_and_reason_are_relayed(proxy: Clien
         assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4001, "asked")
 
 
+async def test_refused_websocket_upgrade_answers_at_once_without_a_body_it_lacks(
+    proxy: Client,
+) -> None:
+    # aiohttp's ws_connect drops the refusal's body: its Content-Length must not be relayed.
+    resp = await asyncio.wait_for(
+        proxy.get(
+            "/ws-refused",
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        ),
+        5,
+    )
+    assert resp.status == 403
+    assert await asyncio.wait_for(resp.read(), 5) == b""
+
+
 async def test_refused_websocket_upgrade_keeps_the_upstream_status_and_headers(
     proxy: Client,
 ) -> None:
@@ -285,3 +305,13 @@ async def test_shutdown_closes_open_websockets_as_going_away(proxy: Client) -> N
         await asyncio.wait_for(proxy.app.shutdown(), 5)  # what SIGTERM runs
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, aiohttp.WSCloseCode.GOING_AWAY)
+
+
+async def test_an_upstream_that_vanishes_closes_the_client_with_a_sendable_code(
+    proxy: Client,
+) -> None:
+    # 1006 reports an abnormal close locally but may never be sent in a frame (RFC 6455 §7.4.1).
+    async with proxy.ws_connect("/ws") as ws:
+        await ws.send_str("vanish")
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, aiohttp.WSCloseCode.INTERNAL_ERROR)

@@ -521,3 +521,35 @@ async def test_the_flush_runs_in_a_fresh_context_without_the_submitters_variable
         REQUEST_ID.reset(token)
 
     assert seen == [None, None]
+
+
+async def test_aclose_never_starts_a_second_flight_for_a_key(
+    clock: ManualClock, gate: asyncio.Event
+) -> None:
+    gate.clear()
+    flying: list[int] = []
+    peak: list[int] = [0]
+
+    async def flush(batch: ClosedBatch[str, str]) -> dict[str, str]:
+        flying.append(1)
+        peak[0] = max(peak[0], len(flying))
+        await gate.wait()
+        flying.pop()
+        return {item: item for item in batch.items}
+
+    batcher: Batcher[str, str, str] = Batcher(
+        flush, window=0.02, max_size=10, max_wait=60, clock=clock
+    )
+    first = asyncio.ensure_future(batcher.submit("k", "a"))
+    await settle()
+    clock.advance(0.02)
+    await settle()  # [a] is in flight, held by the gate
+    second = asyncio.ensure_future(batcher.submit("k", "b"))
+    await settle()
+    closing = asyncio.ensure_future(batcher.aclose())
+    await settle()
+    assert peak[0] == 1  # [b] waits for [a]'s flight, shutdown or not
+    gate.set()
+    await asyncio.wait_for(closing, 5)
+    assert (await first, await second) == ("a", "b")
+    assert peak[0] == 1
