@@ -9,19 +9,17 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import WSMsgType, hdrs, web
-from multidict import CIMultiDict
 
-from .forwarding import upstream_request
+from .forwarding import SKIP_AUTO_HEADERS, upstream_request
 from .headers import WEBSOCKET_HANDSHAKE_HEADERS, client_response_headers, connection_tokens
 from .keys import SESSION_KEY, STATE_KEY
-from .upstream import classify, error_response
+from .upstream import UpstreamUnavailable, classify, error_response
 
 log = structlog.get_logger(__name__)
 
 # No total timeout: a WebSocket lives as long as its peers keep it open.
 _WS_TIMEOUT: Final = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0)
 _Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-_BODY_HEADERS: Final = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.CONTENT_TYPE)
 # Codes that report a close but may never be sent in a Close frame (RFC 6455 §7.4.1).
 _UNSENDABLE: Final = frozenset({1005, 1006, 1015})
 
@@ -51,18 +49,36 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         upstream = await request.app[SESSION_KEY].ws_connect(
             url, headers=headers, protocols=protocols, timeout=_WS_TIMEOUT
         )
-    except aiohttp.WSServerHandshakeError as exc:
-        # The upstream refused the upgrade (dstack 0.22.5 refuses every one with 403): so does
-        # the proxy, with the upstream's status and headers. aiohttp does not keep the body, so
-        # the headers that describe it must go too, or the client waits for bytes never sent.
-        headers = client_response_headers(CIMultiDict(exc.headers or {}), also=_BODY_HEADERS)
-        return web.Response(status=exc.status, headers=headers)
+    except aiohttp.WSServerHandshakeError:
+        # Refused (dstack 0.22.5 refuses every upgrade with 403). aiohttp drops the refusal's
+        # body, so ask once more as plain HTTP and relay that answer whole.
+        return await _relay_refusal(request)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return error_response(classify(exc))
     try:
         return await _serve(request, upstream)
     finally:
         await upstream.close()
+
+
+async def _relay_refusal(request: web.Request) -> web.StreamResponse:
+    url, headers = upstream_request(request)
+    headers.extend((h, request.headers[h]) for h in (hdrs.UPGRADE, hdrs.CONNECTION))
+    try:
+        async with request.app[SESSION_KEY].get(
+            url,
+            headers=headers,
+            allow_redirects=False,
+            auto_decompress=False,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+        ) as resp:
+            if resp.status == 101:  # accepted this time: nothing sane to relay
+                return error_response(UpstreamUnavailable("upstream switched protocols"))
+            body = await resp.read()
+            headers = client_response_headers(resp.headers, also=(hdrs.CONTENT_LENGTH,))
+            return web.Response(status=resp.status, headers=headers, body=body)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return error_response(classify(exc))
 
 
 async def _serve(

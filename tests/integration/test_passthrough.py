@@ -200,10 +200,9 @@ async def test_websocket_echo_and_close_code_and_reason_are_relayed(proxy: Clien
         assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4001, "asked")
 
 
-async def test_refused_websocket_upgrade_answers_at_once_without_a_body_it_lacks(
-    proxy: Client,
-) -> None:
-    # aiohttp's ws_connect drops the refusal's body: its Content-Length must not be relayed.
+async def test_refused_websocket_upgrade_is_relayed_whole(proxy: Client) -> None:
+    # aiohttp's ws_connect drops the refusal's body; the proxy must not leave the client
+    # waiting for it, nor answer with a different one.
     resp = await asyncio.wait_for(
         proxy.get(
             "/ws-refused",
@@ -217,7 +216,8 @@ async def test_refused_websocket_upgrade_answers_at_once_without_a_body_it_lacks
         5,
     )
     assert resp.status == 403
-    assert await asyncio.wait_for(resp.read(), 5) == b""
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert await asyncio.wait_for(resp.json(), 5) == {"detail": "refused"}
 
 
 async def test_refused_websocket_upgrade_keeps_the_upstream_status_and_headers(
