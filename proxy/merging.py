@@ -40,7 +40,8 @@ _REPLY_DROPPED: Final = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.SET_CO
 
 
 class Merger:
-    """Owns the batchers of one app: the real one, and the one shadow mode only observes with."""
+    """Owns the batcher of one app, its admission caps and credential key; in shadow mode the
+    batcher's flush only observes, and every request is forwarded singly."""
 
     def __init__(self, config: Config, dispatcher: Dispatcher, metrics: Metrics) -> None:
         self._config = config
