@@ -45,6 +45,9 @@ _REQUEST_ONLY_DROPPED: Final = frozenset(
     )
 )
 
+# ... and, when the body sent is not the one the client framed, its length and encoding.
+_REWRITTEN_BODY_DROPPED: Final = _REQUEST_ONLY_DROPPED | {"content-length", "content-encoding"}
+
 # Headers that only describe a WebSocket handshake; each leg negotiates its own.
 WEBSOCKET_HANDSHAKE_HEADERS: Final = frozenset(
     h.lower()
@@ -96,9 +99,7 @@ def upstream_request_headers(
     `body_rewritten` means the body bytes sent upstream differ from the ones the client framed
     (aiohttp's server decoded a `Content-Encoding`), so the length and encoding no longer hold.
     """
-    also = set(_REQUEST_ONLY_DROPPED)
-    if body_rewritten:
-        also |= {hdrs.CONTENT_LENGTH.lower(), hdrs.CONTENT_ENCODING.lower()}
+    also = _REWRITTEN_BODY_DROPPED if body_rewritten else _REQUEST_ONLY_DROPPED
     out = strip_hop_by_hop(headers, also=also)
     out.extend(forwarding_headers(headers, remote=remote, scheme=scheme, trusted_peer=trusted_peer))
     return out

@@ -152,8 +152,7 @@ __all__ = [
     "stop_runs_until_finished",
     "task_configuration",
     "task_yaml",
-    "wait_until_active",
-    "wait_until_finished",
+    "wait_for_runs",
     "write_task_file",
 ]
 
@@ -878,69 +877,40 @@ def run_states(
     return {name: ("deleted" if i.deleted else i.status) for name, i in infos.items()}
 
 
-def _wait_runs(
+def wait_for_runs(
     server: ServerLike,
     project: str,
     names: Iterable[str],
-    token: str | None,
-    url: str | None,
-    timeout: float,
-    poll: float,
-    want_finished: bool,
-) -> dict[str, RunInfo]:
-    wanted = list(dict.fromkeys(names))
-    deadline = time.monotonic() + timeout
-    while True:
-        infos = run_infos(server, project, token, url=url)
-        pending = [n for n in wanted if n not in infos or infos[n].finished is not want_finished]
-        if not pending:
-            return {n: infos[n] for n in wanted}
-        if time.monotonic() > deadline:
-            seen = {n: (infos[n].status if n in infos else "missing") for n in pending}
-            goal = "finished" if want_finished else "active"
-            raise TimeoutError(f"runs not {goal} after {timeout:.0f}s: {seen}")
-        time.sleep(poll)
-
-
-def wait_until_finished(
-    server: ServerLike,
-    project: str,
-    names: Iterable[str],
-    token: str | None = None,
     *,
+    finished: bool,
+    token: str | None = None,
     url: str | None = None,
     timeout: float = 60.0,
     poll: float = 0.5,
 ) -> dict[str, str]:
-    """Poll until every run in ``names`` is finished (or deleted); return ``{name: status}``.
+    """Poll until every run in ``names`` is finished (or deleted), or with ``finished=False``
+    exists and is active; return ``{name: status}``.
 
-    A name that does not exist counts as not finished.
-
-    Because of the upstream race (a stopped pending run can go back to
-    ``pending``/``submitted`` ~0.15-2 s after the stop), this can time out
-    after a stop that answered 200. :func:`stop_runs_until_finished` re-stops
-    such runs.
+    A name that does not exist counts as neither. Because of the upstream race (a stopped
+    pending run can go back to ``pending``/``submitted`` ~0.15-2 s after the stop), waiting
+    for ``finished`` can time out after a stop that answered 200;
+    :func:`stop_runs_until_finished` re-stops such runs.
 
     Raises:
-        TimeoutError: listing the runs that are still unfinished.
+        TimeoutError: listing the runs not yet in the wanted state.
     """
-    infos = _wait_runs(server, project, names, token, url, timeout, poll, want_finished=True)
-    return {n: i.status for n, i in infos.items()}
-
-
-def wait_until_active(
-    server: ServerLike,
-    project: str,
-    names: Iterable[str],
-    token: str | None = None,
-    *,
-    url: str | None = None,
-    timeout: float = 30.0,
-    poll: float = 0.5,
-) -> dict[str, str]:
-    """Poll until every run in ``names`` exists and is not finished; return ``{name: status}``."""
-    infos = _wait_runs(server, project, names, token, url, timeout, poll, want_finished=False)
-    return {n: i.status for n, i in infos.items()}
+    wanted = list(dict.fromkeys(names))
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = run_infos(server, project, token, url=url)
+        pending = [n for n in wanted if n not in infos or infos[n].finished is not finished]
+        if not pending:
+            return {n: infos[n].status for n in wanted}
+        if time.monotonic() > deadline:
+            seen = {n: (infos[n].status if n in infos else "missing") for n in pending}
+            goal = "finished" if finished else "active"
+            raise TimeoutError(f"runs not {goal} after {timeout:.0f}s: {seen}")
+        time.sleep(poll)
 
 
 def stop_runs(

@@ -15,7 +15,7 @@ from .dstack_harness import (
     create_project,
     run_cli,
     stop_runs_until_finished,
-    wait_until_active,
+    wait_for_runs,
     write_task_file,
 )
 from .real import stop_events
@@ -182,7 +182,7 @@ def test_dstack_cli_works_through_the_proxy(
     task = write_task_file(work, "cli-via-proxy")
     applied = run_cli(["apply", "-f", str(task), "-y", "-d"], home=home, cwd=work)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    wait_until_active(dstack_server, "main", ["cli-via-proxy"])
+    wait_for_runs(dstack_server, "main", ["cli-via-proxy"], finished=False)
     listed = run_cli(["ps"], home=home, cwd=work)
     assert listed.returncode == 0 and "cli-via-proxy" in listed.stdout
     stopped = run_cli(["stop", "-y", "cli-via-proxy"], home=home, cwd=work)

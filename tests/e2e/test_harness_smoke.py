@@ -52,7 +52,7 @@ def test_parse_processed_request_line() -> None:
 def test_created_run_is_active(dstack_server: h.DstackServer) -> None:
     created = h.create_active_runs(dstack_server, PROJECT, ["smoke-active"])
     assert created == {"smoke-active": "submitted"}
-    states = h.wait_until_active(dstack_server, PROJECT, ["smoke-active"])
+    states = h.wait_for_runs(dstack_server, PROJECT, ["smoke-active"], finished=False)
     assert states["smoke-active"] in h.ACTIVE_STATUSES
     assert h.run_states(dstack_server, PROJECT)["smoke-active"] in h.ACTIVE_STATUSES
 
@@ -72,7 +72,7 @@ def test_counting_stop_and_delete_requests(dstack_server: h.DstackServer) -> Non
 
     # Re-stops if the upstream race put the run back to pending.
     h.stop_runs_until_finished(dstack_server, PROJECT, ["smoke-count"])
-    assert h.wait_until_finished(dstack_server, PROJECT, ["smoke-count"]) == {
+    assert h.wait_for_runs(dstack_server, PROJECT, ["smoke-count"], finished=True) == {
         "smoke-count": "terminated"
     }
     info = h.run_infos(dstack_server, PROJECT)["smoke-count"]
