@@ -13,8 +13,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tests.e2e.dstack_harness import DstackServer
-from tests.e2e.processes import ProxyProcess
+from tests.support.processes import ProxyProcess
+from tests.support.server import DstackServer
 
 from .workload import WAYS, Measured, stop_then_delete, table
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.dstack_harness import DstackServer
-from tests.e2e.processes import ProxyProcess
+from tests.support.processes import ProxyProcess
+from tests.support.server import DstackServer
 
 from .workload import Measured, stop_then_delete, table
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.e2e.dstack_harness import DstackServer
-from tests.e2e.processes import FastUpstream, ProxyProcess
+from tests.support.processes import FastUpstream, ProxyProcess
+from tests.support.server import DstackServer
 
 SMALL_POST = "/api/users/get_my_user"
 

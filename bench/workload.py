@@ -11,12 +11,8 @@ from typing import Literal
 import aiohttp
 import orjson
 
-from tests.e2e.dstack_harness import (
-    DstackServer,
-    create_active_runs,
-    run_states,
-    stop_runs_until_finished,
-)
+from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
+from tests.support.server import DstackServer
 
 Way = Literal["direct singles", "proxy singles", "direct batch"]
 WAYS: tuple[Way, ...] = ("direct singles", "proxy singles", "direct batch")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .dstack_harness import DstackServer
-from .processes import ProxyProcess
+from tests.support.processes import ProxyProcess
+from tests.support.server import DstackServer
 
 
 @pytest.fixture(scope="session")

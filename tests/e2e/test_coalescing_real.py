@@ -10,15 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from .dstack_harness import (
-    DstackServer,
-    add_member,
-    create_active_runs,
-    create_user,
-    run_states,
-    stop_runs_until_finished,
-)
-from .real import burst, put_back, stop_events
+from tests.support.api import add_member, create_user
+from tests.support.bursts import burst, put_back, stop_events
+from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
+from tests.support.server import DstackServer
 
 PROJECT = "main"
 STOP = f"/api/project/{PROJECT}/runs/stop"

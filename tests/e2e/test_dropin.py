@@ -8,17 +8,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .dstack_harness import (
-    DstackServer,
-    cli_add_project,
-    create_active_runs,
-    create_project,
-    run_cli,
-    stop_runs_until_finished,
-    wait_for_runs,
-    write_task_file,
-)
-from .real import stop_events
+from tests.support.api import create_project
+from tests.support.bursts import stop_events
+from tests.support.cli import cli_add_project, run_cli, write_task_file
+from tests.support.runs import create_active_runs, stop_runs_until_finished, wait_for_runs
+from tests.support.server import DstackServer
 
 PROJECT = "probe"
 STOP = f"/api/project/{PROJECT}/runs/stop"

@@ -21,16 +21,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from .dstack_harness import (
-    DstackServer,
-    add_member,
-    create_active_runs,
-    create_project,
-    create_user,
-    run_states,
-    stop_runs_until_finished,
-)
-from .real import burst, send_one_by_one, stop_events
+from tests.support.api import add_member, create_project, create_user
+from tests.support.bursts import burst, send_one_by_one, stop_events
+from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
+from tests.support.server import DstackServer
 
 POOL = ("r-a", "r-b", "r-c", "r-d")
 NAMES = st.lists(st.sampled_from((*POOL, "ghost")), min_size=1, max_size=3)

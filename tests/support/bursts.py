@@ -11,7 +11,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .dstack_harness import DstackServer, api_post, run_infos
+from .api import api_post
+from .runs import run_infos
+from .server import DstackServer
 
 Answer = tuple[int, bytes]
 STOP_MARK = "-> TERMINATING"
@@ -50,7 +52,7 @@ def stop_events(
     """`{run: [(status change, actor)]}` for every user stop the server recorded on those runs.
 
     Events can appear shortly after the change, so this polls until nothing new arrives for
-    `settle` seconds. Robust against the upstream race of shared/dstack-api.md §1.5: a run put
+    `settle` seconds. Robust against the stop race (docs/dstack-api.md, "The stop race"): a run put
     back to pending by the pipeline still shows the user's stop.
     """
     ids = {info.id: name for name, info in run_infos(server, project).items() if name in names}
@@ -77,8 +79,8 @@ def stop_events(
 def put_back(
     server: DstackServer, project: str, names: Sequence[str], timeout: float = 5.0
 ) -> set[str]:
-    """Runs whose status the server's own pipeline changed after a user's stop: the upstream
-    race of shared/dstack-api.md §1.5 (it overwrites the stop), not the caller's doing. Polls
+    """Runs whose status the server's own pipeline changed after a user's stop: the stop
+    race (docs/dstack-api.md, "The stop race"), not the caller's doing. Polls
     for up to `timeout` s, as events can be listed shortly after they happen."""
     ids = {info.id: name for name, info in run_infos(server, project).items() if name in names}
     deadline = time.monotonic() + timeout
