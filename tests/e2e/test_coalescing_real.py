@@ -41,7 +41,7 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
     answers = await burst(
         proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in names], token
     )
-    states = run_states(dstack_server, PROJECT)  # right after the answers (§1.5 race)
+    states = run_states(dstack_server, PROJECT)  # right after the answers: see the stop race
     assert answers == [(200, b"null")] * 40
     assert dstack_server.count_requests("/runs/stop", since=mark) <= 2
     stopped = stop_events(dstack_server, PROJECT, names)

@@ -181,7 +181,8 @@ def test_dstack_cli_works_through_the_proxy(
     assert listed.returncode == 0 and "cli-via-proxy" in listed.stdout
     stopped = run_cli(["stop", "-y", "cli-via-proxy"], home=home, cwd=work)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    # A stopped run can bounce back to pending (shared/dstack-api.md §1.5): re-stop if needed.
+    # A stopped run can bounce back to pending (docs/dstack-api.md, "The stop race"):
+    # re-stop if needed.
     final = stop_runs_until_finished(dstack_server, "main", ["cli-via-proxy"])
     assert final["cli-via-proxy"] in {"terminated", "failed", "done"}
 
@@ -189,7 +190,8 @@ def test_dstack_cli_works_through_the_proxy(
 async def test_websocket_handshakes_are_refused_alike(
     dstack_server: DstackServer, proxy_url: str
 ) -> None:
-    # dstack 0.22.5 refuses every WebSocket handshake (shared/dstack-api.md §5).
+    # dstack 0.22.5 refuses every WebSocket handshake (docs/dstack-api.md, "Traffic that only
+    # passes through").
     handshake = {
         "Upgrade": "websocket",
         "Connection": "Upgrade",

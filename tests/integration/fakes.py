@@ -1,6 +1,6 @@
 """A recording fake upstream, for what a real dstack server cannot be made to do on demand:
 faults, delays, odd framing. It also mimics dstack's stop/delete contract closely enough to
-check how the proxy splits and answers batches (shared/dstack-api.md §1-2)."""
+check how the proxy splits and answers batches (docs/dstack-api.md)."""
 
 from __future__ import annotations
 
@@ -180,7 +180,8 @@ class FakeUpstream:
         return ws
 
     async def refuse_websocket(self, request: web.Request) -> web.Response:
-        # What dstack 0.22.5 does with every handshake (shared/dstack-api.md §5).
+        # What dstack 0.22.5 does with every handshake (docs/dstack-api.md, "Traffic that
+        # only passes through").
         return web.json_response(
             {"detail": "refused"}, status=403, headers={"X-Refused-By": "upstream"}
         )

@@ -342,7 +342,7 @@ async def test_a_connection_header_naming_headers_means_pass_through(
 async def test_when_every_caller_fails_resending_stays_bounded(
     proxy: Client, fake: FakeUpstream, callers: int
 ) -> None:
-    # Every run still active (stops lost to the upstream race, shared/dstack-api.md §1.5):
+    # Every run still active (stops lost to the upstream race, docs/dstack-api.md, "The stop race"):
     # plain bisection would cost 2N-1 calls; without the proxy it would be N.
     names = [f"r{i}" for i in range(callers)]
     fake.active_runs = set(names)

@@ -290,7 +290,7 @@ async def test_head_gets_the_upstream_headers_and_no_body(proxy: Client) -> None
 
 async def test_idle_upstream_connections_close_before_uvicorns_keep_alive(proxy: Client) -> None:
     # uvicorn closes idle connections after 5 s; reusing one it just closed fails at random
-    # with "server disconnected" (PROXY-PITFALLS A10).
+    # with "server disconnected" (uvicorn closes idle connections after 5 s).
     from proxy.keys import SESSION_KEY
 
     connector = proxy.app[SESSION_KEY].connector
