@@ -1,4 +1,4 @@
-"""The application factory: routes, resources made in cleanup contexts, and shutdown order.
+"""The application factory: routes, resources made in cleanup contexts, and the shutdown drain.
 `make_app` is the one seam for tests and `__main__` alike."""
 
 from __future__ import annotations
@@ -11,40 +11,49 @@ from typing import Final
 
 import aiohttp
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import web
 
+from .calls import make_batch_session
 from .config import Config
 from .dispatching import Dispatcher
-from .forwarding import forward
-from .keys import CONFIG_KEY, MERGER_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
+from .errors import ProxyError, UpstreamTimeout, error_response
+from .forwarding import Forwarder, forward
+from .keys import CONFIG_KEY, FORWARDER_KEY, MERGER_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
 from .merging import Merger
 from .metrics import Metrics
 from .state import State
-from .upstream import BadRequestTarget, error_response
+from .upstream import ALLOWED_METHODS, check_target
 from .websocket import handle_websocket, is_websocket_upgrade
 
 log = structlog.get_logger(__name__)
 
-# CONNECT and TRACE are refused (PROXY-PITFALLS A13); everything else dstack may serve passes.
-ALLOWED_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Of drain_seconds, the last part is kept for writing the last answers and closing sockets;
+# aiohttp's own handler wait (shutdown_timeout, spent twice) fits in it too.
+SHUTDOWN_MARGIN: Final = 0.5
 
 
-def make_app(config: Config, *, session: aiohttp.ClientSession | None = None) -> web.Application:
-    """The public proxy app. A given `session` is used as-is and not closed (tests)."""
+def make_app(
+    config: Config,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    batch_session: aiohttp.ClientSession | None = None,
+) -> web.Application:
+    """The public proxy app. Given sessions (pass-through's, batch calls') are used as-is and
+    not closed (tests)."""
     app = web.Application(middlewares=[_request_context])
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = Metrics()
     app[STATE_KEY] = State()
     app.cleanup_ctx.append(_session_context(session))
-    app.cleanup_ctx.append(_merger_context)
+    app.cleanup_ctx.append(_batching_context(batch_session))
     app.on_shutdown.append(_drain)
     app.router.add_route("*", "/{tail:.*}", handle_request)
     return app
 
 
 async def handle_request(request: web.Request) -> web.StreamResponse:
-    """Every request: merged if it fits a mergeable endpoint exactly, else passed through."""
+    """Every request: batched if it fits a batchable endpoint exactly, else passed through."""
     if is_websocket_upgrade(request):
         return await handle_websocket(request)
     merger = request.app[MERGER_KEY]
@@ -53,21 +62,23 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
     return await forward(request)
 
 
-def make_session(config: Config) -> aiohttp.ClientSession:
-    """The one upstream session: bounded pool, no cookie jar, bytes passed through as sent."""
+def make_passthrough_session(config: Config) -> aiohttp.ClientSession:
+    """Pass-through's session: bytes passed as sent, no cookie jar, every wait bounded.
+
+    The connector has no cap of its own (forwarding.Forwarder counts the connections held);
+    idle connections are closed below uvicorn's 5 s keep-alive, since reusing one the server
+    has just closed fails at random with "server disconnected"."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=config.pool_size,
-            # Below uvicorn's 5 s keep-alive, else a reused socket the server just closed gives
-            # random "server disconnected" errors (PROXY-PITFALLS A10).
-            keepalive_timeout=config.keepalive_timeout,
-        ),
-        # The default jar would replay one user's cookies to the next (litellm PR #36149).
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
+        # A jar would replay one user's cookies to the next.
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
-        trust_env=False,
+        trust_env=False,  # HTTP(S)_PROXY in the environment must not reroute upstream calls
         timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
+            total=None,
+            connect=config.connect_timeout,
+            sock_connect=config.connect_timeout,
+            sock_read=config.read_timeout,
         ),
     )
 
@@ -76,8 +87,10 @@ def _session_context(
     given: aiohttp.ClientSession | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        session = given or make_session(app[CONFIG_KEY])
+        config = app[CONFIG_KEY]
+        session = given or make_passthrough_session(config)
         app[SESSION_KEY] = session
+        app[FORWARDER_KEY] = Forwarder(session, config, app[METRICS_KEY])
         yield
         if given is None:
             await session.close()
@@ -85,49 +98,69 @@ def _session_context(
     return context
 
 
-async def _merger_context(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG_KEY]
-    dispatcher = Dispatcher(app[SESSION_KEY], app[METRICS_KEY], config.batch_timeout)
-    app[MERGER_KEY] = Merger(config, dispatcher, app[METRICS_KEY])
-    yield
+def _batching_context(
+    given: aiohttp.ClientSession | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG_KEY]
+        session = given or make_batch_session(config)
+        dispatcher = Dispatcher(session, app[METRICS_KEY], config.batch_timeout)
+        app[MERGER_KEY] = Merger(config, dispatcher, app[METRICS_KEY])
+        yield
+        if given is None:
+            await session.close()
+
+    return context
 
 
 async def _drain(app: web.Application) -> None:
-    """On shutdown: readiness fails, open batches flush now, websockets close (PITFALLS A17)."""
-    app[STATE_KEY].draining = True
-    merger, budget = app[MERGER_KEY], app[CONFIG_KEY].drain_seconds / 2
-    log.info("draining", pending=merger.pending, websockets=len(app[STATE_KEY].websockets))
-    # Half the drain budget for open batches and websockets, side by side; the rest is
-    # aiohttp's, for the handlers (serving.py).
+    """On shutdown, with ONE deadline for everything: readiness fails, every request in
+    progress or still arriving is bounded by the deadline (then answered 504), open batches
+    flush at once, WebSockets close with 1001; then wait for the handlers to finish."""
+    state, config = app[STATE_KEY], app[CONFIG_KEY]
+    loop = asyncio.get_running_loop()
+    margin = min(SHUTDOWN_MARGIN, config.drain_seconds / 4)
+    deadline = loop.time() + config.drain_seconds - margin
+    state.drain(deadline)
+    merger = app[MERGER_KEY]
+    log.info(
+        "draining",
+        in_progress=state.in_progress,
+        pending=merger.pending,
+        websockets=len(state.websockets),
+    )
     closing = [
         asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"))
-        for ws in list(app[STATE_KEY].websockets)
+        for ws in list(state.websockets)
     ]
-    await merger.aclose(timeout=budget)
+    await merger.aclose(timeout=max(deadline - loop.time(), 0))
     if closing:
-        await asyncio.wait(closing, timeout=budget)
+        await asyncio.wait(closing, timeout=max(deadline - loop.time(), 0))
+    if not await state.wait_idle(max(deadline - loop.time(), 0) + margin / 2):
+        log.warning("drain_incomplete", in_progress=state.in_progress)
 
 
 @web.middleware
 async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind log context, refuse targets that could reach another host, count every answer."""
-    request_id = uuid.uuid4().hex[:16]
+    """Bind log context, refuse targets that could reach another host, bound every request by
+    the drain deadline, count every answer."""
     structlog.contextvars.bind_contextvars(
-        request_id=request_id, method=request.method, path=request.path
+        request_id=uuid.uuid4().hex[:16], method=request.method, path=request.path
     )
     metrics = request.app[METRICS_KEY]
-    route = _route_class(request)
+    state = request.app[STATE_KEY]
     metrics.in_flight.inc()
     started = time.perf_counter()
     try:
-        if reason := _bad_target(request):
-            log.info("request_refused", reason=reason)
-            response: web.StreamResponse = error_response(BadRequestTarget(reason))
-            if request.method not in ALLOWED_METHODS:
-                response.set_status(405)
+        try:
+            check_target(request)
+        except ProxyError as exc:
+            log.info("request_refused", reason=str(exc))
+            headers = {"Allow": ", ".join(sorted(ALLOWED_METHODS))} if exc.status == 405 else None
+            response: web.StreamResponse = error_response(exc, headers)
         else:
-            response = await handler(request)
-        metrics.requests.labels(route, str(response.status)).inc()
+            response = await _bounded(request, handler, state)
+        metrics.requests.labels(_route_class(request, response), str(response.status)).inc()
         return response
     finally:
         metrics.in_flight.dec()
@@ -135,23 +168,28 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
         structlog.contextvars.clear_contextvars()
 
 
-def _bad_target(request: web.Request) -> str | None:
-    """Absolute- and authority-form targets, `*`, `//`-paths and backslashes are refused: the
-    upstream comes from configuration only (PROXY-PITFALLS A14)."""
-    raw = request.raw_path
-    if request.method not in ALLOWED_METHODS:
-        return f"method {request.method} not allowed"
-    if not raw.startswith("/") or raw.startswith("//"):
-        return "request target must be a path"
-    if "\\" in raw:
-        return "backslash in request target"
-    return None
+async def _bounded(request: web.Request, handler: Handler, state: State) -> web.StreamResponse:
+    """Run the handler; if the drain deadline comes first, answer 504 (the upstream may still
+    do the work). A handler that had started its answer has aborted the connection already."""
+    bound = state.bound()
+    try:
+        async with bound:
+            state.track(bound)
+            try:
+                return await handler(request)
+            finally:
+                state.untrack(bound)
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        log.warning("answered_at_shutdown")
+        return error_response(UpstreamTimeout("the proxy shut down before the upstream answered"))
 
 
-def _route_class(request: web.Request) -> str:
-    path = request.path
-    if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
+def _route_class(request: web.Request, response: web.StreamResponse) -> str:
+    if isinstance(response, web.WebSocketResponse):
         return "websocket"
+    path = request.path
     if path.startswith("/api/"):
         return "api"
     if path.startswith("/proxy/"):

@@ -54,7 +54,18 @@ class Config:
     keepalive_timeout: float = field(
         default=4.0, metadata={"help": "idle upstream keep-alive; below uvicorn's 5 s"}
     )
-    pool_size: int = field(default=100, metadata={"help": "upstream connections"})
+    pool_size: int = field(
+        default=100, metadata={"help": "upstream connections pass-through may hold at once"}
+    )
+    buffer_bytes: int = field(
+        default=16 << 20, metadata={"help": "largest response read whole before answering"}
+    )
+    buffer_budget_bytes: int = field(
+        default=128 << 20, metadata={"help": "memory for responses read whole, in all"}
+    )
+    websocket_heartbeat: float = field(
+        default=30.0, metadata={"help": "WebSocket ping interval on both legs, seconds"}
+    )
     drain_seconds: float = field(default=8.0, metadata={"help": "shutdown drain budget"})
     trusted_proxies: tuple[str, ...] = field(
         default=(), metadata={"help": "peers whose X-Forwarded-* are believed"}
@@ -181,6 +192,9 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "batch_timeout": _positive_float,
     "keepalive_timeout": _positive_float,
     "pool_size": _positive_int,
+    "buffer_bytes": _non_negative_int,
+    "buffer_budget_bytes": _non_negative_int,
+    "websocket_heartbeat": _positive_float,
     "drain_seconds": _positive_float,
     "trusted_proxies": _addresses,
     "log_format": _choice(LOG_FORMATS),

@@ -26,10 +26,12 @@ import structlog
 from multidict import CIMultiDict
 from yarl import URL
 
+from .batches import UpstreamReply
+from .calls import post_json
 from .coalescing import ClosedBatch
 from .endpoints import EndpointSpec, Member, render_body
+from .errors import UpstreamError
 from .metrics import Metrics
-from .upstream import UpstreamError, UpstreamReply, post_json
 
 log = structlog.get_logger(__name__)
 

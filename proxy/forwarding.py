@@ -1,9 +1,19 @@
-"""The pass-through path: one client request becomes one upstream request, both bodies streamed,
-headers filtered by `headers.py`. Errors before the response starts become dstack-shaped 502/504;
-after that the client connection is aborted rather than given a fake status."""
+"""The pass-through path: one client request becomes one upstream request.
+
+The upstream connection is held as briefly as possible, like nginx's `proxy_buffering`: a body
+of known length up to `buffer_bytes` is read whole (while the memory budget allows) and the
+connection goes back to the pool before the client has read a byte, so a slow reader never
+holds it. Larger or unknown-length bodies are streamed with back-pressure. At most `pool_size`
+exchanges hold an upstream connection at once; waiting for one is bounded by the connect
+timeout, then the answer is 503 (docs/design.md, Slow clients and connection limits).
+
+Errors before the response starts become dstack-shaped answers (errors.py); after it started,
+the client connection is aborted so a truncated body never looks complete.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Final
@@ -12,61 +22,176 @@ import aiohttp
 import structlog
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
-from yarl import URL
 
-from .headers import client_response_headers, rewrite_location, upstream_request_headers
-from .keys import CONFIG_KEY, METRICS_KEY, SESSION_KEY
-from .upstream import UpstreamError, classify, error_response, upstream_url
+from .config import Config
+from .errors import ProxyError, UpstreamBusy, UpstreamError, classify, error_response
+from .headers import client_response_headers, rewrite_location
+from .keys import FORWARDER_KEY
+from .metrics import Metrics
+from .upstream import request_target
 
 log = structlog.get_logger(__name__)
 
 # aiohttp would otherwise invent these, and the upstream might gzip for a client that never asked.
 SKIP_AUTO_HEADERS: Final = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
+# Request bodies up to this size are read before the upstream is asked: a slow upload then
+# holds no upstream connection either.
+REQUEST_BUFFER_BYTES: Final = 64 << 10
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-
-
-def upstream_request(
-    request: web.Request, *, rewritten: bool = False
-) -> tuple[URL, CIMultiDict[str]]:
-    """URL and headers for forwarding `request` to the configured upstream."""
-    config = request.app[CONFIG_KEY]
-    url = upstream_url(config.upstream, request.raw_path)
-    headers = upstream_request_headers(
-        request.headers,
-        remote=request.remote,
-        scheme=request.scheme,
-        trusted_peer=request.remote in config.trusted_proxies,
-        body_rewritten=rewritten or hdrs.CONTENT_ENCODING in request.headers,
-    )
-    return url, headers
+_LOCATIONS: Final = (hdrs.LOCATION, hdrs.CONTENT_LOCATION)
 
 
 async def forward(request: web.Request, *, prefix: bytes = b"") -> web.StreamResponse:
-    """Send `request` upstream and stream the answer back. `prefix` is body the proxy has
-    already read from the client (the rest, if any, is still in `request.content`)."""
-    session = request.app[SESSION_KEY]
-    metrics = request.app[METRICS_KEY]
-    has_body = bool(prefix) or request.body_exists
-    started = time.perf_counter()
-    try:
-        url, headers = upstream_request(request)
-        upstream = await session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=_stream_body(request, prefix) if has_body else None,
-            allow_redirects=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            auto_decompress=False,
+    """Pass `request` through with its app's `Forwarder`."""
+    return await request.app[FORWARDER_KEY].forward(request, prefix)
+
+
+class Forwarder:
+    """Pass-through for one app: its session, connection slots and response-buffer budget."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: Config, metrics: Metrics) -> None:
+        self._session = session
+        self._config = config
+        self._slots = asyncio.Semaphore(config.pool_size)
+        self._budget = config.buffer_budget_bytes  # bytes still free for whole responses
+        self._latency = metrics.upstream_latency.labels("passthrough")
+        self._disconnects = metrics.disconnects.labels("passthrough")
+        self._errors = metrics.upstream_errors
+
+    async def forward(self, request: web.Request, prefix: bytes = b"") -> web.StreamResponse:
+        """Send `request` upstream and relay the answer. `prefix` is body the proxy has already
+        read from the client (the rest, if any, is still in `request.content`)."""
+        try:
+            body = await _request_body(request, prefix)
+            await self._take_slot()
+        except ProxyError as exc:
+            return self._fail(exc)
+        try:
+            started = time.perf_counter()
+            url, headers = request_target(request, self._config)
+            upstream = await self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                auto_decompress=False,
+            )
+        except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
+            self._slots.release()
+            return self._fail(classify(exc))
+        except BaseException:
+            self._slots.release()
+            raise
+        self._latency.observe(time.perf_counter() - started)
+        size = upstream.content_length
+        if size is not None and size <= self._config.buffer_bytes and size <= self._budget:
+            return await self._answer_whole(request, upstream, size)
+        try:
+            async with upstream:
+                return await self._stream(request, upstream)
+        finally:
+            self._slots.release()
+
+    async def _take_slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns without suspending
+            return
+        try:
+            async with asyncio.timeout(self._config.connect_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamBusy("every upstream connection is in use; try again") from None
+
+    async def _answer_whole(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, size: int
+    ) -> web.StreamResponse:
+        """Read the body, give the connection back, then answer: a slow client costs memory
+        (bounded by the budget), never an upstream connection."""
+        self._budget -= size
+        try:
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("upstream_stream_failed", error=type(exc).__name__)
+                return self._fail(classify(exc))  # nothing sent yet: a clean 502/504
+            finally:
+                upstream.release()
+                self._slots.release()
+            response = web.Response(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=self._response_headers(request, upstream),
+                body=body,
+            )
+            try:
+                await response.prepare(request)
+                await response.write_eof()  # returns once the client has nearly all of it
+            except ConnectionResetError:
+                self._client_left()
+            return response
+        finally:
+            self._budget += size
+
+    async def _stream(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=self._response_headers(request, upstream),
         )
-    except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
-        error = classify(exc)
-        metrics.upstream_errors.labels("passthrough", error.code).inc()
+        try:
+            await response.prepare(request)
+            if request.method != hdrs.METH_HEAD and upstream.status not in _NO_BODY_STATUSES:
+                await _copy_body(upstream, response)
+            await response.write_eof()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError too
+            self._client_left()
+            upstream.close()  # a half-read upstream connection must not go back to the pool
+        except _UpstreamBroke:
+            upstream.close()
+            _abort(request)  # the status is already sent: a truncated body must not look whole
+        except asyncio.CancelledError:  # the drain deadline came mid-body: the same
+            upstream.close()
+            _abort(request)
+            raise
+        return response
+
+    def _response_headers(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> CIMultiDict[str]:
+        headers = client_response_headers(upstream.headers)
+        for name in _LOCATIONS:
+            if name in headers:
+                headers[name] = rewrite_location(
+                    headers[name],
+                    upstream_origin=self._config.upstream,
+                    client_origin=f"{request.scheme}://{request.host}",
+                )
+        return headers
+
+    def _fail(self, error: ProxyError) -> web.Response:
+        self._errors.labels("passthrough", error.code).inc()
         log.warning("upstream_failed", error=error.code, detail=str(error))
         return error_response(error)
-    metrics.upstream_latency.labels("passthrough").observe(time.perf_counter() - started)
-    async with upstream:
-        return await _copy_response(request, upstream)
+
+    def _client_left(self) -> None:
+        self._disconnects.inc()
+        log.debug("client_disconnected")
+
+
+async def _request_body(request: web.Request, prefix: bytes) -> bytes | AsyncIterator[bytes] | None:
+    """The body to send: whole bytes when small and framed by Content-Length, else a stream."""
+    if not prefix and not request.body_exists:
+        return None
+    if request.content.at_eof() and prefix:
+        return prefix
+    length = request.content_length
+    if length is not None and length <= REQUEST_BUFFER_BYTES:
+        return prefix + await request.content.read()
+    return _stream_body(request, prefix)
 
 
 async def _stream_body(request: web.Request, prefix: bytes) -> AsyncIterator[bytes]:
@@ -78,41 +203,11 @@ async def _stream_body(request: web.Request, prefix: bytes) -> AsyncIterator[byt
         yield chunk
 
 
-async def _copy_response(
-    request: web.Request, upstream: aiohttp.ClientResponse
-) -> web.StreamResponse:
-    config = request.app[CONFIG_KEY]
-    headers = client_response_headers(upstream.headers)
-    for name in (hdrs.LOCATION, hdrs.CONTENT_LOCATION):
-        if name in headers:
-            headers[name] = rewrite_location(
-                headers[name],
-                upstream_origin=config.upstream,
-                client_origin=f"{request.scheme}://{request.host}",
-            )
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    try:
-        await response.prepare(request)
-        if request.method != hdrs.METH_HEAD and upstream.status not in _NO_BODY_STATUSES:
-            await _copy_body(request, upstream, response)
-        await response.write_eof()
-    except ConnectionResetError:  # the client left; aiohttp's ClientConnectionResetError too
-        request.app[METRICS_KEY].disconnects.labels("passthrough").inc()
-        log.debug("client_disconnected")
-        upstream.close()  # a half-read upstream connection must not go back to the pool
-    except _UpstreamBroke:
-        upstream.close()
-        _abort(request)  # the status is already sent: a truncated body must not look complete
-    return response
-
-
 class _UpstreamBroke(Exception):
     """The upstream failed after the response had started."""
 
 
-async def _copy_body(
-    request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse
-) -> None:
+async def _copy_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> None:
     while True:
         try:
             chunk = await upstream.content.readany()

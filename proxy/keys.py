@@ -9,6 +9,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .config import Config
+    from .forwarding import Forwarder
     from .merging import Merger
     from .metrics import Metrics
     from .state import State
@@ -17,5 +18,6 @@ CONFIG_KEY: Final[web.AppKey[Config]] = web.AppKey("config")
 SESSION_KEY: Final[web.AppKey[aiohttp.ClientSession]] = web.AppKey("session")
 METRICS_KEY: Final[web.AppKey[Metrics]] = web.AppKey("metrics")
 MERGER_KEY: Final[web.AppKey[Merger]] = web.AppKey("merger")
+FORWARDER_KEY: Final[web.AppKey[Forwarder]] = web.AppKey("forwarder")
 STATE_KEY: Final[web.AppKey[State]] = web.AppKey("state")
 PUBLIC_APP_KEY: Final[web.AppKey[web.Application]] = web.AppKey("public_app")

@@ -14,16 +14,18 @@ from typing import Final
 import structlog
 from aiohttp import hdrs, web
 
+from .batches import UpstreamReply
 from .coalescing import Batcher, BatcherClosed, ClosedBatch
 from .config import Config
 from .dispatching import BatchKey, BatchTarget, Dispatcher
 from .endpoints import EndpointSpec, Member, ParsedBody, match_project, parse_body
-from .forwarding import forward, upstream_request
+from .errors import UpstreamError, UpstreamTimeout, error_response
+from .forwarding import forward
 from .headers import client_response_headers, connection_tokens
 from .keys import STATE_KEY
 from .limits import Limits
 from .metrics import Metrics
-from .upstream import UpstreamError, UpstreamReply, UpstreamTimeout, error_response
+from .upstream import request_target
 
 log = structlog.get_logger(__name__)
 
@@ -152,7 +154,7 @@ class Merger:
     def _key(
         self, request: web.Request, spec: EndpointSpec, project: str, parsed: ParsedBody
     ) -> BatchKey:
-        url, headers = upstream_request(request, rewritten=True)
+        url, headers = request_target(request, self._config, rewritten=True)
         headers[hdrs.CONTENT_TYPE] = "application/json"
         headers[hdrs.ACCEPT_ENCODING] = "identity"
         return BatchKey(

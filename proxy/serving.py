@@ -9,31 +9,32 @@ import structlog
 from aiohttp import web
 
 from .admin import make_admin_app
-from .app import make_app
+from .app import SHUTDOWN_MARGIN, make_app
 from .config import Config
-from .keys import STATE_KEY
 
 log = structlog.get_logger(__name__)
 
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (by SIGTERM/SIGINT when not given), then shut down in order:
-    stop accepting, flush open batches, let in-flight requests finish within `drain_seconds`."""
+    """Serve until `stop` is set (by SIGTERM/SIGINT when not given), then shut down within
+    `drain_seconds` in total: stop accepting, then the app's drain (app.py) answers every
+    request in progress by one deadline, and only then does aiohttp close what is left."""
     stop = stop or _stop_on_signals()
     app = make_app(config)
     runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log=None,
-        # aiohttp waits this long for handlers, cancels, then waits as long again: with the
-        # half that on_shutdown may spend on batches, the whole drain stays in drain_seconds.
-        shutdown_timeout=config.drain_seconds / 4,
-        # Explicit, as the default has changed across releases (PROXY-PITFALLS A9): a client
-        # that leaves never cancels a handler, so an accepted request is always executed.
+        # aiohttp waits this long for handlers after on_shutdown, cancels them, then waits as
+        # long again. The drain has already waited for them until its deadline, so this only
+        # bounds what is left: both waits fit in the margin the drain keeps (SHUTDOWN_MARGIN).
+        shutdown_timeout=min(SHUTDOWN_MARGIN, config.drain_seconds / 4) / 4,
+        # A client that leaves never cancels a handler, so an accepted request is always
+        # executed (explicit: the default has changed across aiohttp releases).
         handler_cancellation=False,
     )
     admin = web.AppRunner(
-        make_admin_app(app), handle_signals=False, access_log=None, shutdown_timeout=1.0
+        make_admin_app(app), handle_signals=False, access_log=None, shutdown_timeout=0.1
     )
     await runner.setup()
     await admin.setup()
@@ -49,7 +50,6 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         )
         await stop.wait()
         log.info("shutdown_started", drain_seconds=config.drain_seconds)
-        app[STATE_KEY].draining = True
     finally:
         await runner.cleanup()
         await admin.cleanup()

@@ -1,115 +1,56 @@
-"""Calls to the dstack server that the proxy makes itself (merged batches), the errors they raise,
-and the dstack-shaped error responses the proxy answers with when the upstream fails."""
+"""Where a client request goes upstream: the one request-target check, the upstream URL, and
+the headers to send. Shared by pass-through, WebSockets and batches."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Final
 
-import aiohttp
-import orjson
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
+from .config import Config
+from .errors import BadRequestTarget, MethodNotAllowed
+from .headers import upstream_request_headers
 
-@dataclass(frozen=True, slots=True)
-class UpstreamReply:
-    """A whole upstream response, read into memory (merged calls answer in a few bytes)."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
+# CONNECT would open a tunnel and TRACE echo credentials back; dstack serves neither.
+ALLOWED_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
-class UpstreamError(Exception):
-    """The upstream gave no usable answer; `status` is what the proxy answers instead."""
+def check_target(request: web.Request) -> None:
+    """Refuse what could reach another host or be read differently upstream: methods other
+    than ALLOWED_METHODS (405), and targets that are not a plain path starting with exactly one
+    `/` (absolute- or authority-form, `*`, `//host`) or that hold a backslash (400).
 
-    status: int = 502
-    code: str = "upstream_error"
-
-
-class UpstreamUnavailable(UpstreamError):
-    status = 502
-    code = "upstream_unavailable"
-
-
-class UpstreamTimeout(UpstreamError, TimeoutError):
-    status = 504
-    code = "upstream_timeout"
-
-
-class BadRequestTarget(UpstreamError):
-    status = 400
-    code = "bad_request_target"
-
-
-PROXY_ERROR_HEADER: Final = "X-Proxy-Error"
+    The middleware calls this for every request, so `upstream_url` can trust its input."""
+    if request.method not in ALLOWED_METHODS:
+        raise MethodNotAllowed(f"method {request.method} not allowed")
+    raw = request.raw_path
+    if not raw.startswith("/") or raw.startswith("//"):
+        raise BadRequestTarget("request target must be a path")
+    if "\\" in raw:
+        raise BadRequestTarget("backslash in request target")
 
 
 def upstream_url(origin: str, raw_path: str) -> URL:
     """The configured origin plus the client's raw path and query, never re-quoted.
 
-    Built by concatenation, not `URL.join`: a path like `//host/x` must not change the host
-    (PROXY-PITFALLS A14); callers have rejected such targets already.
-    """
-    if not raw_path.startswith("/") or raw_path.startswith("//"):
-        raise BadRequestTarget(f"unsupported request target {raw_path[:64]!r}")
+    Built by concatenation, not `URL.join`, so the host always comes from configuration;
+    `check_target` has refused every target that could change it."""
     return URL(origin + raw_path, encoded=True)
 
 
-def error_response(exc: UpstreamError) -> web.Response:
-    """dstack's error shape, marked as the proxy's own so operators can tell them apart."""
-    body = {"detail": [{"msg": str(exc) or exc.code.replace("_", " "), "code": exc.code}]}
-    return web.Response(
-        status=exc.status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers={PROXY_ERROR_HEADER: exc.code},
+def request_target(
+    request: web.Request, config: Config, *, rewritten: bool = False
+) -> tuple[URL, CIMultiDict[str]]:
+    """URL and headers for sending `request` to the configured upstream. `rewritten`: the body
+    sent is not the one the client framed, so its length and encoding headers are dropped."""
+    url = upstream_url(config.upstream, request.raw_path)
+    headers = upstream_request_headers(
+        request.headers,
+        remote=request.remote,
+        scheme=request.scheme,
+        trusted_peer=request.remote in config.trusted_proxies,
+        body_rewritten=rewritten or hdrs.CONTENT_ENCODING in request.headers,
     )
-
-
-async def post_json(
-    session: aiohttp.ClientSession,
-    url: URL,
-    headers: CIMultiDict[str],
-    body: bytes,
-    *,
-    timeout: float,
-) -> UpstreamReply:
-    """POST `body` and read the whole answer. A connection that could not even be opened is
-    tried once more, since nothing reached the upstream; anything later is not resent."""
-    for attempt in (1, 2):
-        try:
-            async with session.post(
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                auto_decompress=True,  # the proxy reads this body itself (PROXY-PITFALLS A3)
-                skip_auto_headers=(hdrs.USER_AGENT,),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                return UpstreamReply(resp.status, resp.headers, await resp.read())
-        except aiohttp.ClientConnectorError as exc:
-            if attempt == 2:
-                raise classify(exc) from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise classify(exc) from exc
-    raise AssertionError("unreachable")
-
-
-def classify(exc: BaseException) -> UpstreamError:
-    """The proxy's answer for an exception raised by an upstream request before any response."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError is one too
-        return UpstreamTimeout("upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(f"upstream unreachable: {exc.os_error or exc}")
-    return UpstreamUnavailable(f"upstream failed: {type(exc).__name__}")
+    return url, headers

@@ -1,5 +1,7 @@
 """WebSocket pass-through: the handshake ends at the proxy and a second WebSocket is opened
-upstream; frames, close codes and close reasons are relayed both ways (PROXY-PITFALLS A5)."""
+upstream; frames, close codes and close reasons are relayed both ways. Both legs send pings
+every `websocket_heartbeat` seconds, so a peer that vanished without a close is noticed and the
+other leg closed (1011). WebSockets hold no pass-through connection slot (forwarding.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType, hdrs, web
 
-from .forwarding import SKIP_AUTO_HEADERS, upstream_request
+from .errors import UpstreamUnavailable, classify, error_response
+from .forwarding import SKIP_AUTO_HEADERS
 from .headers import WEBSOCKET_HANDSHAKE_HEADERS, client_response_headers, connection_tokens
-from .keys import SESSION_KEY, STATE_KEY
-from .upstream import UpstreamUnavailable, classify, error_response
+from .keys import CONFIG_KEY, SESSION_KEY, STATE_KEY
+from .upstream import request_target
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +28,8 @@ _UNSENDABLE: Final = frozenset({1005, 1006, 1015})
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
-    """A complete, valid client handshake (RFC 6455 §4.2.1); anything less is plain HTTP."""
+    """A complete, valid client handshake (RFC 6455 §4.2.1); anything less is plain HTTP.
+    The only place that decides whether a request is a WebSocket."""
     return (
         request.method == hdrs.METH_GET
         and request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
@@ -36,7 +40,8 @@ def is_websocket_upgrade(request: web.Request) -> bool:
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
     """Open the upstream leg first, so the client is accepted only with what the upstream chose."""
-    url, headers = upstream_request(request)
+    config = request.app[CONFIG_KEY]
+    url, headers = request_target(request, config)
     for name in WEBSOCKET_HANDSHAKE_HEADERS:
         headers.popall(name, None)
     protocols = [
@@ -47,7 +52,11 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     ]
     try:
         upstream = await request.app[SESSION_KEY].ws_connect(
-            url, headers=headers, protocols=protocols, timeout=_WS_TIMEOUT
+            url,
+            headers=headers,
+            protocols=protocols,
+            timeout=_WS_TIMEOUT,
+            heartbeat=config.websocket_heartbeat,
         )
     except aiohttp.WSServerHandshakeError:
         # Refused (dstack 0.22.5 refuses every upgrade with 403). aiohttp drops the refusal's
@@ -62,7 +71,7 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _relay_refusal(request: web.Request) -> web.StreamResponse:
-    url, headers = upstream_request(request)
+    url, headers = request_target(request, request.app[CONFIG_KEY])
     headers.extend((h, request.headers[h]) for h in (hdrs.UPGRADE, hdrs.CONNECTION))
     try:
         async with request.app[SESSION_KEY].get(
@@ -84,7 +93,10 @@ async def _relay_refusal(request: web.Request) -> web.StreamResponse:
 async def _serve(
     request: web.Request, upstream: aiohttp.ClientWebSocketResponse
 ) -> web.StreamResponse:
-    client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        heartbeat=request.app[CONFIG_KEY].websocket_heartbeat,
+    )
     await client.prepare(request)
     state = request.app[STATE_KEY]
     state.websockets.add(client)

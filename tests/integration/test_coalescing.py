@@ -306,7 +306,7 @@ async def test_a_merged_call_that_could_not_connect_is_sent_once_more(
         cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
         config = Config(upstream=f"http://localhost:{upstream_server.port}")
-        proxy = await aiohttp_client(make_app(config, session=session))
+        proxy = await aiohttp_client(make_app(config, batch_session=session))
         answers = await _stop_all(proxy, ["a", "b"])
     assert answers == [(200, b"null")] * 2
     assert resolver.lookups == 2

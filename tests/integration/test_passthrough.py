@@ -134,7 +134,20 @@ async def test_unreachable_upstream_gives_502(aiohttp_client, unused_tcp_port: i
     assert (await resp.json())["detail"][0]["code"] == "upstream_unavailable"
 
 
-async def test_truncated_upstream_body_aborts_the_client_connection(proxy: Client) -> None:
+async def test_truncated_upstream_body_read_whole_gives_a_clean_502(proxy: Client) -> None:
+    # Read whole before answering, so nothing was sent yet: the client gets a real error.
+    resp = await proxy.get("/truncated")
+    assert resp.status == 502
+    assert resp.headers["X-Proxy-Error"] == "upstream_unavailable"
+    assert await resp.json() == {
+        "detail": [{"msg": "upstream failed: ClientPayloadError", "code": "upstream_unavailable"}]
+    }
+
+
+async def test_truncated_streamed_upstream_body_aborts_the_client_connection(
+    make_proxy: ProxyFactory,
+) -> None:
+    proxy = await make_proxy(buffer_bytes=0)  # every body streamed
     resp = await proxy.get("/truncated")
     assert resp.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):

@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.batches import UpstreamReply
 from proxy.dispatching import _is_shared, _rounds
 from proxy.endpoints import DEFAULT_ENDPOINTS, Member
-from proxy.upstream import UpstreamReply, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 
 SPECS = {spec.name: spec for spec in DEFAULT_ENDPOINTS}
 
