@@ -4,8 +4,9 @@ The upstream connection is held as briefly as possible, like nginx's `proxy_buff
 of known length up to `buffer_bytes` is read whole (while the memory budget allows) and the
 connection goes back to the pool before the client has read a byte, so a slow reader never
 holds it. Larger or unknown-length bodies are streamed with back-pressure. At most `pool_size`
-exchanges hold an upstream connection at once; waiting for one is bounded by the connect
-timeout, then the answer is 503 (docs/design.md, Slow clients and connection limits).
+requests wait on the upstream at once (for its headers, and for a body read whole); waiting for
+one of those slots is bounded by the connect timeout, then the answer is 503. Streams and
+WebSockets hold no slot (docs/design.md, Slow clients and connection limits).
 
 Errors before the response starts become dstack-shaped answers (errors.py); after it started,
 the client connection is aborted so a truncated body never looks complete.
@@ -85,14 +86,13 @@ class Forwarder:
             self._slots.release()
             raise
         self._latency.observe(time.perf_counter() - started)
-        size = upstream.content_length
+        size = _body_size(request, upstream)
         if size is not None and size <= self._config.buffer_bytes and size <= self._budget:
             return await self._answer_whole(request, upstream, size)
-        try:
-            async with upstream:
-                return await self._stream(request, upstream)
-        finally:
-            self._slots.release()
+        # A stream lasts as long as its client wants: like a WebSocket, it holds no slot.
+        self._slots.release()
+        async with upstream:
+            return await self._stream(request, upstream)
 
     async def _take_slot(self) -> None:
         if not self._slots.locked():
@@ -128,7 +128,7 @@ class Forwarder:
             try:
                 await response.prepare(request)
                 await response.write_eof()  # returns once the client has nearly all of it
-            except ConnectionResetError:
+            except ConnectionError:  # the client left (reset, or lost while we waited on it)
                 self._client_left()
             return response
         finally:
@@ -147,7 +147,7 @@ class Forwarder:
             if request.method != hdrs.METH_HEAD and upstream.status not in _NO_BODY_STATUSES:
                 await _copy_body(upstream, response)
             await response.write_eof()
-        except ConnectionResetError:  # aiohttp's ClientConnectionResetError too
+        except ConnectionError:  # the client left
             self._client_left()
             upstream.close()  # a half-read upstream connection must not go back to the pool
         except _UpstreamBroke:
@@ -180,6 +180,13 @@ class Forwarder:
     def _client_left(self) -> None:
         self._disconnects.inc()
         log.debug("client_disconnected")
+
+
+def _body_size(request: web.Request, upstream: aiohttp.ClientResponse) -> int | None:
+    """Bytes of body the upstream will send, None when unknown (chunked or until close)."""
+    if request.method == hdrs.METH_HEAD or upstream.status in _NO_BODY_STATUSES:
+        return 0
+    return upstream.content_length
 
 
 async def _request_body(request: web.Request, prefix: bytes) -> bytes | AsyncIterator[bytes] | None:

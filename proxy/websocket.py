@@ -66,8 +66,8 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         return error_response(classify(exc))
     try:
         return await _serve(request, upstream)
-    finally:
-        await upstream.close()
+    finally:  # already closed with the right code, unless the relay was cut short
+        await upstream.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR)
 
 
 async def _relay_refusal(request: web.Request) -> web.StreamResponse:

@@ -41,6 +41,7 @@ class FakeUpstream:
     secrets: set[str] = field(default_factory=set)  # secrets/delete refuses unknown names
     in_flight: int = 0  # runs/* and secrets/* calls being answered right now
     max_in_flight: int = 0
+    ws_closed: list[int] = field(default_factory=list)  # close codes the proxy sent /ws
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=0)
@@ -56,6 +57,7 @@ class FakeUpstream:
         r.add_get("/hang", self.hang)
         r.add_get("/ws", self.websocket)
         r.add_get("/ws-refused", self.refuse_websocket)
+        r.add_get("/ws-deaf", self.deaf_websocket)
         r.add_post("/upload", self.upload)
         r.add_get("/download/{mb}", self.download)
         r.add_get("/redirect", self.redirect)
@@ -159,13 +161,21 @@ class FakeUpstream:
         return resp
 
     async def hang(self, request: web.Request) -> web.Response:
+        await self._record(request)
         await asyncio.sleep(3600)
         return web.Response()
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(protocols=("echo.v1",))
+        ws = web.WebSocketResponse(protocols=("echo.v1",), autoclose=False)
         await ws.prepare(request)
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
+            if msg.type == WSMsgType.CLOSE:  # as sent by the proxy, before we answer it
+                self.ws_closed.append(msg.data)
+                await ws.close()
+                break
+            if msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
             if msg.type == WSMsgType.TEXT:
                 if msg.data == "close-me":
                     await ws.close(code=4001, message=b"asked")
@@ -177,6 +187,13 @@ class FakeUpstream:
                 await ws.send_str("echo:" + msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await ws.send_bytes(msg.data[::-1])
+        return ws
+
+    async def deaf_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        # Accepts, then never reads a frame, so never answers a ping: a peer that is gone.
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        await asyncio.sleep(3600)
         return ws
 
     async def refuse_websocket(self, request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ import asyncio
 import tracemalloc
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -109,19 +110,35 @@ async def test_redirect_is_returned_not_followed_and_points_at_the_proxy(proxy: 
     assert resp.headers["Location"] == f"http://{proxy.host}:{proxy.port}/landing"
 
 
+async def _proxy_error(resp: aiohttp.ClientResponse) -> tuple[int, str, str, object]:
+    """Status, marker header, content type and body of an answer the proxy made itself."""
+    return resp.status, resp.headers["X-Proxy-Error"], resp.content_type, await resp.json()
+
+
+def _detail(msg: str, code: str) -> object:
+    """dstack's error shape (docs/dstack-api.md, Errors)."""
+    return {"detail": [{"msg": msg, "code": code}]}
+
+
 async def test_connection_reset_before_response_gives_502(proxy: Client) -> None:
     resp = await proxy.get("/reset")
-    assert resp.status == 502
-    assert resp.headers["X-Proxy-Error"] == "upstream_unavailable"
-    body = await resp.json()
-    assert body["detail"][0]["code"] == "upstream_unavailable"
+    assert await _proxy_error(resp) == (
+        502,
+        "upstream_unavailable",
+        "application/json",
+        _detail("upstream failed: ServerDisconnectedError", "upstream_unavailable"),
+    )
 
 
 async def test_upstream_hang_gives_504(make_proxy: ProxyFactory) -> None:
     proxy = await make_proxy(read_timeout=0.3)
     resp = await proxy.get("/hang")
-    assert resp.status == 504
-    assert (await resp.json())["detail"][0]["code"] == "upstream_timeout"
+    assert await _proxy_error(resp) == (
+        504,
+        "upstream_timeout",
+        "application/json",
+        _detail("upstream timed out", "upstream_timeout"),
+    )
 
 
 async def test_unreachable_upstream_gives_502(aiohttp_client, unused_tcp_port: int) -> None:
@@ -129,19 +146,22 @@ async def test_unreachable_upstream_gives_502(aiohttp_client, unused_tcp_port: i
     from proxy.config import Config
 
     proxy = await aiohttp_client(make_app(Config(upstream=f"http://127.0.0.1:{unused_tcp_port}")))
-    resp = await proxy.post("/api/users/list", json={})
-    assert resp.status == 502
-    assert (await resp.json())["detail"][0]["code"] == "upstream_unavailable"
+    resp = await proxy.post("/api/users/get_my_user", json={})
+    status, marker, ctype, body = await _proxy_error(resp)
+    assert (status, marker, ctype) == (502, "upstream_unavailable", "application/json")
+    assert body == _detail(body["detail"][0]["msg"], "upstream_unavailable")  # type: ignore[index]
+    assert body["detail"][0]["msg"].startswith("upstream unreachable: ")  # type: ignore[index]
 
 
 async def test_truncated_upstream_body_read_whole_gives_a_clean_502(proxy: Client) -> None:
     # Read whole before answering, so nothing was sent yet: the client gets a real error.
     resp = await proxy.get("/truncated")
-    assert resp.status == 502
-    assert resp.headers["X-Proxy-Error"] == "upstream_unavailable"
-    assert await resp.json() == {
-        "detail": [{"msg": "upstream failed: ClientPayloadError", "code": "upstream_unavailable"}]
-    }
+    assert await _proxy_error(resp) == (
+        502,
+        "upstream_unavailable",
+        "application/json",
+        _detail("upstream failed: ClientPayloadError", "upstream_unavailable"),
+    )
 
 
 async def test_truncated_streamed_upstream_body_aborts_the_client_connection(
@@ -173,20 +193,29 @@ async def test_absolute_form_target_never_reaches_another_host(
 
 
 @pytest.mark.parametrize(
-    "request_line, status",
+    "request_line, status, code",
     [
-        (b"GET //other-host/x HTTP/1.1", 400),
-        (b"GET /a\\b HTTP/1.1", 400),
-        (b"CONNECT other-host:443 HTTP/1.1", 405),
-        (b"TRACE / HTTP/1.1", 405),
-        (b"OPTIONS * HTTP/1.1", 400),
+        (b"GET //other-host/x HTTP/1.1", 400, b"bad_request_target"),
+        (b"GET /a\\b HTTP/1.1", 400, b"bad_request_target"),
+        (b"CONNECT other-host:443 HTTP/1.1", 405, b"method_not_allowed"),
+        (b"TRACE / HTTP/1.1", 405, b"method_not_allowed"),
+        (b"OPTIONS * HTTP/1.1", 400, b"bad_request_target"),
     ],
 )
 async def test_odd_targets_and_methods_are_refused(
-    proxy: Client, fake: FakeUpstream, request_line: bytes, status: int
+    proxy: Client, fake: FakeUpstream, request_line: bytes, status: int, code: bytes
 ) -> None:
     request = request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n"
-    assert await _raw_status(proxy, request) == status
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == status
+    assert b"X-Proxy-Error: " + code in head.split(b"\r\n")
+    assert orjson.loads(body)["detail"][0]["code"] == code.decode()
+    if status == 405:
+        assert b"Allow: DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT" in head.split(b"\r\n")
     assert fake.calls == []
 
 
@@ -299,16 +328,6 @@ async def test_head_gets_the_upstream_headers_and_no_body(proxy: Client) -> None
     assert resp.status == 200
     assert resp.headers["Content-Length"] == str(MB)
     assert await resp.read() == b""
-
-
-async def test_idle_upstream_connections_close_before_uvicorns_keep_alive(proxy: Client) -> None:
-    # uvicorn closes idle connections after 5 s; reusing one it just closed fails at random
-    # with "server disconnected" (uvicorn closes idle connections after 5 s).
-    from proxy.keys import SESSION_KEY
-
-    connector = proxy.app[SESSION_KEY].connector
-    assert connector is not None
-    assert connector._keepalive_timeout < 5
 
 
 async def test_shutdown_closes_open_websockets_as_going_away(proxy: Client) -> None:
