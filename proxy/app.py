@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import Counter
 
 from .calls import make_batch_session
 from .config import Config
@@ -19,6 +19,7 @@ from .dispatching import Dispatcher
 from .errors import ProxyError, UpstreamTimeout, error_response
 from .forwarding import Forwarder, forward
 from .keys import CONFIG_KEY, FORWARDER_KEY, MERGER_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
+from .logs import REQUEST, new_request_id
 from .merging import Merger
 from .metrics import Metrics
 from .state import State
@@ -41,19 +42,22 @@ def make_app(
 ) -> web.Application:
     """The public proxy app. Given sessions (pass-through's, batch calls') are used as-is and
     not closed (tests)."""
-    app = web.Application(middlewares=[_request_context])
+    metrics, state = Metrics(), State()
+    metrics.in_flight.set_function(lambda: state.in_progress)
+    app = web.Application(middlewares=[_entry(metrics, state)])
     app[CONFIG_KEY] = config
-    app[METRICS_KEY] = Metrics()
-    app[STATE_KEY] = State()
+    app[METRICS_KEY] = metrics
+    app[STATE_KEY] = state
     app.cleanup_ctx.append(_session_context(session))
     app.cleanup_ctx.append(_batching_context(batch_session))
     app.on_shutdown.append(_drain)
-    app.router.add_route("*", "/{tail:.*}", handle_request)
+    app.router.add_route("*", "/{tail:.*}", route)
     return app
 
 
-async def handle_request(request: web.Request) -> web.StreamResponse:
-    """Every request: batched if it fits a batchable endpoint exactly, else passed through."""
+async def route(request: web.Request) -> web.StreamResponse:
+    """Where a request goes: batched if it fits a batchable endpoint exactly, else passed
+    through."""
     if is_websocket_upgrade(request):
         return await handle_websocket(request)
     merger = request.app[MERGER_KEY]
@@ -74,11 +78,10 @@ def make_passthrough_session(config: Config) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         trust_env=False,  # HTTP(S)_PROXY in the environment must not reroute upstream calls
+        # No total: streams and downloads last as long as they last. Connecting and every
+        # idle gap while reading are bounded (the connector has no pool to wait for).
         timeout=aiohttp.ClientTimeout(
-            total=None,
-            connect=config.connect_timeout,
-            sock_connect=config.connect_timeout,
-            sock_read=config.read_timeout,
+            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
         ),
     )
 
@@ -140,50 +143,43 @@ async def _drain(app: web.Application) -> None:
         log.warning("drain_incomplete", in_progress=state.in_progress)
 
 
-@web.middleware
-async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind log context, refuse targets that could reach another host, bound every request by
-    the drain deadline, count every answer."""
-    structlog.contextvars.bind_contextvars(
-        request_id=uuid.uuid4().hex[:16], method=request.method, path=request.path
-    )
-    metrics = request.app[METRICS_KEY]
-    state = request.app[STATE_KEY]
-    metrics.in_flight.inc()
-    started = time.perf_counter()
-    try:
+def _entry(metrics: Metrics, state: State) -> Middleware:
+    """What every request goes through, even one whose target no route can take (`*`,
+    `host:port`): refuse targets that could reach another host, bound it by the drain
+    deadline, name it in log events, count its answer. Built once per app with what it needs
+    at hand, and kept cheap: it runs for every request (docs/measurements.md)."""
+    answers: dict[tuple[str, int], Counter] = {}  # prometheus children, by (route, status)
+
+    @web.middleware
+    async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = REQUEST.set((new_request_id(), request.method, request.raw_path))
+        task = state.enter()
         try:
-            check_target(request)
-        except ProxyError as exc:
-            log.info("request_refused", reason=str(exc))
-            headers = {"Allow": ", ".join(sorted(ALLOWED_METHODS))} if exc.status == 405 else None
-            response: web.StreamResponse = error_response(exc, headers)
-        else:
-            response = await _bounded(request, handler, state)
-        metrics.requests.labels(_route_class(request, response), str(response.status)).inc()
-        return response
-    finally:
-        metrics.in_flight.dec()
-        log.debug("request_done", duration_ms=round((time.perf_counter() - started) * 1000, 2))
-        structlog.contextvars.clear_contextvars()
-
-
-async def _bounded(request: web.Request, handler: Handler, state: State) -> web.StreamResponse:
-    """Run the handler; if the drain deadline comes first, answer 504 (the upstream may still
-    do the work). A handler that had started its answer has aborted the connection already."""
-    bound = state.bound()
-    try:
-        async with bound:
-            state.track(bound)
             try:
-                return await handler(request)
-            finally:
-                state.untrack(bound)
-    except TimeoutError:
-        if not bound.expired():
-            raise
-        log.warning("answered_at_shutdown")
-        return error_response(UpstreamTimeout("the proxy shut down before the upstream answered"))
+                check_target(request)
+                response = await handler(request)
+            except ProxyError as exc:
+                log.info("request_refused", reason=str(exc))
+                allow = {"Allow": ", ".join(sorted(ALLOWED_METHODS))} if exc.status == 405 else None
+                response = error_response(exc, allow)
+            except asyncio.CancelledError:
+                if not state.expired(task):
+                    raise
+                # A handler that had started its answer has closed the connection itself.
+                log.warning("answered_at_shutdown")
+                response = error_response(
+                    UpstreamTimeout("the proxy shut down before the upstream answered")
+                )
+            key = (_route_class(request, response), response.status)
+            if (counter := answers.get(key)) is None:
+                counter = answers[key] = metrics.requests.labels(key[0], str(key[1]))
+            counter.inc()
+            return response
+        finally:
+            state.leave(task)
+            REQUEST.reset(token)
+
+    return entry
 
 
 def _route_class(request: web.Request, response: web.StreamResponse) -> str:

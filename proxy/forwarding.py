@@ -22,13 +22,13 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
 
 from .config import Config
 from .errors import ProxyError, UpstreamBusy, UpstreamError, classify, error_response
-from .headers import client_response_headers, rewrite_location
+from .headers import hop_by_hop_stripped, rewrite_location
 from .keys import FORWARDER_KEY
 from .metrics import Metrics
+from .slots import Slots
 from .upstream import request_target
 
 log = structlog.get_logger(__name__)
@@ -39,7 +39,7 @@ SKIP_AUTO_HEADERS: Final = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, 
 # holds no upstream connection either.
 REQUEST_BUFFER_BYTES: Final = 64 << 10
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-_LOCATIONS: Final = (hdrs.LOCATION, hdrs.CONTENT_LOCATION)
+_LOCATIONS: Final = frozenset({"location", "content-location"})
 
 
 async def forward(request: web.Request, *, prefix: bytes = b"") -> web.StreamResponse:
@@ -53,7 +53,7 @@ class Forwarder:
     def __init__(self, session: aiohttp.ClientSession, config: Config, metrics: Metrics) -> None:
         self._session = session
         self._config = config
-        self._slots = asyncio.Semaphore(config.pool_size)
+        self._slots = Slots(config.pool_size)
         self._budget = config.buffer_budget_bytes  # bytes still free for whole responses
         self._latency = metrics.upstream_latency.labels("passthrough")
         self._disconnects = metrics.disconnects.labels("passthrough")
@@ -62,11 +62,9 @@ class Forwarder:
     async def forward(self, request: web.Request, prefix: bytes = b"") -> web.StreamResponse:
         """Send `request` upstream and relay the answer. `prefix` is body the proxy has already
         read from the client (the rest, if any, is still in `request.content`)."""
-        try:
-            body = await _request_body(request, prefix)
-            await self._take_slot()
-        except ProxyError as exc:
-            return self._fail(exc)
+        body = await _request_body(request, prefix)
+        if not await self._slots.take(self._config.connect_timeout):
+            return self._fail(UpstreamBusy("every upstream connection is in use; try again"))
         try:
             started = time.perf_counter()
             url, headers = request_target(request, self._config)
@@ -80,29 +78,19 @@ class Forwarder:
                 auto_decompress=False,
             )
         except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
-            self._slots.release()
+            self._slots.give()
             return self._fail(classify(exc))
         except BaseException:
-            self._slots.release()
+            self._slots.give()
             raise
         self._latency.observe(time.perf_counter() - started)
         size = _body_size(request, upstream)
         if size is not None and size <= self._config.buffer_bytes and size <= self._budget:
             return await self._answer_whole(request, upstream, size)
         # A stream lasts as long as its client wants: like a WebSocket, it holds no slot.
-        self._slots.release()
+        self._slots.give()
         async with upstream:
             return await self._stream(request, upstream)
-
-    async def _take_slot(self) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()  # free: returns without suspending
-            return
-        try:
-            async with asyncio.timeout(self._config.connect_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise UpstreamBusy("every upstream connection is in use; try again") from None
 
     async def _answer_whole(
         self, request: web.Request, upstream: aiohttp.ClientResponse, size: int
@@ -118,7 +106,7 @@ class Forwarder:
                 return self._fail(classify(exc))  # nothing sent yet: a clean 502/504
             finally:
                 upstream.release()
-                self._slots.release()
+                self._slots.give()
             response = web.Response(
                 status=upstream.status,
                 reason=upstream.reason,
@@ -130,6 +118,9 @@ class Forwarder:
                 await response.write_eof()  # returns once the client has nearly all of it
             except ConnectionError:  # the client left (reset, or lost while we waited on it)
                 self._client_left()
+            except asyncio.CancelledError:  # the drain deadline came mid-answer
+                _abort(request)
+                raise
             return response
         finally:
             self._budget += size
@@ -161,15 +152,15 @@ class Forwarder:
 
     def _response_headers(
         self, request: web.Request, upstream: aiohttp.ClientResponse
-    ) -> CIMultiDict[str]:
-        headers = client_response_headers(upstream.headers)
-        for name in _LOCATIONS:
-            if name in headers:
-                headers[name] = rewrite_location(
-                    headers[name],
-                    upstream_origin=self._config.upstream,
-                    client_origin=f"{request.scheme}://{request.host}",
+    ) -> list[tuple[str, str]]:
+        headers = hop_by_hop_stripped(upstream.headers)
+        for i, (name, value) in enumerate(headers):
+            if name.lower() in _LOCATIONS:
+                client_origin = f"{request.scheme}://{request.host}"
+                location = rewrite_location(
+                    value, upstream_origin=self._config.upstream, client_origin=client_origin
                 )
+                headers[i] = (name, location)
         return headers
 
     def _fail(self, error: ProxyError) -> web.Response:

@@ -1,0 +1,54 @@
+"""A count of upstream slots with a bounded wait: a plain integer on the way in and out when
+one is free (the path every request takes), a queue of waiters only when none is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+
+class Slots:
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self, timeout: float) -> bool:
+        """Take a slot, waiting at most `timeout` seconds for one; False if none came."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter  # give() hands its slot straight over
+            return True
+        except TimeoutError:
+            if _handed(waiter):  # handed over just as the wait ran out: keep it
+                return True
+            self._forget(waiter)
+            return False
+        except BaseException:  # cancelled: a slot handed over goes back
+            if _handed(waiter):
+                self.give()
+            else:
+                self._forget(waiter)
+            raise
+
+    def give(self) -> None:
+        """Give a slot back, to the longest waiter if there is one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+
+def _handed(waiter: asyncio.Future[None]) -> bool:
+    return waiter.done() and not waiter.cancelled()
