@@ -9,7 +9,7 @@ from typing import Final
 
 import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Counter
 
@@ -27,6 +27,8 @@ from .upstream import ALLOWED_METHODS, check_target
 from .websocket import handle_websocket, is_websocket_upgrade
 
 log = structlog.get_logger(__name__)
+
+SKIP_AUTO_HEADERS: Final = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Of drain_seconds, the last part is kept for writing the last answers and closing sockets;
@@ -76,6 +78,9 @@ def make_passthrough_session(config: Config) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
         # A jar would replay one user's cookies to the next.
         cookie_jar=aiohttp.DummyCookieJar(),
+        # aiohttp would otherwise invent these, and the upstream might gzip for a client that
+        # never asked. Set once here: per request, aiohttp rebuilds the set every time.
+        skip_auto_headers=SKIP_AUTO_HEADERS,
         auto_decompress=False,
         trust_env=False,  # HTTP(S)_PROXY in the environment must not reroute upstream calls
         # No total: streams and downloads last as long as they last. Connecting and every

@@ -33,8 +33,6 @@ from .upstream import request_target
 
 log = structlog.get_logger(__name__)
 
-# aiohttp would otherwise invent these, and the upstream might gzip for a client that never asked.
-SKIP_AUTO_HEADERS: Final = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 # Request bodies up to this size are read before the upstream is asked: a slow upload then
 # holds no upstream connection either.
 REQUEST_BUFFER_BYTES: Final = 64 << 10
@@ -74,7 +72,6 @@ class Forwarder:
                 headers=headers,
                 data=body,
                 allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
                 auto_decompress=False,
             )
         except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:

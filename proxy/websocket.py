@@ -13,7 +13,6 @@ import structlog
 from aiohttp import WSMsgType, hdrs, web
 
 from .errors import UpstreamUnavailable, classify, error_response
-from .forwarding import SKIP_AUTO_HEADERS
 from .headers import WEBSOCKET_HANDSHAKE_HEADERS, client_response_headers, connection_tokens
 from .keys import CONFIG_KEY, SESSION_KEY, STATE_KEY
 from .upstream import request_target
@@ -79,7 +78,6 @@ async def _relay_refusal(request: web.Request) -> web.StreamResponse:
             headers=headers,
             allow_redirects=False,
             auto_decompress=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
         ) as resp:
             if resp.status == 101:  # accepted this time: nothing sane to relay
                 return error_response(UpstreamUnavailable("upstream switched protocols"))
