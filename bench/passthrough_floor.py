@@ -43,17 +43,22 @@ http {{
         listen 127.0.0.1:{port};
         keepalive_requests 100000;
         location / {{ {location} }}
+        location /download/ {{ {download} }}
     }}
 }}
 """
 ANSWER = 'default_type application/json; return 200 "null";'
+ONE_MB = "/download/1mb"
 PROXY_PASS = 'proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
 
 
 def nginx(workdir: Path, port: int, location: str, upstream: int = 0) -> Process:
     conf = workdir / f"nginx-{port}.conf"
     pool = f"upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}" if upstream else ""
-    conf.write_text(NGINX.format(dir=workdir, port=port, upstream=pool, location=location))
+    download = f"alias {workdir}/files/;" if not upstream else location
+    conf.write_text(
+        NGINX.format(dir=workdir, port=port, upstream=pool, location=location, download=download)
+    )
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     return Process(
         [binary, "-e", str(workdir / f"nginx-{port}.err"), "-c", str(conf), "-p", str(workdir)],
@@ -73,10 +78,12 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, seconds: int, script: Path, pid: int) -> dict[str, float]:
+def wrk(url: str, seconds: int, script: Path | None, pid: int) -> dict[str, float]:
+    """One wrk run: requests/s, requests per CPU-second of `pid`, p50 and p99 in ms."""
     cpu = cpu_seconds(pid)
+    post = ["-s", str(script)] if script else []
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", *post, url],
         capture_output=True,
         text=True,
         check=True,
@@ -106,6 +113,10 @@ def main() -> None:
         work = Path(tmp)
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
+        (work / "files").mkdir()
+        (work / "files" / "1mb").write_bytes(os.urandom(1 << 20))
+        for readable in (work, work / "files", work / "files" / "1mb"):  # by nginx's workers
+            readable.chmod(0o755)
         up_port, bare_port, nginx_port = find_free_port(), find_free_port(), find_free_port()
         upstream = f"http://127.0.0.1:{up_port}"
         with (
@@ -130,14 +141,29 @@ def main() -> None:
             for url, pid in targets.values():
                 wrk(url + path, 2, script, pid)  # warm-up
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            downloads: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, (url, pid) in targets.items():
                     runs[name].append(wrk(url + path, args.seconds, script, pid))
+                    downloads[name].append(wrk(url + ONE_MB, args.seconds, None, pid))
+    print(f"\nwrk -t1 -c32 -d{args.seconds}s, medians of {args.rounds} rounds, one process each")
+    med = _table("small JSON POST (passes through)", runs)
+    _table("GET of a 1 MiB file", downloads)
+    bare = med["bare aiohttp"]
+    for name in ("proxy", "proxy, batching off"):
+        print(
+            f"{name} / bare aiohttp (small POST): {med[name]['rps'] / bare['rps']:.1%} of "
+            f"requests/s, {med[name]['per_cpu_s'] / bare['per_cpu_s']:.1%} of requests per "
+            "CPU-second"
+        )
+
+
+def _table(title: str, runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
     med = {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
     }
     direct = med["direct (upstream)"]
-    print(f"\nwrk -t1 -c32 -d{args.seconds}s, small JSON POST, medians of {args.rounds} rounds")
+    print(f"\n{title}")
     print("| path | requests/s | requests per CPU-second | p50 ms | p99 ms | added p50 / p99 ms |")
     print("|---|---|---|---|---|---|")
     for name, m in med.items():
@@ -150,12 +176,7 @@ def main() -> None:
             f"| {name} | {m['rps']:.0f} | {m['per_cpu_s']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} "
             f"| {added} |"
         )
-    bare = med["bare aiohttp"]
-    for name in ("proxy", "proxy, batching off"):
-        print(
-            f"{name} / bare aiohttp: {med[name]['rps'] / bare['rps']:.1%} of requests/s, "
-            f"{med[name]['per_cpu_s'] / bare['per_cpu_s']:.1%} of requests per CPU-second"
-        )
+    return med
 
 
 if __name__ == "__main__":
