@@ -13,6 +13,7 @@ import aiohttp
 import structlog
 from aiohttp import hdrs, web
 
+from .calls import HttpSend, make_batch_session
 from .config import Config
 from .dispatching import Dispatcher
 from .forwarding import forward
@@ -37,7 +38,7 @@ def make_app(config: Config, *, session: aiohttp.ClientSession | None = None) ->
     app[METRICS_KEY] = Metrics()
     app[STATE_KEY] = State()
     app.cleanup_ctx.append(_session_context(session))
-    app.cleanup_ctx.append(_merger_context)
+    app.cleanup_ctx.append(_merger_context(session))
     app.on_shutdown.append(_drain)
     app.router.add_route("*", "/{tail:.*}", handle_request)
     return app
@@ -85,11 +86,21 @@ def _session_context(
     return context
 
 
-async def _merger_context(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG_KEY]
-    dispatcher = Dispatcher(app[SESSION_KEY], app[METRICS_KEY], config.batch_timeout)
-    app[MERGER_KEY] = Merger(config, dispatcher, app[METRICS_KEY])
-    yield
+def _merger_context(
+    given: aiohttp.ClientSession | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        config, metrics = app[CONFIG_KEY], app[METRICS_KEY]
+        # Batch calls get a session of their own, so they never queue behind pass-through.
+        session = given or make_batch_session(config)
+        send = HttpSend(session, metrics)
+        dispatcher = Dispatcher(send, metrics, max_names=config.max_names)
+        app[MERGER_KEY] = Merger(config, dispatcher, metrics)
+        yield
+        if given is None:
+            await session.close()
+
+    return context
 
 
 async def _drain(app: web.Application) -> None:

@@ -9,21 +9,24 @@ import hashlib
 import hmac
 import itertools
 import secrets
+from collections.abc import Callable
 from typing import Final
 
 import structlog
 from aiohttp import hdrs, web
 
-from .coalescing import Batcher, BatcherClosed, ClosedBatch
+from .batcher import Batcher, BatcherClosed, ClosedBatch, Policy
+from .batches import BatchKey, BatchTarget, Member, UpstreamReply
 from .config import Config
-from .dispatching import BatchKey, BatchTarget, Dispatcher
-from .endpoints import EndpointSpec, Member, ParsedBody, match_project, parse_body
+from .dispatching import Dispatcher
+from .endpoints import EndpointSpec, ParsedBody, match_project, parse_body
+from .errors import UpstreamBusy
 from .forwarding import forward, upstream_request
 from .headers import client_response_headers, connection_tokens
 from .keys import STATE_KEY
 from .limits import Limits
 from .metrics import Metrics
-from .upstream import UpstreamError, UpstreamReply, UpstreamTimeout, error_response
+from .upstream import UpstreamError, UpstreamTimeout, error_response
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +56,18 @@ class Merger:
         )
         flush = dispatcher.flush if config.mode == "on" else self._observe
         # Shadow mode resolves every item to None: it only observes.
-        self._batcher: Batcher[BatchKey, Member, UpstreamReply | None] = Batcher(
-            flush, window=config.window, max_size=config.max_batch, max_wait=config.max_wait
+        self._batcher: Batcher[BatchKey, Member, UpstreamReply | None, BatchTarget] = Batcher(
+            flush,
+            window=config.window,
+            max_size=config.max_batch,
+            max_wait=config.max_wait,
+            expire=self._expired,
+            policy=config.policy if config.mode == "on" else Policy.WINDOW,
         )
         self._serials = itertools.count(1)  # distinct members where repeats are not harmless
         self._observers: set[asyncio.Task[None]] = set()  # shadow submissions under way
         metrics.pending.set_function(lambda: self._batcher.pending)
+        metrics.keys.set_function(lambda: self._batcher.keys)
 
     def match(self, request: web.Request) -> tuple[EndpointSpec, str] | None:
         """The endpoint and normalised project if the request targets a mergeable path."""
@@ -80,22 +89,22 @@ class Merger:
         parsed = parse_body(spec, body) if unread is None else None
         if parsed is None:
             return await self._bypass(request, unread or "body", body)
-        key = self._key(request, spec, project, parsed)
-        member = Member(parsed.item, 0 if spec.idempotent else next(self._serials))
+        key, target = self._key(request, spec, project, parsed)
+        member = Member(parsed.names, 0 if spec.idempotent else next(self._serials))
         if self._config.mode == "shadow":
-            self._observe_later(key, member, len(body))
+            self._observe_later(key, member, target, len(body))
             return await forward(request, prefix=body)
-        return await self._coalesce(request, key, member, body)
+        return await self._coalesce(request, key, member, target, body)
 
     async def _coalesce(
-        self, request: web.Request, key: BatchKey, item: Member, body: bytes
+        self, request: web.Request, key: BatchKey, item: Member, target: BatchTarget, body: bytes
     ) -> web.StreamResponse:
         if reason := self._limits.admit(key, len(body)):
             return await self._bypass(request, reason, body)
         try:
-            reply = await self._batcher.submit(key, item)
+            reply = await self._batcher.submit(key, item, target)
         except asyncio.CancelledError:  # the client left, with handler_cancellation on
-            self._metrics.disconnects.labels("coalesced").inc()  # its item still goes upstream
+            self._metrics.disconnects.labels("batched").inc()  # its item still goes upstream
             raise
         except BatcherClosed:
             return await self._bypass(request, "closed", body)
@@ -104,7 +113,7 @@ class Merger:
         finally:
             self._limits.release(key, len(body))
         if request.transport is None or request.transport.is_closing():
-            self._metrics.disconnects.labels("coalesced").inc()  # left, yet its item went
+            self._metrics.disconnects.labels("batched").inc()  # left, yet its item went
         assert reply is not None  # only shadow mode resolves to None, and it never gets here
         return _render(reply)
 
@@ -116,8 +125,9 @@ class Merger:
     async def aclose(self, timeout: float | None = None) -> None:
         """Flush every open batch now and wait for the flights (SIGTERM); callers still
         waiting after `timeout` are answered 504, as their upstream call may or may not run."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         await self._batcher.aclose(
-            timeout, UpstreamTimeout("the upstream did not answer before the proxy shut down")
+            deadline, UpstreamTimeout("the upstream did not answer before the proxy shut down")
         )
         if self._observers:
             await asyncio.gather(*self._observers, return_exceptions=True)
@@ -151,20 +161,20 @@ class Merger:
 
     def _key(
         self, request: web.Request, spec: EndpointSpec, project: str, parsed: ParsedBody
-    ) -> BatchKey:
+    ) -> tuple[BatchKey, BatchTarget]:
         url, headers = upstream_request(request, rewritten=True)
         headers[hdrs.CONTENT_TYPE] = "application/json"
         headers[hdrs.ACCEPT_ENCODING] = "identity"
-        return BatchKey(
+        key = BatchKey(
             endpoint=spec.name,
             project=project,
             principal=self._fingerprint(request),
             # None for an absent header: dstack skips the version check then, while an empty
             # value is a 400, so the two must never share a call.
-            varying=tuple((h.lower(), request.headers.get(h)) for h in VARYING_HEADERS),
-            equal=parsed.equal,
-            target=BatchTarget(spec, url, headers),
+            read_headers=tuple((h.lower(), request.headers.get(h)) for h in VARYING_HEADERS),
+            shared_fields=parsed.shared_fields,
         )
+        return key, BatchTarget(spec, url, headers)
 
     def _fingerprint(self, request: web.Request) -> str:
         mac = hmac.new(self._secret, digestmod=hashlib.sha256)
@@ -183,33 +193,44 @@ class Merger:
         self._metrics.bypasses.labels(reason).inc()
         return await forward(request, prefix=body)
 
-    def _observe_later(self, key: BatchKey, member: Member, size: int) -> None:
+    def _observe_later(self, key: BatchKey, member: Member, target: BatchTarget, size: int) -> None:
         if self._limits.admit(key, size):  # at a cap: the request still goes, unobserved
             return
-        task = asyncio.get_running_loop().create_task(self._observe_one(key, member, size))
+        task = asyncio.get_running_loop().create_task(self._observe_one(key, member, target, size))
         self._observers.add(task)
         task.add_done_callback(self._observers.discard)
 
-    async def _observe_one(self, key: BatchKey, member: Member, size: int) -> None:
+    async def _observe_one(
+        self, key: BatchKey, member: Member, target: BatchTarget, size: int
+    ) -> None:
         try:
             with contextlib.suppress(BatcherClosed):  # shutting down: nothing left to observe
-                await self._batcher.submit(key, member)
+                await self._batcher.submit(key, member, target)
         finally:
             self._limits.release(key, size)
 
-    async def _observe(self, batch: ClosedBatch[BatchKey, Member]) -> dict[Member, None]:
+    async def _observe(
+        self,
+        batch: ClosedBatch[BatchKey, Member, BatchTarget],
+        resolve: Callable[[Member, None], None],
+    ) -> None:
         """Shadow mode's flush: count and log the batch that would have gone, send nothing."""
-        spec = batch.key.target.spec
+        spec = batch.context.spec
         self._metrics.shadow_batches.labels(spec.name).inc()
         log.info(
             "batch_shadowed",
             endpoint=spec.name,
             project=batch.key.project,
             size=batch.waiters,
-            distinct=len(batch.items),
+            distinct=len(batch.members),
             reason=batch.reason.value,
         )
-        return dict.fromkeys(batch.items)
+        for member in batch.members:
+            resolve(member, None)
+
+    def _expired(self, batch: ClosedBatch[BatchKey, Member, BatchTarget]) -> UpstreamBusy:
+        self._metrics.expired.labels(batch.key.endpoint).inc(batch.waiters)
+        return UpstreamBusy("an earlier call for the same batch key is still running; not sent")
 
 
 async def _read_capped(request: web.Request, cap: int) -> tuple[bytes, str | None]:

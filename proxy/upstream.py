@@ -1,30 +1,15 @@
-"""Calls to the dstack server that the proxy makes itself (merged batches), the errors they raise,
-and the dstack-shaped error responses the proxy answers with when the upstream fails."""
+"""The upstream URL, the errors upstream requests raise, and the dstack-shaped error responses
+the proxy answers with when the upstream fails. (Batch calls live in calls.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 import orjson
-from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import web
 from yarl import URL
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamReply:
-    """A whole upstream response, read into memory (merged calls answer in a few bytes)."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
 
 class UpstreamError(Exception):
@@ -72,36 +57,6 @@ def error_response(exc: UpstreamError) -> web.Response:
         content_type="application/json",
         headers={PROXY_ERROR_HEADER: exc.code},
     )
-
-
-async def post_json(
-    session: aiohttp.ClientSession,
-    url: URL,
-    headers: CIMultiDict[str],
-    body: bytes,
-    *,
-    timeout: float,
-) -> UpstreamReply:
-    """POST `body` and read the whole answer. A connection that could not even be opened is
-    tried once more, since nothing reached the upstream; anything later is not resent."""
-    for attempt in (1, 2):
-        try:
-            async with session.post(
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                auto_decompress=True,  # the proxy reads this body itself (PROXY-PITFALLS A3)
-                skip_auto_headers=(hdrs.USER_AGENT,),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                return UpstreamReply(resp.status, resp.headers, await resp.read())
-        except aiohttp.ClientConnectorError as exc:
-            if attempt == 2:
-                raise classify(exc) from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise classify(exc) from exc
-    raise AssertionError("unreachable")
 
 
 def classify(exc: BaseException) -> UpstreamError:

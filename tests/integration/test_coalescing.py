@@ -56,7 +56,11 @@ async def test_concurrent_stops_make_one_upstream_call(proxy: Client, fake: Fake
     assert call.headers["authorization"] == ["Bearer member"]
     assert call.headers["content-length"] == [str(len(call.body))]
     assert "x-request-id" in call.headers
-    assert metric(proxy, "proxy_upstream_calls_saved_total", endpoint="runs/stop") == 39
+    for _ in range(100):  # the flight's metrics are recorded once it has answered everyone
+        if metric(proxy, "proxy_batch_calls_saved_total", endpoint="runs/stop"):
+            break
+        await asyncio.sleep(0.01)
+    assert metric(proxy, "proxy_batch_calls_saved_total", endpoint="runs/stop") == 39
 
 
 async def test_different_credentials_versions_and_flags_never_share_a_call(
@@ -106,7 +110,12 @@ async def test_one_active_run_fails_only_its_own_caller(proxy: Client, fake: Fak
     assert set(answers.values()) == {(200, b"null")}
     # One merged call, then two calls per level of the bisection: 1 + 2·log2(16).
     assert len(fake.runs_calls()) <= 1 + 2 * 4
-    assert metric(proxy, "proxy_bisections_total", endpoint="runs/delete") >= 4
+    # Callers are answered before the flight ends; its metrics are recorded when it does.
+    for _ in range(100):
+        if metric(proxy, "proxy_batch_flushes_total", endpoint="runs/delete", reason="window"):
+            break
+        await asyncio.sleep(0.01)
+    assert metric(proxy, "proxy_batch_bisections_total", endpoint="runs/delete") >= 4
 
 
 async def test_several_failing_callers_each_get_their_own_answer(
@@ -183,8 +192,8 @@ async def test_requests_without_a_credential_or_with_a_query_pass_through(
         proxy.post(STOP + "?x=1", json={"runs_names": ["b"], "abort": False}, headers=MEMBER),
     )
     assert len([c for c in fake.calls if c.path.startswith(STOP)]) == 2
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="credentials") == 1
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="query") == 1
+    assert metric(proxy, "proxy_batch_bypass_total", reason="credentials") == 1
+    assert metric(proxy, "proxy_batch_bypass_total", reason="query") == 1
 
 
 async def test_overload_passes_requests_through_instead_of_rejecting(
@@ -193,7 +202,7 @@ async def test_overload_passes_requests_through_instead_of_rejecting(
     proxy = await make_proxy(max_pending_per_key=3)
     answers = await _stop_all(proxy, [f"r{i}" for i in range(8)])
     assert answers == [(200, b"null")] * 8
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="key_limit") == 5
+    assert metric(proxy, "proxy_batch_bypass_total", reason="key_limit") == 5
     assert len(fake.runs_calls()) == 1 + 5
 
 
@@ -218,7 +227,7 @@ async def test_a_caller_that_leaves_does_not_cancel_the_batch(
     (call,) = fake.runs_calls()
     assert call.json["runs_names"] == ["leaver", "stayer"]  # accepted means executed
     await asyncio.sleep(0.05)  # the leaver's handler finishes with the batch
-    assert metric(proxy, "proxy_client_disconnects_total", route="coalesced") == 1
+    assert metric(proxy, "proxy_client_disconnects_total", route="batched") == 1
 
 
 async def test_shutdown_flushes_open_windows_at_once(
@@ -250,7 +259,7 @@ async def test_mode_off_is_pure_pass_through(make_proxy: ProxyFactory, fake: Fak
     proxy = await make_proxy(mode="off")
     await _stop_all(proxy, ["a", "b", "c"])
     assert len(fake.runs_calls()) == 3
-    assert metric(proxy, "proxy_coalesced_requests_total", endpoint="runs/stop") == 0
+    assert metric(proxy, "proxy_batched_requests_total", endpoint="runs/stop") == 0
 
 
 async def test_flight_in_progress_collects_the_next_batch(
@@ -335,7 +344,7 @@ async def test_a_connection_header_naming_headers_means_pass_through(
     )
     assert answers[1] == [(200, b"null")] * 2
     assert sorted(c.json["runs_names"] for c in fake.runs_calls()) == [["a"], ["b", "c"]]
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="headers") == 1
+    assert metric(proxy, "proxy_batch_bypass_total", reason="headers") == 1
 
 
 @pytest.mark.parametrize("callers", [3, 16, 40])

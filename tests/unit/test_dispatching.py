@@ -3,41 +3,11 @@ for endpoints where a repeated item fails."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.dispatching import _is_shared, _rounds
-from proxy.endpoints import DEFAULT_ENDPOINTS, Member
-from proxy.upstream import UpstreamReply, UpstreamTimeout, UpstreamUnavailable
-
-SPECS = {spec.name: spec for spec in DEFAULT_ENDPOINTS}
-
-
-def reply(status: int) -> UpstreamReply:
-    return UpstreamReply(status, CIMultiDictProxy(CIMultiDict()), b"")
-
-
-@pytest.mark.parametrize(
-    ("endpoint", "outcome", "shared"),
-    [
-        ("runs/stop", reply(200), True),
-        ("runs/delete", reply(400), False),  # e.g. one active run: split to find it
-        ("runs/delete", reply(401), True),
-        ("runs/delete", reply(403), True),  # bad token, not a member: the whole key
-        ("runs/delete", reply(404), True),  # no such project
-        ("runs/delete", reply(422), False),
-        ("runs/delete", reply(500), True),  # never resent: no amplification
-        ("runs/delete", reply(503), True),
-        ("fleets/delete", reply(403), False),  # may concern one SSH fleet only
-        ("fleets/delete", reply(404), True),
-        ("runs/stop", UpstreamTimeout("t"), True),
-        ("runs/stop", UpstreamUnavailable("u"), True),
-    ],
-)
-def test_which_outcomes_every_caller_shares(endpoint: str, outcome: object, shared: bool) -> None:
-    assert _is_shared(outcome, SPECS[endpoint]) is shared  # type: ignore[arg-type]
+from proxy.batches import Member
+from proxy.dispatching import rounds_of as _rounds
 
 
 def test_rounds_put_overlapping_members_in_arrival_order() -> None:
