@@ -224,7 +224,7 @@ async def test_members_under_different_keys_never_share_a_flush(
     clock.advance(WINDOW)
     await settle()
 
-    assert sorted((batch.key, batch.members) for batch in calls) == [("x", ["a", "b"]), ("y", ["a"])]
+    assert sorted((b.key, b.members) for b in calls) == [("x", ["a", "b"]), ("y", ["a"])]
     assert [t.result() for t in x + y] == ["x:a", "x:b", "y:a"]
 
 
