@@ -7,8 +7,9 @@ stands alone and gets the upstream's answer to exactly its own request. dstack's
 change nothing when they fail (docs/dstack-api.md, Failure semantics), so resending is safe.
 
 Each caller is answered the moment its own answer is known. When both halves of a failing call
-get the same refusal (status and body) for disjoint names, the refusal is about the key, not
-the names (a refusal about a name names it), and every caller in the call gets it.
+get the same refusal (status and body), naming none of the names they share, the refusal is
+about the key, not the names (a refusal about a name names it), and every caller in the call
+gets it: an incompatible X-API-Version, say.
 
 Resending is bounded: N callers never cost more than G + N + 2·ceil(log2 N) calls, where G is
 1 plus the calls `max_names` forces; one bad caller costs about 1 + 2·log2 N; a refusal the same
@@ -152,11 +153,15 @@ class Flight:
 
 
 def _same_refusal(a: Outcome, b: Outcome, left: Sequence[Member], right: Sequence[Member]) -> bool:
+    """Whether two halves got one refusal that is about the key, not a name: the same status and
+    body, naming no name the halves share (a refusal about a name names it; one about a name in
+    only one half could not be the same in both)."""
     if not (isinstance(a, UpstreamReply) and isinstance(b, UpstreamReply)) or a.ok or b.ok:
         return False
-    names = {n for m in left for n in m.names}
-    disjoint = names.isdisjoint(n for m in right for n in m.names)
-    return disjoint and (a.status, a.body) == (b.status, b.body)
+    if (a.status, a.body) != (b.status, b.body):
+        return False
+    common = {n for m in left for n in m.names}.intersection(n for m in right for n in m.names)
+    return not any(str(n).encode() in a.body for n in common)
 
 
 def rounds_of(members: Sequence[Member]) -> list[list[Member]]:
