@@ -65,3 +65,29 @@ async def test_callers_behind_a_stuck_flight_get_503_at_max_wait_and_are_never_s
     assert (await first).status == 200
     assert [c.json["secrets_names"] for c in fake.calls] == [["s1"]]
     assert fake.secrets == {"s2"}  # the refused caller's secret is untouched: a retry is safe
+
+
+async def test_at_shutdown_a_caller_queued_behind_a_stuck_flight_gets_a_504(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(window_ms=10, drain_seconds=1.0)
+    fake.gate = asyncio.Event()  # never set: the upstream is stuck
+    stop = "/api/project/main/runs/stop"
+
+    async def stop_run(name: str) -> tuple[int, dict[str, object], str]:
+        body = {"runs_names": [name], "abort": False}
+        async with proxy.post(stop, json=body, headers=MEMBER) as resp:
+            return resp.status, await resp.json(), resp.headers.get("X-Proxy-Error", "")
+
+    in_air = asyncio.ensure_future(stop_run("a"))
+    await _until(lambda: len(fake.runs_calls()) == 1, "the first flight")
+    queued = asyncio.ensure_future(stop_run("b"))  # waits behind the stuck flight
+    await asyncio.sleep(0.05)
+    await proxy.app.shutdown()  # what SIGTERM runs; the drain limit passes
+    answers = await asyncio.wait_for(asyncio.gather(in_air, queued), 5)
+
+    for status, body, marker in answers:
+        assert (status, marker) == (504, "upstream_timeout")
+        assert [d["code"] for d in body["detail"]] == ["upstream_timeout"]  # type: ignore[index]
+    assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a"]]  # b was never sent
+    fake.gate.set()  # let the fake's handler finish, so its server closes at once
