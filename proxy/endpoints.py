@@ -22,7 +22,8 @@ FieldType: TypeAlias = Literal["str", "int", "bool"]
 
 _PROJECT_SEGMENT: Final = "{project}"
 # Percent-escapes are fine; anything that could make dstack route elsewhere than we matched
-# (an encoded slash, a dot segment, backslash, empty segment) is not (PROXY-PITFALLS A16).
+# (an encoded slash, a dot segment, backslash, empty segment) is not: a proxy and a server that
+# normalise a path differently would disagree on which project it names.
 _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
 
 
@@ -47,7 +48,8 @@ class EndpointSpec:
         if any(t not in ("str", "int", "bool") for _, t in self.equal_fields):
             raise ValueError("equal_fields types must be str, int or bool")
         if self.name.endswith("remove_members") or self.path.endswith("/remove_members"):
-            # A one-name list there means "leave the project" (shared/dstack-api.md §1.2).
+            # A one-name list there means "leave the project" (docs/dstack-api.md, Endpoints
+            # that take lists).
             raise ValueError("remove_members must never be batched")
 
     @property

@@ -39,6 +39,7 @@ class FakeUpstream:
     release_stream: asyncio.Event = field(default_factory=asyncio.Event)
     uploaded: int = 0
     secrets: set[str] = field(default_factory=set)  # secrets/delete refuses unknown names
+    runs_delay: float = 0.005  # long enough for concurrent runs/* calls to overlap
     in_flight: int = 0  # runs/* and secrets/* calls being answered right now
     max_in_flight: int = 0
 
@@ -78,7 +79,7 @@ class FakeUpstream:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(0.005)  # long enough for concurrent calls to overlap
+            await asyncio.sleep(self.runs_delay)
             if self.gate is not None:
                 await self.gate.wait()
             return self._answer_runs(request, call)
