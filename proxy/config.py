@@ -44,7 +44,7 @@ class Config:
     admin_port: int = field(default=9090, metadata={"help": "admin listen port"})
     mode: str = field(default="on", metadata={"help": "batching: on, off or shadow"})
     policy: Policy = field(
-        default=Policy.WINDOW, metadata={"help": "when a batch leaves: window, idle, adaptive"}
+        default=Policy.ADAPTIVE, metadata={"help": "when a batch leaves: window, idle, adaptive"}
     )
     window_ms: int = field(default=20, metadata={"help": "batch window from a key's first request"})
     max_batch: int = field(default=500, metadata={"help": "requests per batch at most"})

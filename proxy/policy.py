@@ -40,13 +40,13 @@ class FlushPolicy(Generic[K]):
         self._company: dict[K, float] = {}
 
     def had_company(self, key: K, now: float) -> None:
-        if self.policy is Policy.ADAPTIVE:
+        if self.policy == Policy.ADAPTIVE:
             self._company.pop(key, None)
             self._company[key] = now
 
     def waits_window(self, key: K, now: float) -> bool:
-        if self.policy is not Policy.ADAPTIVE:
-            return self.policy is Policy.WINDOW
+        if self.policy != Policy.ADAPTIVE:
+            return self.policy == Policy.WINDOW
         while self._company:
             oldest, at = next(iter(self._company.items()))
             if at >= now - BURST_MEMORY:

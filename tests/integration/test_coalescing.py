@@ -18,6 +18,7 @@ from pytest_aiohttp import AiohttpClient
 from proxy.app import make_app
 from proxy.config import Config
 from proxy.dispatching import MAX_CONCURRENT_CALLS
+from proxy.policy import Policy
 
 from .conftest import ProxyFactory, metric
 from .fakes import FakeUpstream
@@ -314,7 +315,7 @@ async def test_a_merged_call_that_could_not_connect_is_sent_once_more(
         connector=aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False),
         cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
-        config = Config(upstream=f"http://localhost:{upstream_server.port}")
+        config = Config(upstream=f"http://localhost:{upstream_server.port}", policy=Policy.WINDOW)
         proxy = await aiohttp_client(make_app(config, session=session))
         answers = await _stop_all(proxy, ["a", "b"])
     assert answers == [(200, b"null")] * 2
