@@ -62,10 +62,8 @@ class _Batch(Generic[K, T, R, C]):
     timers: list[Timer] = field(default_factory=list)
 
     def closed(self, reason: FlushReason, now: float) -> ClosedBatch[K, T, C]:
-        members = list(self.futures)
-        return ClosedBatch(
-            self.key, self.context, members, self.waiters, reason, self.opened_at, self.last_at, now
-        )
+        at = (self.opened_at, self.last_at, now)
+        return ClosedBatch(self.key, self.context, list(self.futures), self.waiters, reason, *at)
 
 
 @dataclass(eq=False, slots=True)
@@ -109,12 +107,12 @@ class Batcher(Generic[K, T, R, C]):
 
     @property
     def pending(self) -> int:
-        """Submitters waiting for their result."""
+        """Submitters waiting for their result (a gauge)."""
         return self._pending
 
     @property
     def keys(self) -> int:
-        """Keys with a batch waiting or a flight in the air."""
+        """Keys with a batch waiting or a flight in the air (a gauge)."""
         return len(self._keys)
 
     async def submit(self, key: K, member: T, context: C) -> R:

@@ -24,7 +24,7 @@ ENV_PREFIX: Final = "COALESCER_"
 MODES: Final = ("on", "off", "shadow")
 LOG_FORMATS: Final = ("json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-MAX_NAMES: Final = 500  # measured: docs/measurements.md, Cost of a list
+MAX_NAMES: Final = 200  # measured: docs/measurements.md, Cost of a list
 
 
 class ConfigError(ValueError):

@@ -52,3 +52,27 @@ async def test_a_wide_burst_on_a_slow_upstream_is_answered_while_pass_through_is
     assert max(per_key.values()) <= PER_KEY // 2
     assert sum(len(c.json["runs_names"]) for c in fake.runs_calls()) == KEYS * PER_KEY
     assert fake.max_in_flight > 100  # calls of different keys ran side by side
+
+
+async def test_a_batch_naming_more_than_max_names_goes_as_several_calls(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(max_names=3)
+    fake.active_runs = {"r4"}
+    delete = "/api/project/main/runs/delete"
+
+    async def one(names: list[str]) -> tuple[int, bytes]:
+        body = {"runs_names": names}
+        async with proxy.post(delete, json=body, headers={"Authorization": "Bearer member"}) as r:
+            return r.status, await r.read()
+
+    lists = [["r0", "r1"], ["r2"], ["r3", "r4"], ["r5", "r6", "r7", "r8"], ["r9"]]
+    answers = await asyncio.gather(*(one(n) for n in lists))
+    refused = b'{"detail": [{"msg": "Cannot delete active runs: [\'r4\']", "code": "error"}]}'
+    ok = (200, b"null")
+    assert answers == [ok, ok, (400, refused), ok, ok]
+    calls = [c.json["runs_names"] for c in fake.runs_calls()]
+    # Cut in arrival order into calls of at most 3 names; a longer list goes alone, as sent.
+    assert all(len(c) <= 3 or c in lists for c in calls), calls
+    assert {n for c in calls for n in c} == {f"r{i}" for i in range(10)}
+    assert len(calls) < len(lists)  # and batched all the same
