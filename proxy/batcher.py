@@ -4,7 +4,8 @@ It knows nothing of HTTP or dstack: items submitted under one key within a windo
 of `flush`, and every submitter gets the result for its own item.
 """
 
-# placeholder until batching lands: renamed from coalescing.py, with a per-batch `context`.
+# placeholder until batching lands: renamed from coalescing.py, with a per-batch `context`, and
+# ClosedBatch.items renamed `members`.
 
 from __future__ import annotations
 
@@ -57,12 +58,12 @@ class BatcherClosed(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ClosedBatch(Generic[K, T, C]):
-    """What `flush` is given: the key and context as first submitted, the distinct items in
+    """What `flush` is given: the key and context as first submitted, the distinct members in
     arrival order."""
 
     key: K
     context: C
-    items: list[T]
+    members: list[T]
     waiters: int
     reason: FlushReason
     opened_at: float

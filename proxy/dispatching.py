@@ -70,13 +70,13 @@ class Dispatcher:
         self, batch: ClosedBatch[BatchKey, Member, BatchTarget]
     ) -> dict[Member, Outcome]:
         started = time.perf_counter()
-        n = len(batch.items)
+        n = len(batch.members)
         # Beyond the first merged call, at most one call per caller plus a bisection's worth.
         budget = n + 2 * math.ceil(math.log2(n))
         flight = _Flight(batch.key, batch.context, uuid.uuid4().hex[:16], budget, n)
         # Where a repeated item fails (it must exist), callers naming the same item go in
         # separate calls, in arrival order, as if sent one after the other.
-        rounds = [batch.items] if batch.context.spec.idempotent else _rounds(batch.items)
+        rounds = [batch.members] if batch.context.spec.idempotent else _rounds(batch.members)
         await self._resolve(flight, rounds[0], await self._call(flight, rounds[0]))
         for members in rounds[1:]:  # each later round's merged call is paid from the budget
             if flight.budget - 1 >= flight.unresolved:
@@ -160,7 +160,7 @@ class Dispatcher:
             project=flight.key.project,
             principal=flight.key.principal[:12],
             size=batch.waiters,
-            distinct=len(batch.items),
+            distinct=len(batch.members),
             reason=batch.reason.value,
             wait_max_ms=round((batch.closed_at - batch.opened_at) * 1000, 2),
             wait_min_ms=round((batch.closed_at - batch.last_at) * 1000, 2),

@@ -63,7 +63,7 @@ class Shadow:
             endpoint=batch.key.endpoint,
             project=batch.key.project,
             size=batch.waiters,
-            distinct=len(batch.items),
+            distinct=len(batch.members),
             reason=batch.reason.value,
         )
-        return dict.fromkeys(batch.items)
+        return dict.fromkeys(batch.members)

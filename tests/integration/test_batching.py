@@ -30,6 +30,7 @@ DELETE = "/api/project/main/runs/delete"
 BYPASSES = "proxy_coalesce_bypass_total"
 BATCHED = "proxy_coalesced_requests_total"
 CALLS_SAVED = "proxy_upstream_calls_saved_total"
+BISECTIONS = "proxy_bisections_total"
 
 
 async def _stop_all(
@@ -110,7 +111,7 @@ async def test_one_active_run_fails_only_its_own_caller(proxy: Client, fake: Fak
     assert set(answers.values()) == {(200, b"null")}
     # One batch call, then two calls per level of the bisection: 1 + 2·log2(16).
     assert len(fake.runs_calls()) <= 1 + 2 * 4
-    assert metric(proxy, "proxy_bisections_total", endpoint="runs/delete") >= 4
+    assert metric(proxy, BISECTIONS, endpoint="runs/delete") >= 4
 
 
 async def test_several_failing_callers_each_get_their_own_answer(

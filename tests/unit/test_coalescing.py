@@ -73,7 +73,7 @@ async def settle() -> None:
 
 
 async def echo(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
-    return {item: f"{batch.key}:{item}" for item in batch.items}
+    return {item: f"{batch.key}:{item}" for item in batch.members}
 
 
 class MakeBatcher(Protocol):
@@ -131,7 +131,7 @@ async def submit(
 
 
 def shapes(calls: list[ClosedBatch[str, str, None]]) -> list[list[str]]:
-    return [batch.items for batch in calls]
+    return [batch.members for batch in calls]
 
 
 def reasons(calls: list[ClosedBatch[str, str, None]]) -> list[FlushReason]:
@@ -207,7 +207,10 @@ async def test_items_under_different_keys_never_merge(
     clock.advance(WINDOW)
     await settle()
 
-    assert sorted((batch.key, batch.items) for batch in calls) == [("x", ["a", "b"]), ("y", ["a"])]
+    assert sorted((batch.key, batch.members) for batch in calls) == [
+        ("x", ["a", "b"]),
+        ("y", ["a"]),
+    ]
     assert [t.result() for t in x + y] == ["x:a", "x:b", "y:a"]
 
 
@@ -221,7 +224,7 @@ async def test_a_burst_on_one_key_does_not_delay_another_keys_window(
     clock.advance(5)
     await settle()
 
-    assert [(b.key, b.items, b.closed_at) for b in calls] == [
+    assert [(b.key, b.members, b.closed_at) for b in calls] == [
         ("busy", ["a", "b"], 5),
         ("busy", ["c", "d"], 5),
         ("quiet", ["q"], WINDOW),
@@ -229,7 +232,7 @@ async def test_a_burst_on_one_key_does_not_delay_another_keys_window(
 
     clock.advance(5)
     await settle()
-    assert (calls[-1].key, calls[-1].items, calls[-1].closed_at) == ("busy", ["e"], 5 + WINDOW)
+    assert (calls[-1].key, calls[-1].members, calls[-1].closed_at) == ("busy", ["e"], 5 + WINDOW)
 
 
 # Fan-out
@@ -335,7 +338,7 @@ async def test_a_caller_cancelled_during_the_flight_does_not_cancel_the_shared_f
     finished: list[list[str]] = []
 
     async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
-        finished.append(batch.items)
+        finished.append(batch.members)
         return await echo(batch)
 
     batcher, calls = make_batcher(respond)
@@ -453,7 +456,7 @@ async def test_aclose_flushes_every_open_batch_at_once_and_waits_for_the_flights
     closing = asyncio.create_task(batcher.aclose())
     await settle()
 
-    assert sorted((b.key, b.items) for b in calls) == [("x", ["a", "b"]), ("y", ["c"])]
+    assert sorted((b.key, b.members) for b in calls) == [("x", ["a", "b"]), ("y", ["c"])]
     assert reasons(calls) == [FlushReason.CLOSE, FlushReason.CLOSE]
     assert clock.now() == 0
     assert not closing.done(), "aclose() must wait for the flights it started"
@@ -537,7 +540,7 @@ async def test_aclose_never_starts_a_second_flight_for_a_key(
         peak[0] = max(peak[0], len(flying))
         await gate.wait()
         flying.pop()
-        return {item: item for item in batch.items}
+        return {item: item for item in batch.members}
 
     batcher: Batcher[str, str, str, None] = Batcher(
         flush, window=0.02, max_size=10, max_wait=60, clock=clock

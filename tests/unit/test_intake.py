@@ -203,7 +203,7 @@ def rig(
         batch: ClosedBatch[BatchKey, Member, BatchTarget],
     ) -> Mapping[Member, UpstreamReply | BaseException]:
         batches.append(batch)
-        return dict.fromkeys(batch.items, raises or ok)
+        return dict.fromkeys(batch.members, raises or ok)
 
     async def passthrough(request: web.Request, *, prefix: bytes = b"") -> web.StreamResponse:
         passed.append(prefix)
@@ -242,7 +242,7 @@ async def test_a_fitting_request_is_batched_with_its_key_names_and_target() -> N
     r = rig()
     assert await handle(r, {"runs_names": ["a", "b"], "abort": True}) == 200
     (batch,) = r.batches
-    assert batch.items == [Member(("a", "b"), 0)]
+    assert batch.members == [Member(("a", "b"), 0)]
     assert (batch.key.endpoint, batch.key.project) == ("runs/stop", "main")
     assert batch.key.shared_fields == (("abort", True),)
     assert batch.context.spec == SPECS["runs/stop"]
@@ -257,8 +257,8 @@ async def test_where_repeats_fail_every_caller_is_a_member_of_its_own() -> None:
     path = "/api/project/main/secrets/delete"
     await asyncio.gather(*(handle(r, {"secrets_names": ["s"]}, path=path) for _ in range(2)))
     (batch,) = r.batches
-    assert [m.names for m in batch.items] == [("s",), ("s",)]
-    assert len({m.serial for m in batch.items}) == 2
+    assert [m.names for m in batch.members] == [("s",), ("s",)]
+    assert len({m.serial for m in batch.members}) == 2
 
 
 @pytest.mark.parametrize(
