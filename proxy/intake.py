@@ -122,7 +122,7 @@ class Intake:
         if parsed is None:
             return await self._bypass(request, unread or BypassReason.BODY, body)
         key = batch_key(spec, project, parsed, request.headers, self._secret)
-        member = Member(parsed.item, 0 if spec.idempotent else next(self._serials))
+        member = Member(parsed.names, 0 if spec.idempotent else next(self._serials))
         if self._shadow is not None:
             self._shadow.observe(key, member, len(body))
             return await self._passthrough(request, prefix=body)
@@ -209,7 +209,7 @@ def batch_key(
         # None for an absent header: dstack skips the version check then, while an empty
         # value is a 400, so the two must never share a call.
         read_headers=tuple((h.lower(), headers.get(h)) for h in READ_HEADERS),
-        shared_fields=parsed.equal,
+        shared_fields=parsed.shared_fields,
     )
 
 
