@@ -23,41 +23,16 @@ from typing import Final
 
 import aiohttp
 import structlog
-from multidict import CIMultiDict
-from yarl import URL
 
-from .coalescing import ClosedBatch
-from .endpoints import EndpointSpec, Member, render_body
+from .batcher import ClosedBatch
+from .batches import BatchKey, BatchTarget, Member, Outcome
+from .endpoints import EndpointSpec, render_body
 from .metrics import Metrics
-from .upstream import UpstreamError, UpstreamReply, post_json
+from .upstream import UpstreamError, post_json
 
 log = structlog.get_logger(__name__)
 
-Outcome = UpstreamReply | UpstreamError
 MAX_CONCURRENT_CALLS: Final = 4  # per batch, while splitting: gentle on SQLite's one writer
-
-
-@dataclass(frozen=True, slots=True)
-class BatchKey:
-    """Everything that can change the upstream's answer; requests merge only on equal keys.
-
-    `target` rides along uncompared: the URL and headers of the key's first request, which
-    (by construction of the key) the upstream treats the same as every other member's.
-    """
-
-    endpoint: str
-    project: str
-    principal: str  # keyed fingerprint of the credential headers; never the token itself
-    varying: tuple[tuple[str, str | None], ...]  # other headers dstack reads: X-API-Version
-    equal: tuple[tuple[str, object], ...]  # body fields that must be equal, e.g. abort
-    target: BatchTarget = field(compare=False, hash=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchTarget:
-    spec: EndpointSpec
-    url: URL
-    headers: CIMultiDict[str]
 
 
 @dataclass(eq=False, slots=True)
@@ -65,6 +40,7 @@ class _Flight:
     """One flush under way: its key, results so far, and call budget."""
 
     key: BatchKey
+    target: BatchTarget
     batch_id: str
     budget: int  # calls still allowed; kept >= unresolved, so every caller can be answered
     unresolved: int  # callers without an outcome yet
@@ -75,7 +51,7 @@ class _Flight:
 
     @property
     def spec(self) -> EndpointSpec:
-        return self.key.target.spec
+        return self.target.spec
 
     def settle(self, members: Sequence[Member], outcome: Outcome) -> None:
         self.results.update(dict.fromkeys(members, outcome))
@@ -90,14 +66,17 @@ class Dispatcher:
         self._metrics = metrics
         self._timeout = timeout
 
-    async def flush(self, batch: ClosedBatch[BatchKey, Member]) -> dict[Member, Outcome]:
+    async def flush(
+        self, batch: ClosedBatch[BatchKey, Member, BatchTarget]
+    ) -> dict[Member, Outcome]:
         started = time.perf_counter()
-        n = len(batch.items)
+        n = len(batch.members)
         # Beyond the first merged call, at most one call per caller plus a bisection's worth.
-        flight = _Flight(batch.key, uuid.uuid4().hex[:16], n + 2 * math.ceil(math.log2(n)), n)
+        budget = n + 2 * math.ceil(math.log2(n))
+        flight = _Flight(batch.key, batch.context, uuid.uuid4().hex[:16], budget, n)
         # Where a repeated item fails (it must exist), callers naming the same item go in
         # separate calls, in arrival order, as if sent one after the other.
-        rounds = [batch.items] if batch.key.target.spec.idempotent else _rounds(batch.items)
+        rounds = [batch.members] if batch.context.spec.idempotent else _rounds(batch.members)
         await self._resolve(flight, rounds[0], await self._call(flight, rounds[0]))
         for members in rounds[1:]:  # each later round's merged call is paid from the budget
             if flight.budget - 1 >= flight.unresolved:
@@ -130,7 +109,7 @@ class Dispatcher:
             flight.settle((member,), own)
 
     async def _call(self, flight: _Flight, members: Sequence[Member]) -> Outcome:
-        spec, target = flight.spec, flight.key.target
+        spec, target = flight.spec, flight.target
         # One caller's request is sent as it was; merged lists drop repeated names.
         names: list[str | int] = (
             list(members[0].names)
@@ -143,7 +122,7 @@ class Dispatcher:
         self._metrics.upstream_calls.labels(
             spec.name, "batch" if flight.calls == 1 else "split"
         ).inc()
-        body = render_body(spec, names, flight.key.equal)
+        body = render_body(spec, names, flight.key.shared_fields)
         reply: Outcome
         async with flight.gate:
             started = time.perf_counter()
@@ -165,7 +144,9 @@ class Dispatcher:
             flight.first = reply
         return reply
 
-    def _record(self, batch: ClosedBatch[BatchKey, Member], flight: _Flight, took: float) -> None:
+    def _record(
+        self, batch: ClosedBatch[BatchKey, Member, BatchTarget], flight: _Flight, took: float
+    ) -> None:
         spec, m, first = flight.spec, self._metrics, flight.first
         m.coalesced.labels(spec.name).inc(batch.waiters)
         m.calls_saved.labels(spec.name).inc(max(batch.waiters - flight.calls, 0))
@@ -179,7 +160,7 @@ class Dispatcher:
             project=flight.key.project,
             principal=flight.key.principal[:12],
             size=batch.waiters,
-            distinct=len(batch.items),
+            distinct=len(batch.members),
             reason=batch.reason.value,
             wait_max_ms=round((batch.closed_at - batch.opened_at) * 1000, 2),
             wait_min_ms=round((batch.closed_at - batch.last_at) * 1000, 2),

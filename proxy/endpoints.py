@@ -74,8 +74,8 @@ class EndpointSpec:
 class ParsedBody:
     """A body that fits its endpoint exactly."""
 
-    item: Item
-    equal: tuple[tuple[str, object], ...]
+    names: Item  # placeholder until batching lands: fields renamed as batching names them
+    shared_fields: tuple[tuple[str, object], ...]
 
 
 DEFAULT_ENDPOINTS: Final = (

@@ -16,15 +16,15 @@ from typing import Protocol
 
 import pytest
 
-from proxy.coalescing import Batcher, BatcherClosed, ClosedBatch, FlushReason
+from proxy.batcher import Batcher, BatcherClosed, ClosedBatch, FlushReason
 
 WINDOW = 10.0
 MAX_WAIT = 100.0
 MAX_SIZE = 100
 
 Result = str | BaseException
-Respond = Callable[[ClosedBatch[str, str]], Awaitable[Mapping[str, Result]]]
-Recorded = tuple[Batcher[str, str, str], list[ClosedBatch[str, str]]]
+Respond = Callable[[ClosedBatch[str, str, None]], Awaitable[Mapping[str, Result]]]
+Recorded = tuple[Batcher[str, str, str, None], list[ClosedBatch[str, str, None]]]
 """A batcher and the list of batches its flush was given, in order."""
 
 
@@ -72,8 +72,8 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def echo(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
-    return {item: f"{batch.key}:{item}" for item in batch.items}
+async def echo(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
+    return {item: f"{batch.key}:{item}" for item in batch.members}
 
 
 class MakeBatcher(Protocol):
@@ -95,17 +95,17 @@ def gate() -> asyncio.Event:
 
 @pytest.fixture
 async def make_batcher(clock: ManualClock, gate: asyncio.Event) -> AsyncIterator[MakeBatcher]:
-    made: list[Batcher[str, str, str]] = []
+    made: list[Batcher[str, str, str, None]] = []
 
     def make(respond: Respond = echo, *, max_size: int = MAX_SIZE) -> Recorded:
-        calls: list[ClosedBatch[str, str]] = []
+        calls: list[ClosedBatch[str, str, None]] = []
 
-        async def flush(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+        async def flush(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
             calls.append(batch)
             await gate.wait()
             return await respond(batch)
 
-        batcher: Batcher[str, str, str] = Batcher(
+        batcher: Batcher[str, str, str, None] = Batcher(
             flush, window=WINDOW, max_size=max_size, max_wait=MAX_WAIT, clock=clock
         )
         made.append(batcher)
@@ -122,17 +122,19 @@ def echo_batcher(make_batcher: MakeBatcher) -> Recorded:
     return make_batcher()
 
 
-async def submit(batcher: Batcher[str, str, str], key: str, *items: str) -> list[asyncio.Task[str]]:
-    tasks = [asyncio.create_task(batcher.submit(key, item)) for item in items]
+async def submit(
+    batcher: Batcher[str, str, str, None], key: str, *items: str
+) -> list[asyncio.Task[str]]:
+    tasks = [asyncio.create_task(batcher.submit(key, item, None)) for item in items]
     await settle()
     return tasks
 
 
-def shapes(calls: list[ClosedBatch[str, str]]) -> list[list[str]]:
-    return [batch.items for batch in calls]
+def shapes(calls: list[ClosedBatch[str, str, None]]) -> list[list[str]]:
+    return [batch.members for batch in calls]
 
 
-def reasons(calls: list[ClosedBatch[str, str]]) -> list[FlushReason]:
+def reasons(calls: list[ClosedBatch[str, str, None]]) -> list[FlushReason]:
     return [batch.reason for batch in calls]
 
 
@@ -205,7 +207,10 @@ async def test_items_under_different_keys_never_merge(
     clock.advance(WINDOW)
     await settle()
 
-    assert sorted((batch.key, batch.items) for batch in calls) == [("x", ["a", "b"]), ("y", ["a"])]
+    assert sorted((batch.key, batch.members) for batch in calls) == [
+        ("x", ["a", "b"]),
+        ("y", ["a"]),
+    ]
     assert [t.result() for t in x + y] == ["x:a", "x:b", "y:a"]
 
 
@@ -219,7 +224,7 @@ async def test_a_burst_on_one_key_does_not_delay_another_keys_window(
     clock.advance(5)
     await settle()
 
-    assert [(b.key, b.items, b.closed_at) for b in calls] == [
+    assert [(b.key, b.members, b.closed_at) for b in calls] == [
         ("busy", ["a", "b"], 5),
         ("busy", ["c", "d"], 5),
         ("quiet", ["q"], WINDOW),
@@ -227,7 +232,7 @@ async def test_a_burst_on_one_key_does_not_delay_another_keys_window(
 
     clock.advance(5)
     await settle()
-    assert (calls[-1].key, calls[-1].items, calls[-1].closed_at) == ("busy", ["e"], 5 + WINDOW)
+    assert (calls[-1].key, calls[-1].members, calls[-1].closed_at) == ("busy", ["e"], 5 + WINDOW)
 
 
 # Fan-out
@@ -251,7 +256,7 @@ async def test_an_exception_value_is_raised_only_to_the_callers_of_its_item(
 ) -> None:
     refused = PermissionError("b is not yours")
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
         return {"a": "ok-a", "b": refused, "c": "ok-c"}
 
     batcher, _ = make_batcher(respond)
@@ -270,7 +275,7 @@ async def test_a_flush_that_raises_reaches_every_waiter_and_the_key_recovers(
     down = ConnectionError("upstream down")
     failing = True
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
         if failing:
             raise down
         return await echo(batch)
@@ -292,7 +297,7 @@ async def test_a_flush_that_raises_reaches_every_waiter_and_the_key_recovers(
 async def test_an_item_missing_from_the_flush_result_gives_its_caller_a_lookup_error(
     make_batcher: MakeBatcher, clock: ManualClock
 ) -> None:
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
         return {"a": "ok-a"}
 
     batcher, _ = make_batcher(respond)
@@ -332,8 +337,8 @@ async def test_a_caller_cancelled_during_the_flight_does_not_cancel_the_shared_f
 ) -> None:
     finished: list[list[str]] = []
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
-        finished.append(batch.items)
+    async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
+        finished.append(batch.members)
         return await echo(batch)
 
     batcher, calls = make_batcher(respond)
@@ -362,7 +367,7 @@ async def test_items_arriving_during_a_flight_go_together_when_it_returns(
     flying: dict[str, int] = {}
     most_flying = 0
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
         nonlocal most_flying
         flying[batch.key] = flying.get(batch.key, 0) + 1
         most_flying = max(most_flying, flying[batch.key])
@@ -451,7 +456,7 @@ async def test_aclose_flushes_every_open_batch_at_once_and_waits_for_the_flights
     closing = asyncio.create_task(batcher.aclose())
     await settle()
 
-    assert sorted((b.key, b.items) for b in calls) == [("x", ["a", "b"]), ("y", ["c"])]
+    assert sorted((b.key, b.members) for b in calls) == [("x", ["a", "b"]), ("y", ["c"])]
     assert reasons(calls) == [FlushReason.CLOSE, FlushReason.CLOSE]
     assert clock.now() == 0
     assert not closing.done(), "aclose() must wait for the flights it started"
@@ -478,7 +483,7 @@ async def test_submit_after_aclose_raises_batcher_closed(echo_batcher: Recorded)
 async def test_per_key_state_and_the_pending_count_return_to_zero_once_everything_settles(
     make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
 ) -> None:
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
         if batch.key == "broken":
             raise RuntimeError("boom")
         return await echo(batch)
@@ -506,7 +511,7 @@ async def test_the_flush_runs_in_a_fresh_context_without_the_submitters_variable
 ) -> None:
     seen: list[str | None] = []
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: ClosedBatch[str, str, None]) -> Mapping[str, Result]:
         seen.append(REQUEST_ID.get(None))
         return await echo(batch)
 
@@ -530,21 +535,21 @@ async def test_aclose_never_starts_a_second_flight_for_a_key(
     flying: list[int] = []
     peak: list[int] = [0]
 
-    async def flush(batch: ClosedBatch[str, str]) -> dict[str, str]:
+    async def flush(batch: ClosedBatch[str, str, None]) -> dict[str, str]:
         flying.append(1)
         peak[0] = max(peak[0], len(flying))
         await gate.wait()
         flying.pop()
-        return {item: item for item in batch.items}
+        return {item: item for item in batch.members}
 
-    batcher: Batcher[str, str, str] = Batcher(
+    batcher: Batcher[str, str, str, None] = Batcher(
         flush, window=0.02, max_size=10, max_wait=60, clock=clock
     )
-    first = asyncio.ensure_future(batcher.submit("k", "a"))
+    first = asyncio.ensure_future(batcher.submit("k", "a", None))
     await settle()
     clock.advance(0.02)
     await settle()  # [a] is in flight, held by the gate
-    second = asyncio.ensure_future(batcher.submit("k", "b"))
+    second = asyncio.ensure_future(batcher.submit("k", "b", None))
     await settle()
     closing = asyncio.ensure_future(batcher.aclose())
     await settle()

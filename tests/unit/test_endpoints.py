@@ -106,7 +106,7 @@ def test_parse_body_accepts_exactly_the_spec_fields_and_types(
     result = parse_body(spec, body)
     assert result == parsed
     assert result is not None
-    assert [type(v) for v in result.item] == [type(v) for v in parsed.item]
+    assert [type(v) for v in result.names] == [type(v) for v in parsed.names]
 
 
 @pytest.mark.parametrize(

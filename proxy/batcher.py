@@ -4,6 +4,9 @@ It knows nothing of HTTP or dstack: items submitted under one key within a windo
 of `flush`, and every submitter gets the result for its own item.
 """
 
+# placeholder until batching lands: renamed from coalescing.py, with a per-batch `context`, and
+# ClosedBatch.items renamed `members`.
+
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +19,7 @@ from typing import Generic, Protocol, TypeVar
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T", bound=Hashable)
 R = TypeVar("R")
+C = TypeVar("C")
 
 
 class Timer(Protocol):
@@ -53,11 +57,13 @@ class BatcherClosed(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class ClosedBatch(Generic[K, T]):
-    """What `flush` is given: the key as first submitted, the distinct items in arrival order."""
+class ClosedBatch(Generic[K, T, C]):
+    """What `flush` is given: the key and context as first submitted, the distinct members in
+    arrival order."""
 
     key: K
-    items: list[T]
+    context: C
+    members: list[T]
     waiters: int
     reason: FlushReason
     opened_at: float
@@ -65,12 +71,13 @@ class ClosedBatch(Generic[K, T]):
     closed_at: float
 
 
-FlushFn = Callable[[ClosedBatch[K, T]], Awaitable[Mapping[T, R | BaseException]]]
+FlushFn = Callable[[ClosedBatch[K, T, C]], Awaitable[Mapping[T, R | BaseException]]]
 
 
 @dataclass(eq=False, slots=True)
-class _Batch(Generic[K, T, R]):
+class _Batch(Generic[K, T, R, C]):
     key: K
+    context: C
     opened_at: float
     last_at: float
     # Distinct items in arrival order; duplicates share one future.
@@ -81,12 +88,12 @@ class _Batch(Generic[K, T, R]):
 
 
 @dataclass(eq=False, slots=True)
-class _KeyState(Generic[K, T, R]):
-    open: _Batch[K, T, R] | None = None
+class _KeyState(Generic[K, T, R, C]):
+    open: _Batch[K, T, R, C] | None = None
     flights: int = 0
 
 
-class Batcher(Generic[K, T, R]):
+class Batcher(Generic[K, T, R, C]):
     """Merges items per key into calls of `flush`, one flight per key at a time (group commit).
 
     A window opens with a key's first item and does not slide. When it ends the batch flushes,
@@ -97,7 +104,7 @@ class Batcher(Generic[K, T, R]):
 
     def __init__(
         self,
-        flush: FlushFn[K, T, R],
+        flush: FlushFn[K, T, C, R],  # the alias orders its variables as they appear
         *,
         window: float,
         max_size: int,
@@ -111,7 +118,7 @@ class Batcher(Generic[K, T, R]):
         self._clock = clock or LoopClock()
         # Mutated only in synchronous code (no await between lookup and change), so no lock.
         # A key is present while it has an open batch or a flight, and removed when it has neither.
-        self._keys: dict[K, _KeyState[K, T, R]] = {}
+        self._keys: dict[K, _KeyState[K, T, R, C]] = {}
         # Running flushes and the futures each will resolve; awaited (or abandoned) by aclose().
         self._tasks: dict[asyncio.Task[None], dict[T, asyncio.Future[R | BaseException]]] = {}
         self._pending = 0  # submitters still waiting for an answer
@@ -127,11 +134,12 @@ class Batcher(Generic[K, T, R]):
         """Keys with an open batch or a flight."""
         return len(self._keys)
 
-    async def submit(self, key: K, item: T) -> R:
-        """Add `item` to `key`'s open batch and wait for its result (or raise its error)."""
+    async def submit(self, key: K, item: T, context: C) -> R:
+        """Add `item` to `key`'s open batch and wait for its result (or raise its error);
+        `context` is kept only if this item opens the batch."""
         if self._closed:
             raise BatcherClosed("batcher is closed")
-        future = self._enqueue(key, item)
+        future = self._enqueue(key, item, context)
         self._pending += 1
         try:
             # shield: cancelling one waiter must not cancel a future that others share.
@@ -168,12 +176,12 @@ class Batcher(Generic[K, T, R]):
                 if not future.done():
                     future.set_result(abandon or TimeoutError("batcher closed before the answer"))
 
-    def _enqueue(self, key: K, item: T) -> asyncio.Future[R | BaseException]:
+    def _enqueue(self, key: K, item: T, context: C) -> asyncio.Future[R | BaseException]:
         now = self._clock.now()
         state = self._keys.setdefault(key, _KeyState())
         batch = state.open
         if batch is None:
-            batch = state.open = _Batch(key, opened_at=now, last_at=now)
+            batch = state.open = _Batch(key, context, opened_at=now, last_at=now)
             batch.timer = self._clock.call_later(
                 self._window, lambda: self._on_window(state, batch)
             )
@@ -186,7 +194,7 @@ class Batcher(Generic[K, T, R]):
             self._close(state, FlushReason.FULL)
         return future
 
-    def _on_window(self, state: _KeyState[K, T, R], batch: _Batch[K, T, R]) -> None:
+    def _on_window(self, state: _KeyState[K, T, R, C], batch: _Batch[K, T, R, C]) -> None:
         if state.open is not batch:  # a late timer: the batch already went
             return
         batch.due = True
@@ -198,11 +206,11 @@ class Batcher(Generic[K, T, R]):
             max(left, 0.0), lambda: self._on_max_wait(state, batch)
         )
 
-    def _on_max_wait(self, state: _KeyState[K, T, R], batch: _Batch[K, T, R]) -> None:
+    def _on_max_wait(self, state: _KeyState[K, T, R, C], batch: _Batch[K, T, R, C]) -> None:
         if state.open is batch:
             self._close(state, FlushReason.MAX_WAIT)
 
-    def _close(self, state: _KeyState[K, T, R], reason: FlushReason) -> None:
+    def _close(self, state: _KeyState[K, T, R, C], reason: FlushReason) -> None:
         batch, state.open = state.open, None
         assert batch is not None
         if batch.timer is not None:
@@ -210,6 +218,7 @@ class Batcher(Generic[K, T, R]):
         state.flights += 1
         closed = ClosedBatch(
             batch.key,
+            batch.context,
             list(batch.futures),
             batch.waiters,
             reason,
@@ -229,8 +238,8 @@ class Batcher(Generic[K, T, R]):
 
     async def _fly(
         self,
-        state: _KeyState[K, T, R],
-        closed: ClosedBatch[K, T],
+        state: _KeyState[K, T, R, C],
+        closed: ClosedBatch[K, T, C],
         futures: dict[T, asyncio.Future[R | BaseException]],
     ) -> None:
         results: Mapping[T, R | BaseException] = {}
@@ -248,7 +257,7 @@ class Batcher(Generic[K, T, R]):
                     future.set_result(results.get(item, missing))
             self._after_flight(state, closed.key)
 
-    def _after_flight(self, state: _KeyState[K, T, R], key: K) -> None:
+    def _after_flight(self, state: _KeyState[K, T, R, C], key: K) -> None:
         if state.open is not None and state.open.due and state.flights == 0:
             self._close(state, FlushReason.AFTER_FLIGHT)
         elif state.open is None and state.flights == 0 and self._keys.get(key) is state:
