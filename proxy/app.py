@@ -13,12 +13,14 @@ import aiohttp
 import structlog
 from aiohttp import hdrs, web
 
+from .batcher import Batcher
 from .calls import HttpSend, make_batch_session
 from .config import Config
 from .dispatching import Dispatcher
 from .forwarding import forward
-from .keys import CONFIG_KEY, MERGER_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
-from .merging import Merger
+from .intake import Intake, ReplyBatcher
+from .keys import CONFIG_KEY, INTAKE_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
+from .limits import Limits
 from .metrics import Metrics
 from .state import State
 from .upstream import BadRequestTarget, error_response
@@ -38,19 +40,19 @@ def make_app(config: Config, *, session: aiohttp.ClientSession | None = None) ->
     app[METRICS_KEY] = Metrics()
     app[STATE_KEY] = State()
     app.cleanup_ctx.append(_session_context(session))
-    app.cleanup_ctx.append(_merger_context(session))
+    app.cleanup_ctx.append(_intake_context(session))
     app.on_shutdown.append(_drain)
     app.router.add_route("*", "/{tail:.*}", handle_request)
     return app
 
 
 async def handle_request(request: web.Request) -> web.StreamResponse:
-    """Every request: merged if it fits a mergeable endpoint exactly, else passed through."""
+    """Every request: batched if it fits a batchable endpoint exactly, else passed through."""
     if is_websocket_upgrade(request):
         return await handle_websocket(request)
-    merger = request.app[MERGER_KEY]
-    if (match := merger.match(request)) is not None:
-        return await merger.handle(request, *match)
+    intake = request.app[INTAKE_KEY]
+    if (match := intake.match(request)) is not None:
+        return await intake.handle(request, *match)
     return await forward(request)
 
 
@@ -86,16 +88,25 @@ def _session_context(
     return context
 
 
-def _merger_context(
+def _intake_context(
     given: aiohttp.ClientSession | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         config, metrics = app[CONFIG_KEY], app[METRICS_KEY]
         # Batch calls get a session of their own, so they never queue behind pass-through.
         session = given or make_batch_session(config)
-        send = HttpSend(session, metrics)
-        dispatcher = Dispatcher(send, metrics, max_names=config.max_names)
-        app[MERGER_KEY] = Merger(config, dispatcher, metrics)
+        dispatcher = Dispatcher(HttpSend(session, metrics), metrics, max_names=config.max_names)
+        batcher: ReplyBatcher = Batcher(
+            dispatcher.flush,
+            window=config.window,
+            max_size=config.max_batch,
+            max_wait=config.max_wait,
+            expire=dispatcher.expire,
+            policy=config.policy,
+        )
+        metrics.keys.set_function(lambda: batcher.keys)
+        limits = Limits(config.max_pending, config.max_pending_per_key, config.max_pending_bytes)
+        app[INTAKE_KEY] = Intake(config, batcher, limits, metrics, forward, app[STATE_KEY])
         yield
         if given is None:
             await session.close()
@@ -106,15 +117,15 @@ def _merger_context(
 async def _drain(app: web.Application) -> None:
     """On shutdown: readiness fails, open batches flush now, websockets close (PITFALLS A17)."""
     app[STATE_KEY].draining = True
-    merger, budget = app[MERGER_KEY], app[CONFIG_KEY].drain_seconds / 2
-    log.info("draining", pending=merger.pending, websockets=len(app[STATE_KEY].websockets))
+    intake, budget = app[INTAKE_KEY], app[CONFIG_KEY].drain_seconds / 2
+    log.info("draining", pending=intake.pending, websockets=len(app[STATE_KEY].websockets))
     # Half the drain budget for open batches and websockets, side by side; the rest is
     # aiohttp's, for the handlers (serving.py).
     closing = [
         asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"))
         for ws in list(app[STATE_KEY].websockets)
     ]
-    await merger.aclose(timeout=budget)
+    await intake.aclose(timeout=budget)
     if closing:
         await asyncio.wait(closing, timeout=budget)
 

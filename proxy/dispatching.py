@@ -30,7 +30,7 @@ import structlog
 
 from .batcher import ClosedBatch
 from .batches import BatchKey, BatchTarget, Member, Outcome, SharedFields, UpstreamReply
-from .errors import UpstreamError, classify
+from .errors import UpstreamBusy, UpstreamError, classify
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -218,6 +218,11 @@ class Dispatcher:
             await flight.run(batch.members)
         finally:
             self._record(batch, flight, batch_id, time.perf_counter() - started)
+
+    def expire(self, batch: ClosedBatch[BatchKey, Member, BatchTarget]) -> UpstreamBusy:
+        """The answer for a batch never sent: max_wait passed behind a flight for its key."""
+        self._metrics.expired.labels(batch.key.endpoint).inc(batch.waiters)
+        return UpstreamBusy("an earlier call for the same batch key is still running; not sent")
 
     def _record(
         self,

@@ -14,9 +14,9 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .headers import client_response_headers, rewrite_location, upstream_request_headers
+from .headers import client_response_headers, rewrite_location
 from .keys import CONFIG_KEY, METRICS_KEY, SESSION_KEY
-from .upstream import UpstreamError, classify, error_response, upstream_url
+from .upstream import UpstreamError, classify, error_response, request_target
 
 log = structlog.get_logger(__name__)
 
@@ -29,16 +29,7 @@ def upstream_request(
     request: web.Request, *, rewritten: bool = False
 ) -> tuple[URL, CIMultiDict[str]]:
     """URL and headers for forwarding `request` to the configured upstream."""
-    config = request.app[CONFIG_KEY]
-    url = upstream_url(config.upstream, request.raw_path)
-    headers = upstream_request_headers(
-        request.headers,
-        remote=request.remote,
-        scheme=request.scheme,
-        trusted_peer=request.remote in config.trusted_proxies,
-        body_rewritten=rewritten or hdrs.CONTENT_ENCODING in request.headers,
-    )
-    return url, headers
+    return request_target(request, request.app[CONFIG_KEY], rewritten=rewritten)
 
 
 async def forward(request: web.Request, *, prefix: bytes = b"") -> web.StreamResponse:
