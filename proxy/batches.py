@@ -1,8 +1,9 @@
 """What a batch is: its key (identity only), its target (where and how it is sent, passed beside
-the batch), its members, and what one upstream call gives back."""
+the batch), its members and how they group into calls, and what one upstream call gives back."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeAlias
 
@@ -65,3 +66,32 @@ class UpstreamReply:
 
 Outcome: TypeAlias = UpstreamReply | UpstreamError
 """What one call gave."""
+
+
+def rounds_of(members: Sequence[Member]) -> list[list[Member]]:
+    """Members in rounds where no name repeats, each after every earlier member it overlaps."""
+    rounds: list[list[Member]] = []
+    last: dict[str | int, int] = {}
+    for member in members:
+        at = max((last[n] + 1 for n in member.names if n in last), default=0)
+        if at == len(rounds):
+            rounds.append([])
+        rounds[at].append(member)
+        last.update(dict.fromkeys(member.names, at))
+    return rounds
+
+
+def chunks(members: Sequence[Member], max_names: int | None) -> list[list[Member]]:
+    """Members in arrival order, cut into calls of at most `max_names` distinct names (a member
+    with more goes alone, as its caller sent it)."""
+    out: list[list[Member]] = []
+    names: set[str | int] = set()
+    for member in members:
+        grown: set[str | int] = {*names, *member.names}
+        if out and (max_names is None or len(grown) <= max_names):
+            out[-1].append(member)
+            names = grown
+        else:
+            out.append([member])
+            names = set(member.names)
+    return out

@@ -55,10 +55,10 @@ class Config:
     max_pending: int = field(default=10000, metadata={"help": "pending requests before bypass"})
     max_pending_per_key: int = field(default=1000, metadata={"help": "pending requests per key"})
     max_pending_bytes: int = field(default=16 << 20, metadata={"help": "buffered body bytes"})
-    max_body_bytes: int = field(default=64 << 10, metadata={"help": "largest mergeable body"})
+    max_body_bytes: int = field(default=64 << 10, metadata={"help": "largest batchable body"})
     connect_timeout: float = field(default=5.0, metadata={"help": "upstream connect, seconds"})
     read_timeout: float = field(default=300.0, metadata={"help": "upstream idle read, seconds"})
-    batch_timeout: float = field(default=30.0, metadata={"help": "one merged call, seconds"})
+    batch_timeout: float = field(default=30.0, metadata={"help": "a batch call's answer, seconds"})
     keepalive_timeout: float = field(
         default=4.0, metadata={"help": "idle upstream keep-alive; below uvicorn's 5 s"}
     )

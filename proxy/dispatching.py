@@ -29,7 +29,16 @@ from typing import Final
 import structlog
 
 from .batcher import ClosedBatch
-from .batches import BatchKey, BatchTarget, Member, Outcome, SharedFields, UpstreamReply
+from .batches import (
+    BatchKey,
+    BatchTarget,
+    Member,
+    Outcome,
+    SharedFields,
+    UpstreamReply,
+    chunks,
+    rounds_of,
+)
 from .errors import UpstreamBusy, UpstreamError, classify
 from .metrics import Metrics
 
@@ -162,35 +171,6 @@ def _same_refusal(a: Outcome, b: Outcome, left: Sequence[Member], right: Sequenc
         return False
     common = {n for m in left for n in m.names}.intersection(n for m in right for n in m.names)
     return not any(str(n).encode() in a.body for n in common)
-
-
-def rounds_of(members: Sequence[Member]) -> list[list[Member]]:
-    """Members in rounds where no name repeats, each after every earlier member it overlaps."""
-    rounds: list[list[Member]] = []
-    last: dict[str | int, int] = {}
-    for member in members:
-        at = max((last[n] + 1 for n in member.names if n in last), default=0)
-        if at == len(rounds):
-            rounds.append([])
-        rounds[at].append(member)
-        last.update(dict.fromkeys(member.names, at))
-    return rounds
-
-
-def chunks(members: Sequence[Member], max_names: int | None) -> list[list[Member]]:
-    """Members in arrival order, cut into calls of at most `max_names` distinct names (a member
-    with more goes alone, as its caller sent it)."""
-    out: list[list[Member]] = []
-    names: set[str | int] = set()
-    for member in members:
-        grown: set[str | int] = {*names, *member.names}
-        if out and (max_names is None or len(grown) <= max_names):
-            out[-1].append(member)
-            names = grown
-        else:
-            out.append([member])
-            names = set(member.names)
-    return out
 
 
 class Dispatcher:

@@ -21,8 +21,17 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.batcher import ClosedBatch, FlushReason
-from proxy.batches import BatchKey, BatchTarget, Member, Outcome, SharedFields, UpstreamReply
-from proxy.dispatching import Dispatcher, Flight, chunks, rounds_of
+from proxy.batches import (
+    BatchKey,
+    BatchTarget,
+    Member,
+    Outcome,
+    SharedFields,
+    UpstreamReply,
+    chunks,
+    rounds_of,
+)
+from proxy.dispatching import Dispatcher, Flight
 from proxy.endpoints import DEFAULT_ENDPOINTS
 from proxy.errors import UpstreamTimeout
 from proxy.metrics import Metrics
