@@ -42,6 +42,11 @@ async def _post_all(base: str, path: str, bodies: list[dict[str, object]], token
         return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
+def post_one(base: str, path: str, body: dict[str, object], token: str) -> int:
+    """One POST, its status; the answer is read whole."""
+    return asyncio.run(_post_all(base, path, [body], token))[0]
+
+
 def _bodies(way: Way, op: str, names: list[str]) -> list[dict[str, object]]:
     groups = [names] if way == "direct batch" else [[n] for n in names]
     extra = {"abort": False} if op == "stop" else {}

@@ -13,14 +13,16 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Counter
 
-from .calls import make_batch_session
+from .batcher import Batcher
+from .calls import HttpSend, make_batch_session
 from .config import Config
 from .dispatching import Dispatcher
 from .errors import ProxyError, UpstreamTimeout, error_response
 from .forwarding import Forwarder, forward
-from .keys import CONFIG_KEY, FORWARDER_KEY, MERGER_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
+from .intake import Intake, ReplyBatcher
+from .keys import CONFIG_KEY, FORWARDER_KEY, INTAKE_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
+from .limits import Limits
 from .logs import REQUEST, new_request_id
-from .merging import Merger
 from .metrics import Metrics
 from .state import State
 from .upstream import ALLOWED_METHODS, check_target
@@ -51,7 +53,7 @@ def make_app(
     app[METRICS_KEY] = metrics
     app[STATE_KEY] = state
     app.cleanup_ctx.append(_session_context(session))
-    app.cleanup_ctx.append(_batching_context(batch_session))
+    app.cleanup_ctx.append(_intake_context(batch_session))
     app.on_shutdown.append(_drain)
     app.router.add_route("*", "/{tail:.*}", route)
     return app
@@ -62,9 +64,9 @@ async def route(request: web.Request) -> web.StreamResponse:
     through."""
     if is_websocket_upgrade(request):
         return await handle_websocket(request)
-    merger = request.app[MERGER_KEY]
-    if (match := merger.match(request)) is not None:
-        return await merger.handle(request, *match)
+    intake = request.app[INTAKE_KEY]
+    if (match := intake.match(request)) is not None:
+        return await intake.handle(request, *match)
     return await forward(request)
 
 
@@ -106,14 +108,25 @@ def _session_context(
     return context
 
 
-def _batching_context(
+def _intake_context(
     given: aiohttp.ClientSession | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        config = app[CONFIG_KEY]
+        config, metrics = app[CONFIG_KEY], app[METRICS_KEY]
+        # Batch calls get a session of their own, so they never queue behind pass-through.
         session = given or make_batch_session(config)
-        dispatcher = Dispatcher(session, app[METRICS_KEY], config.batch_timeout)
-        app[MERGER_KEY] = Merger(config, dispatcher, app[METRICS_KEY])
+        dispatcher = Dispatcher(HttpSend(session, metrics), metrics, max_names=config.max_names)
+        batcher: ReplyBatcher = Batcher(
+            dispatcher.flush,
+            window=config.window,
+            max_size=config.max_batch,
+            max_wait=config.max_wait,
+            expire=dispatcher.expire,
+            policy=config.policy,
+        )
+        metrics.keys.set_function(lambda: batcher.keys)
+        limits = Limits(config.max_pending, config.max_pending_per_key, config.max_pending_bytes)
+        app[INTAKE_KEY] = Intake(config, batcher, limits, metrics, forward, app[STATE_KEY])
         yield
         if given is None:
             await session.close()
@@ -130,18 +143,18 @@ async def _drain(app: web.Application) -> None:
     margin = min(SHUTDOWN_MARGIN, config.drain_seconds / 4)
     deadline = loop.time() + config.drain_seconds - margin
     state.drain(deadline)
-    merger = app[MERGER_KEY]
+    intake = app[INTAKE_KEY]
     log.info(
         "draining",
         in_progress=state.in_progress,
-        pending=merger.pending,
+        pending=intake.pending,
         websockets=len(state.websockets),
     )
     closing = [
         asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"))
         for ws in list(state.websockets)
     ]
-    await merger.aclose(timeout=max(deadline - loop.time(), 0))
+    await intake.aclose(timeout=max(deadline - loop.time(), 0))
     if closing:
         await asyncio.wait(closing, timeout=max(deadline - loop.time(), 0))
     if not await state.wait_idle(max(deadline - loop.time(), 0) + margin / 2):

@@ -1,16 +1,56 @@
-"""The types of a batch. Placeholder until batching lands: only `UpstreamReply` and `Outcome`,
-moved here from upstream.py so that upstream.py holds only the request-target toolbox."""
+"""What a batch is: its key (identity only), its target (where and how it is sent, passed beside
+the batch), its members and how they group into calls, and what one upstream call gives back."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, TypeAlias
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
+from .endpoints import EndpointSpec
 from .errors import UpstreamError
 
+Names: TypeAlias = tuple[str, ...] | tuple[int, ...]
+"""The item names one caller's request carries, as sent."""
 
-# placeholder until batching lands
+SharedFields: TypeAlias = tuple[tuple[str, object], ...]
+
+
+class Member(NamedTuple):
+    """One caller's part of a batch: the unit that is batched, shared when equal, and bisected.
+
+    `serial` is 0 where repeating a name is harmless, so equal lists share one answer; where a
+    repeat fails (the item must exist), each caller gets its own serial and its own answer.
+    """
+
+    names: Names
+    serial: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKey:
+    """Everything that can change the upstream's answer: requests batch only on equal keys."""
+
+    endpoint: str
+    project: str
+    principal: str  # keyed fingerprint of the credential headers; never the token itself
+    read_headers: tuple[tuple[str, str | None], ...]  # other headers dstack reads (X-API-Version)
+    shared_fields: SharedFields  # body fields every member must share (abort, fleet name)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTarget:
+    """Where and how a batch is sent: the URL and headers of the request that opened it, which
+    by construction of the key mean the same to dstack as every other member's."""
+
+    spec: EndpointSpec
+    url: URL
+    headers: CIMultiDict[str]
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
     """A whole upstream response, read into memory (batch calls answer in a few bytes)."""
@@ -24,4 +64,34 @@ class UpstreamReply:
         return 200 <= self.status < 300
 
 
-Outcome = UpstreamReply | UpstreamError
+Outcome: TypeAlias = UpstreamReply | UpstreamError
+"""What one call gave."""
+
+
+def rounds_of(members: Sequence[Member]) -> list[list[Member]]:
+    """Members in rounds where no name repeats, each after every earlier member it overlaps."""
+    rounds: list[list[Member]] = []
+    last: dict[str | int, int] = {}
+    for member in members:
+        at = max((last[n] + 1 for n in member.names if n in last), default=0)
+        if at == len(rounds):
+            rounds.append([])
+        rounds[at].append(member)
+        last.update(dict.fromkeys(member.names, at))
+    return rounds
+
+
+def chunks(members: Sequence[Member], max_names: int | None) -> list[list[Member]]:
+    """Members in arrival order, cut into calls of at most `max_names` distinct names (a member
+    with more goes alone, as its caller sent it)."""
+    out: list[list[Member]] = []
+    names: set[str | int] = set()
+    for member in members:
+        grown: set[str | int] = {*names, *member.names}
+        if out and (max_names is None or len(grown) <= max_names):
+            out[-1].append(member)
+            names = grown
+        else:
+            out.append([member])
+            names = set(member.names)
+    return out

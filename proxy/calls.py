@@ -1,37 +1,46 @@
-"""Batch calls over HTTP. Placeholder until batching lands: `post_json` (moved from upstream.py)
-and `make_batch_session`, so batch calls never wait behind pass-through for a connection."""
+"""Batch calls over HTTP: the `send` the dispatcher is given in production, and the client
+session it uses, kept apart from pass-through traffic."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 import aiohttp
+import structlog
 from aiohttp import hdrs
 from multidict import CIMultiDict
 from yarl import URL
 
-from .batches import UpstreamReply
+from .batches import BatchTarget, Outcome, SharedFields, UpstreamReply
 from .config import Config
-from .errors import classify
+from .endpoints import render_body
+from .errors import UpstreamError, classify
+from .metrics import Metrics
+
+log = structlog.get_logger(__name__)
 
 
-# placeholder until batching lands
 def make_batch_session(config: Config) -> aiohttp.ClientSession:
-    """Batch calls' own session: pass-through traffic can never take its connections."""
+    """The session for batch calls only, so they never queue behind pass-through connections.
+
+    Its pool has no limit: one flight per key already bounds the calls (at most a few per
+    batch), and a cap below the number of keys in flight would run them less concurrently than
+    the callers would have. Timeouts count from connecting, never the wait for a pooled
+    connection: connect within `connect_timeout`, then the answer within `batch_timeout`.
+    """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
-        cookie_jar=aiohttp.DummyCookieJar(),
+        cookie_jar=aiohttp.DummyCookieJar(),  # never replay one user's cookies to the next
         trust_env=False,
-        timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout, sock_read=config.batch_timeout
+        ),
     )
 
 
-# placeholder until batching lands
 async def post_json(
-    session: aiohttp.ClientSession,
-    url: URL,
-    headers: CIMultiDict[str],
-    body: bytes,
-    *,
-    timeout: float,
+    session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str], body: bytes
 ) -> UpstreamReply:
     """POST `body` and read the whole answer. A connection that could not even be opened is
     tried once more, since nothing reached the upstream; anything later is not resent."""
@@ -44,7 +53,6 @@ async def post_json(
                 allow_redirects=False,
                 auto_decompress=True,  # the proxy reads this body itself
                 skip_auto_headers=(hdrs.USER_AGENT,),
-                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 return UpstreamReply(resp.status, resp.headers, await resp.read())
         except aiohttp.ClientConnectorError as exc:
@@ -53,3 +61,29 @@ async def post_json(
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise classify(exc) from exc
     raise AssertionError("unreachable")
+
+
+class HttpSend:
+    """Sends one batch call and gives its outcome; counts its latency and failures."""
+
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self._session = session
+        self._metrics = metrics
+
+    async def __call__(
+        self, target: BatchTarget, names: Sequence[str | int], shared: SharedFields, call_id: str
+    ) -> Outcome:
+        headers = target.headers.copy()
+        headers["X-Request-ID"] = call_id
+        body = render_body(target.spec, names, shared)
+        started = time.perf_counter()
+        try:
+            reply = await post_json(self._session, target.url, headers, body)
+        except UpstreamError as exc:
+            self._metrics.upstream_errors.labels("batch", exc.code).inc()
+            log.warning(
+                "upstream_failed", call_id=call_id, endpoint=target.spec.name, error=exc.code
+            )
+            return exc
+        self._metrics.upstream_latency.labels("batch").observe(time.perf_counter() - started)
+        return reply

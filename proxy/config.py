@@ -18,11 +18,13 @@ import yaml
 from yarl import URL
 
 from .endpoints import DEFAULT_ENDPOINTS, EndpointSpec, parse_table
+from .policy import Policy
 
 ENV_PREFIX: Final = "COALESCER_"
 MODES: Final = ("on", "off", "shadow")
 LOG_FORMATS: Final = ("json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+MAX_NAMES: Final = 200  # measured: docs/measurements.md, Cost of a list
 
 
 class ConfigError(ValueError):
@@ -40,17 +42,23 @@ class Config:
     port: int = field(default=8080, metadata={"help": "public listen port"})
     admin_host: str = field(default="127.0.0.1", metadata={"help": "admin listen address"})
     admin_port: int = field(default=9090, metadata={"help": "admin listen port"})
-    mode: str = field(default="on", metadata={"help": "coalescing: on, off or shadow"})
-    window_ms: int = field(default=20, metadata={"help": "batch window from a key's first item"})
-    max_batch: int = field(default=500, metadata={"help": "items that flush a batch at once"})
-    max_wait_ms: int = field(default=2000, metadata={"help": "hard bound on any item's wait"})
-    max_pending: int = field(default=10000, metadata={"help": "pending items before bypass"})
-    max_pending_per_key: int = field(default=1000, metadata={"help": "pending items per key"})
+    mode: str = field(default="on", metadata={"help": "batching: on, off or shadow"})
+    policy: Policy = field(
+        default=Policy.ADAPTIVE, metadata={"help": "when a batch leaves: window, idle, adaptive"}
+    )
+    window_ms: int = field(default=20, metadata={"help": "batch window from a key's first request"})
+    max_batch: int = field(default=500, metadata={"help": "requests per batch at most"})
+    max_names: int = field(default=MAX_NAMES, metadata={"help": "names per upstream call at most"})
+    max_wait_ms: int = field(
+        default=30000, metadata={"help": "bound on a request's wait to be sent"}
+    )
+    max_pending: int = field(default=10000, metadata={"help": "pending requests before bypass"})
+    max_pending_per_key: int = field(default=1000, metadata={"help": "pending requests per key"})
     max_pending_bytes: int = field(default=16 << 20, metadata={"help": "buffered body bytes"})
-    max_body_bytes: int = field(default=64 << 10, metadata={"help": "largest mergeable body"})
+    max_body_bytes: int = field(default=64 << 10, metadata={"help": "largest batchable body"})
     connect_timeout: float = field(default=5.0, metadata={"help": "upstream connect, seconds"})
     read_timeout: float = field(default=300.0, metadata={"help": "upstream idle read, seconds"})
-    batch_timeout: float = field(default=30.0, metadata={"help": "one merged call, seconds"})
+    batch_timeout: float = field(default=30.0, metadata={"help": "a batch call's answer, seconds"})
     keepalive_timeout: float = field(
         default=4.0, metadata={"help": "idle upstream keep-alive; below uvicorn's 5 s"}
     )
@@ -73,7 +81,7 @@ class Config:
     log_format: str = field(default="json", metadata={"help": "json or console"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
     endpoints: tuple[EndpointSpec, ...] = field(
-        default=DEFAULT_ENDPOINTS, metadata={"help": "mergeable endpoint table (file only)"}
+        default=DEFAULT_ENDPOINTS, metadata={"help": "batchable endpoint table (file only)"}
     )
 
     @property
@@ -180,8 +188,10 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "admin_host": _host,
     "admin_port": _port,
     "mode": _mode,
+    "policy": lambda v: Policy(_choice(tuple(Policy))(v)),
     "window_ms": _non_negative_int,
     "max_batch": _positive_int,
+    "max_names": _positive_int,
     "max_wait_ms": _positive_int,
     "max_pending": _positive_int,
     "max_pending_per_key": _positive_int,

@@ -1,4 +1,4 @@
-"""The table of mergeable dstack endpoints, and the strict test of whether one request fits it.
+"""The table of batchable dstack endpoints, and the strict test of whether one request fits it.
 
 Pure data and pure functions: no aiohttp, no I/O. A request that does not fit exactly is passed
 through untouched, so dstack answers it as it always did.
@@ -10,36 +10,26 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from urllib.parse import unquote
 
 import orjson
 
+if TYPE_CHECKING:
+    from .batches import Names, SharedFields
+
 FieldType: TypeAlias = Literal["str", "int", "bool"]
-Item: TypeAlias = tuple[str, ...] | tuple[int, ...]
-"""One caller's list, as sent."""
-
-
-class Member(NamedTuple):
-    """One caller's part of a batch: the unit that is merged, shared when equal, and bisected.
-
-    `serial` is 0 where repeating an item is harmless, so equal lists share one result; where a
-    repeat fails (the item must exist), each caller gets its own serial and its own answer.
-    """
-
-    names: Item
-    serial: int = 0
-
 
 _PROJECT_SEGMENT: Final = "{project}"
 # Percent-escapes are fine; anything that could make dstack route elsewhere than we matched
-# (an encoded slash, a dot segment, backslash, empty segment) is not (PROXY-PITFALLS A16).
+# (an encoded slash, a dot segment, backslash, empty segment) is not: a proxy and a server that
+# normalise a path differently would disagree on which project it names.
 _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
 
 
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
-    """One mergeable endpoint: where it lives and what its body must look like."""
+    """One batchable endpoint: where it lives and what its body must look like."""
 
     name: str
     path: str
@@ -58,8 +48,9 @@ class EndpointSpec:
         if any(t not in ("str", "int", "bool") for _, t in self.equal_fields):
             raise ValueError("equal_fields types must be str, int or bool")
         if self.name.endswith("remove_members") or self.path.endswith("/remove_members"):
-            # A one-name list there means "leave the project" (shared/dstack-api.md §1.2).
-            raise ValueError("remove_members must never be merged")
+            # A one-name list there means "leave the project" (docs/dstack-api.md, Endpoints
+            # that take lists).
+            raise ValueError("remove_members must never be batched")
 
     @property
     def prefix(self) -> str:
@@ -74,8 +65,8 @@ class EndpointSpec:
 class ParsedBody:
     """A body that fits its endpoint exactly."""
 
-    item: Item
-    equal: tuple[tuple[str, object], ...]
+    names: Names
+    shared_fields: SharedFields
 
 
 DEFAULT_ENDPOINTS: Final = (
@@ -186,7 +177,7 @@ def match_project(spec: EndpointSpec, raw_path: str) -> str | None:
 
 
 def parse_body(spec: EndpointSpec, body: bytes) -> ParsedBody | None:
-    """The caller's item and equal-fields if `body` has exactly `spec`'s fields and JSON types,
+    """The caller's names and shared fields if `body` has exactly `spec`'s fields and JSON types,
     with a non-empty list; None when in any doubt (dstack then answers the request itself)."""
     try:
         data = orjson.loads(body)
@@ -195,21 +186,19 @@ def parse_body(spec: EndpointSpec, body: bytes) -> ParsedBody | None:
     equal_types = dict(spec.equal_fields)
     if not isinstance(data, dict) or data.keys() != {spec.list_field, *equal_types}:
         return None
-    items = data[spec.list_field]
-    if not isinstance(items, list) or not items:
+    names = data[spec.list_field]
+    if not isinstance(names, list) or not names:
         return None
-    if not all(_has_type(v, spec.item_type) for v in items):
+    if not all(_has_type(v, spec.item_type) for v in names):
         return None
     if not all(_has_type(data[f], t) for f, t in spec.equal_fields):
         return None
-    return ParsedBody(tuple(items), tuple((f, data[f]) for f, _ in spec.equal_fields))
+    return ParsedBody(tuple(names), tuple((f, data[f]) for f, _ in spec.equal_fields))
 
 
-def render_body(
-    spec: EndpointSpec, items: Sequence[str | int], equal: tuple[tuple[str, object], ...]
-) -> bytes:
-    """The JSON body of a call naming `items`."""
-    return orjson.dumps({spec.list_field: items, **dict(equal)})
+def render_body(spec: EndpointSpec, names: Sequence[str | int], shared: SharedFields) -> bytes:
+    """The JSON body of a call naming `names`."""
+    return orjson.dumps({spec.list_field: names, **dict(shared)})
 
 
 def _has_type(value: object, kind: FieldType) -> bool:

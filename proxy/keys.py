@@ -10,14 +10,14 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .config import Config
     from .forwarding import Forwarder
-    from .merging import Merger
+    from .intake import Intake
     from .metrics import Metrics
     from .state import State
 
 CONFIG_KEY: Final[web.AppKey[Config]] = web.AppKey("config")
 SESSION_KEY: Final[web.AppKey[aiohttp.ClientSession]] = web.AppKey("session")
 METRICS_KEY: Final[web.AppKey[Metrics]] = web.AppKey("metrics")
-MERGER_KEY: Final[web.AppKey[Merger]] = web.AppKey("merger")
+INTAKE_KEY: Final[web.AppKey[Intake]] = web.AppKey("intake")
 FORWARDER_KEY: Final[web.AppKey[Forwarder]] = web.AppKey("forwarder")
 STATE_KEY: Final[web.AppKey[State]] = web.AppKey("state")
 PUBLIC_APP_KEY: Final[web.AppKey[web.Application]] = web.AppKey("public_app")

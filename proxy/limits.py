@@ -1,4 +1,4 @@
-"""Admission caps for the coalescing path: pending requests (total and per key) and buffered body
+"""Admission caps for the batching path: pending requests (total and per key) and buffered body
 bytes. At a cap a request is passed through singly, never rejected."""
 
 from __future__ import annotations
@@ -38,11 +38,3 @@ class Limits:
             self._per_key[key] = left
         else:
             del self._per_key[key]
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    @property
-    def keys(self) -> int:
-        return len(self._per_key)

@@ -36,20 +36,20 @@ class Metrics:
         self.upstream_errors = Counter(
             "proxy_upstream_errors_total", "Upstream failures by kind", ["kind", "code"], registry=r
         )
-        self.coalesced = Counter(
-            "proxy_coalesced_requests_total",
-            "Requests answered from a merged call",
+        self.batched = Counter(
+            "proxy_batched_requests_total",
+            "Requests answered from a batch",
             ["endpoint"],
             registry=r,
         )
-        self.upstream_calls = Counter(
-            "proxy_coalesced_upstream_calls_total",
-            "Upstream calls made for merged batches",
+        self.batch_calls = Counter(
+            "proxy_batch_upstream_calls_total",
+            "Upstream calls made for batches: first call, later split or round",
             ["endpoint", "purpose"],
             registry=r,
         )
         self.calls_saved = Counter(
-            "proxy_upstream_calls_saved_total",
+            "proxy_batch_calls_saved_total",
             "Requests minus upstream calls, per batch",
             ["endpoint"],
             registry=r,
@@ -63,30 +63,39 @@ class Metrics:
         )
         self.batch_wait = Histogram(
             "proxy_batch_wait_seconds",
-            "Time the oldest request of a batch waited to flush",
+            "Time the oldest request of a batch waited to be sent",
             ["endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.flushes = Counter(
             "proxy_batch_flushes_total",
-            "Batches flushed by reason",
+            "Batches sent, by reason",
             ["endpoint", "reason"],
             registry=r,
         )
+        self.expired = Counter(
+            "proxy_batch_expired_total",
+            "Requests answered 503 unsent: max_wait passed behind a flight for their key",
+            ["endpoint"],
+            registry=r,
+        )
         self.bisections = Counter(
-            "proxy_bisections_total",
-            "Merged calls split to isolate a failure",
+            "proxy_batch_bisections_total",
+            "Batch calls split to isolate a failure",
             ["endpoint"],
             registry=r,
         )
         self.bypasses = Counter(
-            "proxy_coalesce_bypass_total",
-            "Mergeable-path requests passed through singly",
+            "proxy_batch_bypass_total",
+            "Batchable-path requests passed through singly",
             ["reason"],
             registry=r,
         )
-        self.pending = Gauge("proxy_coalesce_pending", "Requests waiting in batches", registry=r)
+        self.pending = Gauge("proxy_batch_pending", "Requests waiting in batches", registry=r)
+        self.keys = Gauge(
+            "proxy_batch_keys", "Keys with a batch waiting or a flight in the air", registry=r
+        )
         self.shadow_batches = Counter(
             "proxy_shadow_batches_total",
             "Batches shadow mode would have formed",

@@ -36,6 +36,10 @@ def make_proxy(aiohttp_client: AiohttpClient, upstream_server: Any) -> ProxyFact
     """Start the proxy in front of the fake upstream, with config overrides."""
 
     async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        # The fixed window makes batch shapes deterministic, which is what most tests here
+        # check; the policies are unit-tested (tests/unit/test_policy.py), and a test that
+        # wants the default says `policy="adaptive"`.
+        overrides.setdefault("policy", "window")
         config = dataclasses.replace(
             Config(upstream=f"http://localhost:{upstream_server.port}"), **overrides
         )

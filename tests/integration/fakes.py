@@ -35,10 +35,11 @@ class FakeUpstream:
     active_runs: set[str] = field(default_factory=set)  # runs/delete refuses these (400)
     tokens: dict[str, bool] = field(default_factory=lambda: {"member": True, "outsider": False})
     status_override: int | None = None  # answer every runs/* call with this status
-    gate: asyncio.Event | None = None  # runs/* calls wait on it when set
+    gate: asyncio.Event | None = None  # runs/* and secrets/* calls wait on it when set
     release_stream: asyncio.Event = field(default_factory=asyncio.Event)
     uploaded: int = 0
     secrets: set[str] = field(default_factory=set)  # secrets/delete refuses unknown names
+    runs_delay: float = 0.005  # long enough for concurrent runs/* calls to overlap
     in_flight: int = 0  # runs/* and secrets/* calls being answered right now
     max_in_flight: int = 0
     ws_closed: list[int] = field(default_factory=list)  # close codes the proxy sent /ws
@@ -80,7 +81,7 @@ class FakeUpstream:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(0.005)  # long enough for concurrent calls to overlap
+            await asyncio.sleep(self.runs_delay)
             if self.gate is not None:
                 await self.gate.wait()
             return self._answer_runs(request, call)
@@ -89,6 +90,14 @@ class FakeUpstream:
 
     async def delete_secrets(self, request: web.Request) -> web.Response:
         call = await self._record(request)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.005)  # long enough for concurrent calls to overlap
+            if self.gate is not None:
+                await self.gate.wait()
+        finally:
+            self.in_flight -= 1
         names = orjson.loads(call.body)["secrets_names"]
         missing = [n for n in dict.fromkeys(names) if n not in self.secrets]
         if missing:

@@ -29,6 +29,8 @@ async def proxy_process(upstream_server: Any, tmp_path: Path) -> AsyncIterator[P
     proxy = ProxyProcess(
         f"http://localhost:{upstream_server.port}",
         tmp_path / "proxy.log",
+        "--policy",
+        "window",
         "--window-ms",
         "2000",
         "--max-wait-ms",

@@ -31,7 +31,9 @@ def test_defaults_are_the_documented_values() -> None:
         "127.0.0.1",
         9090,
     )
-    assert (config.mode, config.window, config.max_batch, config.max_wait) == ("on", 0.02, 500, 2.0)
+    assert (config.mode, config.window, config.max_batch) == ("on", 0.02, 500)
+    assert config.max_wait == 30.0
+    assert (config.policy, config.max_names) == ("adaptive", 200)
     assert config.trusted_proxies == ()
     assert config.endpoints == DEFAULT_ENDPOINTS
     assert "repos/delete" not in {e.name for e in config.enabled_endpoints}
@@ -242,7 +244,7 @@ FILE = "config file"
                 "  - {name: projects/remove_members,"
                 " path: '/api/projects/{project}/remove_members', list_field: usernames}\n"
             ),
-            ["endpoints", FILE, "remove_members", "never be merged"],
+            ["endpoints", FILE, "remove_members", "never be batched"],
             id="remove_members endpoint",
         ),
         pytest.param(

@@ -106,7 +106,7 @@ def test_parse_body_accepts_exactly_the_spec_fields_and_types(
     result = parse_body(spec, body)
     assert result == parsed
     assert result is not None
-    assert [type(v) for v in result.item] == [type(v) for v in parsed.item]
+    assert [type(v) for v in result.names] == [type(v) for v in parsed.names]
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_parse_body_refuses_anything_that_does_not_fit_exactly(
 # render_body
 
 
-def test_render_body_writes_the_list_field_then_the_equal_fields() -> None:
+def test_render_body_writes_the_list_field_then_the_shared_fields() -> None:
     assert render_body(STOP, ["a", "b"], (("abort", True),)) == (
         b'{"runs_names":["a","b"],"abort":true}'
     )

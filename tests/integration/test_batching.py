@@ -1,4 +1,4 @@
-"""Coalescing with a recording fake upstream: how batches are formed, split and answered."""
+"""Batching with a recording fake upstream: how batches are formed, split and answered."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pytest_aiohttp import AiohttpClient
 from proxy.app import make_app
 from proxy.config import Config
 from proxy.dispatching import MAX_CONCURRENT_CALLS
+from proxy.policy import Policy
 
 from .conftest import ProxyFactory, metric
 from .fakes import FakeUpstream
@@ -26,6 +27,11 @@ Client = TestClient[web.Request, web.Application]
 MEMBER = {"Authorization": "Bearer member"}
 STOP = "/api/project/main/runs/stop"
 DELETE = "/api/project/main/runs/delete"
+# Metric names in one place, as the metrics module spells them.
+BYPASSES = "proxy_batch_bypass_total"
+BATCHED = "proxy_batched_requests_total"
+CALLS_SAVED = "proxy_batch_calls_saved_total"
+BISECTIONS = "proxy_batch_bisections_total"
 
 
 async def _stop_all(
@@ -56,7 +62,11 @@ async def test_concurrent_stops_make_one_upstream_call(proxy: Client, fake: Fake
     assert call.headers["authorization"] == ["Bearer member"]
     assert call.headers["content-length"] == [str(len(call.body))]
     assert "x-request-id" in call.headers
-    assert metric(proxy, "proxy_upstream_calls_saved_total", endpoint="runs/stop") == 39
+    for _ in range(100):  # the flight's metrics are recorded once it has answered everyone
+        if metric(proxy, CALLS_SAVED, endpoint="runs/stop"):
+            break
+        await asyncio.sleep(0.01)
+    assert metric(proxy, CALLS_SAVED, endpoint="runs/stop") == 39
 
 
 async def test_different_credentials_versions_and_flags_never_share_a_call(
@@ -86,7 +96,7 @@ async def test_project_is_matched_as_dstack_matches_it(proxy: Client, fake: Fake
     assert sorted(call.json["runs_names"]) == ["a", "b", "c"]
 
 
-async def test_duplicate_requests_share_one_item(proxy: Client, fake: FakeUpstream) -> None:
+async def test_equal_requests_share_one_member(proxy: Client, fake: FakeUpstream) -> None:
     answers = await _stop_all(proxy, ["same", "same", "other", "same"])
     assert answers == [(200, b"null")] * 4
     (call,) = fake.runs_calls()
@@ -104,9 +114,14 @@ async def test_one_active_run_fails_only_its_own_caller(proxy: Client, fake: Fak
         ).encode(),
     )
     assert set(answers.values()) == {(200, b"null")}
-    # One merged call, then two calls per level of the bisection: 1 + 2·log2(16).
+    # One batch call, then two calls per level of the bisection: 1 + 2·log2(16).
     assert len(fake.runs_calls()) <= 1 + 2 * 4
-    assert metric(proxy, "proxy_bisections_total", endpoint="runs/delete") >= 4
+    # Callers are answered before the flight ends; its metrics are recorded when it does.
+    for _ in range(100):
+        if metric(proxy, "proxy_batch_flushes_total", endpoint="runs/delete", reason="window"):
+            break
+        await asyncio.sleep(0.01)
+    assert metric(proxy, BISECTIONS, endpoint="runs/delete") >= 4
 
 
 async def test_several_failing_callers_each_get_their_own_answer(
@@ -183,8 +198,8 @@ async def test_requests_without_a_credential_or_with_a_query_pass_through(
         proxy.post(STOP + "?x=1", json={"runs_names": ["b"], "abort": False}, headers=MEMBER),
     )
     assert len([c for c in fake.calls if c.path.startswith(STOP)]) == 2
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="credentials") == 1
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="query") == 1
+    assert metric(proxy, BYPASSES, reason="credentials") == 1
+    assert metric(proxy, BYPASSES, reason="query") == 1
 
 
 async def test_overload_passes_requests_through_instead_of_rejecting(
@@ -193,7 +208,7 @@ async def test_overload_passes_requests_through_instead_of_rejecting(
     proxy = await make_proxy(max_pending_per_key=3)
     answers = await _stop_all(proxy, [f"r{i}" for i in range(8)])
     assert answers == [(200, b"null")] * 8
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="key_limit") == 5
+    assert metric(proxy, BYPASSES, reason="key_limit") == 5
     assert len(fake.runs_calls()) == 1 + 5
 
 
@@ -218,7 +233,7 @@ async def test_a_caller_that_leaves_does_not_cancel_the_batch(
     (call,) = fake.runs_calls()
     assert call.json["runs_names"] == ["leaver", "stayer"]  # accepted means executed
     await asyncio.sleep(0.05)  # the leaver's handler finishes with the batch
-    assert metric(proxy, "proxy_client_disconnects_total", route="coalesced") == 1
+    assert metric(proxy, "proxy_client_disconnects_total", route="batched") == 1
 
 
 async def test_shutdown_flushes_open_windows_at_once(
@@ -250,7 +265,7 @@ async def test_mode_off_is_pure_pass_through(make_proxy: ProxyFactory, fake: Fak
     proxy = await make_proxy(mode="off")
     await _stop_all(proxy, ["a", "b", "c"])
     assert len(fake.runs_calls()) == 3
-    assert metric(proxy, "proxy_coalesced_requests_total", endpoint="runs/stop") == 0
+    assert metric(proxy, BATCHED, endpoint="runs/stop") == 0
 
 
 async def test_flight_in_progress_collects_the_next_batch(
@@ -297,7 +312,7 @@ class _FailOnceResolver(aiohttp.abc.AbstractResolver):
         pass
 
 
-async def test_a_merged_call_that_could_not_connect_is_sent_once_more(
+async def test_a_batch_call_that_could_not_connect_is_sent_once_more(
     aiohttp_client: AiohttpClient, upstream_server: Any, fake: FakeUpstream
 ) -> None:
     resolver = _FailOnceResolver()
@@ -305,7 +320,7 @@ async def test_a_merged_call_that_could_not_connect_is_sent_once_more(
         connector=aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False),
         cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
-        config = Config(upstream=f"http://localhost:{upstream_server.port}")
+        config = Config(upstream=f"http://localhost:{upstream_server.port}", policy=Policy.WINDOW)
         proxy = await aiohttp_client(make_app(config, batch_session=session))
         answers = await _stop_all(proxy, ["a", "b"])
     assert answers == [(200, b"null")] * 2
@@ -328,14 +343,14 @@ async def test_absent_and_empty_api_versions_never_share_a_call(
 async def test_a_connection_header_naming_headers_means_pass_through(
     proxy: Client, fake: FakeUpstream
 ) -> None:
-    # Connection: Authorization would strip the token from a merged call built for it.
+    # Connection: Authorization would strip the token from a batch call built for it.
     answers = await asyncio.gather(
         _stop_all(proxy, ["a"], headers={**MEMBER, "Connection": "keep-alive, Authorization"}),
         _stop_all(proxy, ["b", "c"]),
     )
     assert answers[1] == [(200, b"null")] * 2
     assert sorted(c.json["runs_names"] for c in fake.runs_calls()) == [["a"], ["b", "c"]]
-    assert metric(proxy, "proxy_coalesce_bypass_total", reason="headers") == 1
+    assert metric(proxy, BYPASSES, reason="headers") == 1
 
 
 @pytest.mark.parametrize("callers", [3, 16, 40])

@@ -1,83 +1,45 @@
 """The generic Batcher, driven by a hand-cranked clock: no sockets, no real sleeps.
 
-Like DataLoader's `idLoader`, the fake flush records every batch it is given and answers each item
-with `"<key>:<item>"`, so tests assert batch shapes ("[a, b] then [c]").
+Like DataLoader's `idLoader`, the fake flush records every batch it is given and answers each
+member with `"<key>:<member>"`, so tests assert batch shapes ("[a, b] then [c]").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
-import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import pytest
 
-from proxy.coalescing import Batcher, BatcherClosed, ClosedBatch, FlushReason
+from proxy.batcher import Batcher, BatcherClosed, ClosedBatch, FlushReason, Policy
+
+from .manual_clock import ManualClock, settle
 
 WINDOW = 10.0
 MAX_WAIT = 100.0
 MAX_SIZE = 100
 
 Result = str | BaseException
-Respond = Callable[[ClosedBatch[str, str]], Awaitable[Mapping[str, Result]]]
-Recorded = tuple[Batcher[str, str, str], list[ClosedBatch[str, str]]]
+Closed = ClosedBatch[str, str, str]
+Respond = Callable[[Closed], Awaitable[Mapping[str, Result]]]
+Recorded = tuple[Batcher[str, str, str, str], list[Closed]]
 """A batcher and the list of batches its flush was given, in order."""
 
 
-@dataclass(order=True)
-class _Handle:
-    when: float
-    seq: int
-    callback: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
-
-    def cancel(self) -> None:
-        self.cancelled = True
+async def echo(batch: Closed) -> Mapping[str, Result]:
+    return {member: f"{batch.key}:{member}" for member in batch.members}
 
 
-class ManualClock:
-    """A `Clock` whose time moves only when a test calls `advance`."""
-
-    def __init__(self) -> None:
-        self._now = 0.0
-        self._due: list[_Handle] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        return self._now
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Handle:
-        handle = _Handle(self._now + delay, next(self._seq), callback)
-        heapq.heappush(self._due, handle)
-        return handle
-
-    def advance(self, dt: float) -> None:
-        """Move time on by `dt`, running due callbacks in time order (each at its own time)."""
-        target = self._now + dt
-        while self._due and self._due[0].when <= target:
-            handle = heapq.heappop(self._due)
-            if not handle.cancelled:
-                self._now = handle.when
-                handle.callback()
-        self._now = target
-
-
-async def settle() -> None:
-    """Let every ready task run until the loop has nothing left to do right now."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-async def echo(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
-    return {item: f"{batch.key}:{item}" for item in batch.items}
+class Expired(Exception):
+    """What a batch that waited max_wait behind a flight gets."""
 
 
 class MakeBatcher(Protocol):
-    def __call__(self, respond: Respond = ..., *, max_size: int = ...) -> Recorded: ...
+    def __call__(
+        self, respond: Respond = ..., *, max_size: int = ..., policy: Policy = ...
+    ) -> Recorded: ...
 
 
 @pytest.fixture
@@ -95,18 +57,27 @@ def gate() -> asyncio.Event:
 
 @pytest.fixture
 async def make_batcher(clock: ManualClock, gate: asyncio.Event) -> AsyncIterator[MakeBatcher]:
-    made: list[Batcher[str, str, str]] = []
+    made: list[Batcher[str, str, str, str]] = []
 
-    def make(respond: Respond = echo, *, max_size: int = MAX_SIZE) -> Recorded:
-        calls: list[ClosedBatch[str, str]] = []
+    def make(
+        respond: Respond = echo, *, max_size: int = MAX_SIZE, policy: Policy = Policy.WINDOW
+    ) -> Recorded:
+        calls: list[Closed] = []
 
-        async def flush(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+        async def flush(batch: Closed, resolve: Callable[[str, Result], None]) -> None:
             calls.append(batch)
             await gate.wait()
-            return await respond(batch)
+            for member, result in (await respond(batch)).items():
+                resolve(member, result)
 
-        batcher: Batcher[str, str, str] = Batcher(
-            flush, window=WINDOW, max_size=max_size, max_wait=MAX_WAIT, clock=clock
+        batcher: Batcher[str, str, str, str] = Batcher(
+            flush,
+            window=WINDOW,
+            max_size=max_size,
+            max_wait=MAX_WAIT,
+            expire=lambda batch: Expired(batch.members),
+            policy=policy,
+            clock=clock,
         )
         made.append(batcher)
         return batcher, calls
@@ -122,24 +93,27 @@ def echo_batcher(make_batcher: MakeBatcher) -> Recorded:
     return make_batcher()
 
 
-async def submit(batcher: Batcher[str, str, str], key: str, *items: str) -> list[asyncio.Task[str]]:
-    tasks = [asyncio.create_task(batcher.submit(key, item)) for item in items]
+async def submit(
+    batcher: Batcher[str, str, str, str], key: str, *members: str
+) -> list[asyncio.Task[str]]:
+    """Submit each member as its own caller; the context is `ctx-<member>`."""
+    tasks = [asyncio.create_task(batcher.submit(key, m, f"ctx-{m}")) for m in members]
     await settle()
     return tasks
 
 
-def shapes(calls: list[ClosedBatch[str, str]]) -> list[list[str]]:
-    return [batch.items for batch in calls]
+def shapes(calls: list[Closed]) -> list[list[str]]:
+    return [batch.members for batch in calls]
 
 
-def reasons(calls: list[ClosedBatch[str, str]]) -> list[FlushReason]:
+def reasons(calls: list[Closed]) -> list[FlushReason]:
     return [batch.reason for batch in calls]
 
 
 # Windows
 
 
-async def test_items_within_the_window_share_one_flush_and_later_items_start_the_next(
+async def test_members_within_the_window_share_one_flush_and_later_members_start_the_next(
     echo_batcher: Recorded, clock: ManualClock
 ) -> None:
     batcher, calls = echo_batcher
@@ -195,7 +169,7 @@ async def test_reaching_max_size_flushes_at_once_and_the_rest_goes_in_the_next_b
 # Keys
 
 
-async def test_items_under_different_keys_never_merge(
+async def test_members_under_different_keys_never_share_a_flush(
     echo_batcher: Recorded, clock: ManualClock
 ) -> None:
     batcher, calls = echo_batcher
@@ -205,7 +179,7 @@ async def test_items_under_different_keys_never_merge(
     clock.advance(WINDOW)
     await settle()
 
-    assert sorted((batch.key, batch.items) for batch in calls) == [("x", ["a", "b"]), ("y", ["a"])]
+    assert sorted((b.key, b.members) for b in calls) == [("x", ["a", "b"]), ("y", ["a"])]
     assert [t.result() for t in x + y] == ["x:a", "x:b", "y:a"]
 
 
@@ -219,7 +193,7 @@ async def test_a_burst_on_one_key_does_not_delay_another_keys_window(
     clock.advance(5)
     await settle()
 
-    assert [(b.key, b.items, b.closed_at) for b in calls] == [
+    assert [(b.key, b.members, b.closed_at) for b in calls] == [
         ("busy", ["a", "b"], 5),
         ("busy", ["c", "d"], 5),
         ("quiet", ["q"], WINDOW),
@@ -227,13 +201,13 @@ async def test_a_burst_on_one_key_does_not_delay_another_keys_window(
 
     clock.advance(5)
     await settle()
-    assert (calls[-1].key, calls[-1].items, calls[-1].closed_at) == ("busy", ["e"], 5 + WINDOW)
+    assert (calls[-1].key, calls[-1].members, calls[-1].closed_at) == ("busy", ["e"], 5 + WINDOW)
 
 
 # Fan-out
 
 
-async def test_duplicate_items_in_one_batch_are_flushed_once_and_every_caller_gets_the_result(
+async def test_duplicate_members_in_one_batch_are_flushed_once_and_every_caller_gets_the_result(
     echo_batcher: Recorded, clock: ManualClock
 ) -> None:
     batcher, calls = echo_batcher
@@ -251,7 +225,7 @@ async def test_an_exception_value_is_raised_only_to_the_callers_of_its_item(
 ) -> None:
     refused = PermissionError("b is not yours")
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: Closed) -> Mapping[str, Result]:
         return {"a": "ok-a", "b": refused, "c": "ok-c"}
 
     batcher, _ = make_batcher(respond)
@@ -270,7 +244,7 @@ async def test_a_flush_that_raises_reaches_every_waiter_and_the_key_recovers(
     down = ConnectionError("upstream down")
     failing = True
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: Closed) -> Mapping[str, Result]:
         if failing:
             raise down
         return await echo(batch)
@@ -292,7 +266,7 @@ async def test_a_flush_that_raises_reaches_every_waiter_and_the_key_recovers(
 async def test_an_item_missing_from_the_flush_result_gives_its_caller_a_lookup_error(
     make_batcher: MakeBatcher, clock: ManualClock
 ) -> None:
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: Closed) -> Mapping[str, Result]:
         return {"a": "ok-a"}
 
     batcher, _ = make_batcher(respond)
@@ -332,8 +306,8 @@ async def test_a_caller_cancelled_during_the_flight_does_not_cancel_the_shared_f
 ) -> None:
     finished: list[list[str]] = []
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
-        finished.append(batch.items)
+    async def respond(batch: Closed) -> Mapping[str, Result]:
+        finished.append(batch.members)
         return await echo(batch)
 
     batcher, calls = make_batcher(respond)
@@ -356,13 +330,13 @@ async def test_a_caller_cancelled_during_the_flight_does_not_cancel_the_shared_f
 # One flight per key (group commit) and max_wait
 
 
-async def test_items_arriving_during_a_flight_go_together_when_it_returns(
+async def test_members_arriving_during_a_flight_go_together_when_it_returns(
     make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
 ) -> None:
     flying: dict[str, int] = {}
     most_flying = 0
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: Closed) -> Mapping[str, Result]:
         nonlocal most_flying
         flying[batch.key] = flying.get(batch.key, 0) + 1
         most_flying = max(most_flying, flying[batch.key])
@@ -413,7 +387,7 @@ async def test_an_item_arriving_during_a_short_flight_still_waits_for_its_own_wi
     assert calls[1].reason == FlushReason.WINDOW
 
 
-async def test_a_batch_behind_a_slow_flight_leaves_when_its_oldest_item_has_waited_max_wait(
+async def test_a_batch_behind_a_slow_flight_is_answered_unsent_once_it_has_waited_max_wait(
     make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
 ) -> None:
     batcher, calls = make_batcher()
@@ -421,21 +395,51 @@ async def test_a_batch_behind_a_slow_flight_leaves_when_its_oldest_item_has_wait
     (slow,) = await submit(batcher, "k", "a")
     clock.advance(WINDOW)
     await settle()
-    (b,) = await submit(batcher, "k", "b")  # opened at t=WINDOW
+    b, b_again = await submit(batcher, "k", "b", "b")  # opened at t=WINDOW
     clock.advance(MAX_WAIT - 0.5)
     await settle()
-    assert shapes(calls) == [["a"]]
+    assert not b.done()
 
     clock.advance(0.5)
     await settle()
-    assert shapes(calls) == [["a"], ["b"]]
-    assert calls[1].reason == FlushReason.MAX_WAIT
-    assert calls[1].closed_at - calls[1].opened_at == MAX_WAIT
+    # Never a second flight for the key: the waiting batch is answered, not sent.
+    assert shapes(calls) == [["a"]]
+    for task in (b, b_again):
+        error = task.exception()
+        assert isinstance(error, Expired) and error.args == (["b"],)
     assert not slow.done()
 
+    (c,) = await submit(batcher, "k", "c")  # later members start a fresh batch
     gate.set()
     await settle()
-    assert (slow.result(), b.result()) == ("k:a", "k:b")
+    assert slow.result() == "k:a"
+    clock.advance(WINDOW)
+    await settle()
+    assert (c.result(), shapes(calls)) == ("k:c", [["a"], ["c"]])
+
+
+async def test_a_full_batch_never_flies_while_the_key_has_a_flight(
+    make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
+) -> None:
+    batcher, calls = make_batcher(max_size=2)
+    gate.clear()
+    first = await submit(batcher, "k", "a", "b")  # FULL: flies at once
+    queued = await submit(batcher, "k", "c", "d", "e", "f", "g")  # [c, d] [e, f] [g] wait
+    clock.advance(WINDOW)
+    await settle()
+    assert shapes(calls) == [["a", "b"]]
+
+    for flights in (2, 3, 4):  # each flight returns before the next takes off
+        gate.set()
+        await asyncio.sleep(0)
+        gate.clear()
+        await settle()
+        assert len(calls) == flights
+    assert shapes(calls) == [["a", "b"], ["c", "d"], ["e", "f"], ["g"]]
+    assert reasons(calls)[1:] == [FlushReason.AFTER_FLIGHT] * 3
+    gate.set()
+    await settle()
+    assert [t.result() for t in first + queued] == [f"k:{m}" for m in "abcdefg"]
 
 
 # Closing
@@ -451,7 +455,7 @@ async def test_aclose_flushes_every_open_batch_at_once_and_waits_for_the_flights
     closing = asyncio.create_task(batcher.aclose())
     await settle()
 
-    assert sorted((b.key, b.items) for b in calls) == [("x", ["a", "b"]), ("y", ["c"])]
+    assert sorted((b.key, b.members) for b in calls) == [("x", ["a", "b"]), ("y", ["c"])]
     assert reasons(calls) == [FlushReason.CLOSE, FlushReason.CLOSE]
     assert clock.now() == 0
     assert not closing.done(), "aclose() must wait for the flights it started"
@@ -478,7 +482,7 @@ async def test_submit_after_aclose_raises_batcher_closed(echo_batcher: Recorded)
 async def test_per_key_state_and_the_pending_count_return_to_zero_once_everything_settles(
     make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
 ) -> None:
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: Closed) -> Mapping[str, Result]:
         if batch.key == "broken":
             raise RuntimeError("boom")
         return await echo(batch)
@@ -506,7 +510,7 @@ async def test_the_flush_runs_in_a_fresh_context_without_the_submitters_variable
 ) -> None:
     seen: list[str | None] = []
 
-    async def respond(batch: ClosedBatch[str, str]) -> Mapping[str, Result]:
+    async def respond(batch: Closed) -> Mapping[str, Result]:
         seen.append(REQUEST_ID.get(None))
         return await echo(batch)
 
@@ -524,32 +528,88 @@ async def test_the_flush_runs_in_a_fresh_context_without_the_submitters_variable
 
 
 async def test_aclose_never_starts_a_second_flight_for_a_key(
-    clock: ManualClock, gate: asyncio.Event
+    make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
 ) -> None:
-    gate.clear()
     flying: list[int] = []
     peak: list[int] = [0]
 
-    async def flush(batch: ClosedBatch[str, str]) -> dict[str, str]:
+    async def respond(batch: Closed) -> Mapping[str, Result]:
         flying.append(1)
         peak[0] = max(peak[0], len(flying))
-        await gate.wait()
+        await asyncio.sleep(0)
         flying.pop()
-        return {item: item for item in batch.items}
+        return await echo(batch)
 
-    batcher: Batcher[str, str, str] = Batcher(
-        flush, window=0.02, max_size=10, max_wait=60, clock=clock
-    )
-    first = asyncio.ensure_future(batcher.submit("k", "a"))
-    await settle()
-    clock.advance(0.02)
+    batcher, calls = make_batcher(respond)
+    gate.clear()
+    (first,) = await submit(batcher, "k", "a")
+    clock.advance(WINDOW)
     await settle()  # [a] is in flight, held by the gate
-    second = asyncio.ensure_future(batcher.submit("k", "b"))
-    await settle()
+    (second,) = await submit(batcher, "k", "b")
     closing = asyncio.ensure_future(batcher.aclose())
     await settle()
-    assert peak[0] == 1  # [b] waits for [a]'s flight, shutdown or not
+    assert shapes(calls) == [["a"]]  # [b] waits for [a]'s flight, shutdown or not
     gate.set()
     await asyncio.wait_for(closing, 5)
-    assert (await first, await second) == ("a", "b")
+    assert (await first, await second) == ("k:a", "k:b")
+    assert reasons(calls) == [FlushReason.WINDOW, FlushReason.CLOSE]
     assert peak[0] == 1
+
+
+async def test_at_the_deadline_every_waiter_gets_the_abandon_error_even_behind_a_flight(
+    make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
+) -> None:
+    batcher, calls = make_batcher()
+    gate.clear()  # the upstream is stuck
+    in_air = await submit(batcher, "k", "a", "a")
+    clock.advance(WINDOW)
+    await settle()
+    queued = await submit(batcher, "k", "b")  # behind the flight that never returns
+    other = await submit(batcher, "other", "c")  # its own key: flies at once on close
+    gone = RuntimeError("shut down")
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(batcher.aclose(loop.time() + 0.05, gone), 5)
+
+    assert sorted(shapes(calls)) == [["a"], ["c"]]  # [b] is never sent
+    for task in in_air + queued + other:
+        assert task.exception() is gone
+    assert (batcher.keys, batcher.pending) == (2, 0)  # only the flights still in the air
+    gate.set()
+    await settle()
+    assert (batcher.keys, len(calls)) == (0, 2)
+
+
+async def test_the_flush_gets_the_context_of_the_member_that_opened_the_batch(
+    echo_batcher: Recorded, clock: ManualClock
+) -> None:
+    batcher, calls = echo_batcher
+    await submit(batcher, "k", "a", "b")
+    clock.advance(WINDOW)
+    await settle()
+    assert [(b.members, b.context) for b in calls] == [(["a", "b"], "ctx-a")]
+
+
+async def test_each_member_is_answered_the_moment_the_flush_resolves_it(
+    clock: ManualClock,
+) -> None:
+    release = asyncio.Event()
+
+    async def flush(batch: Closed, resolve: Callable[[str, Result], None]) -> None:
+        resolve("fast", "early")
+        await release.wait()
+        resolve("slow", "late")
+
+    batcher: Batcher[str, str, str, str] = Batcher(
+        flush, window=0, max_size=10, max_wait=1, expire=Expired, clock=clock
+    )
+    fast = asyncio.create_task(batcher.submit("k", "fast", ""))
+    slow = asyncio.create_task(batcher.submit("k", "slow", ""))
+    await settle()
+    clock.advance(0)
+    await settle()
+    assert (fast.done(), slow.done()) == (True, False)
+    assert fast.result() == "early"
+    release.set()
+    await settle()
+    assert slow.result() == "late"
+    await batcher.aclose()

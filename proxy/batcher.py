@@ -1,0 +1,266 @@
+"""A generic batcher: key -> waiting batch -> one flight per key -> each member's own result.
+
+It knows nothing of HTTP or dstack. Members submitted under one key go to one call of `flush`,
+and every submitter gets the result for its own member, the moment `flush` resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from .clock import Clock, LoopClock, Timer
+from .policy import FlushPolicy, FlushReason, Policy
+
+__all__ = ["Batcher", "BatcherClosed", "ClosedBatch", "FlushReason", "Policy"]
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T", bound=Hashable)
+R = TypeVar("R")
+C = TypeVar("C")
+
+
+class BatcherClosed(RuntimeError):
+    """submit() after aclose(): the caller should do the work some other way."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedBatch(Generic[K, T, C]):
+    """What `flush` is given: the key, the context of the submitter that opened the batch, and
+    the distinct members in arrival order."""
+
+    key: K
+    context: C
+    members: list[T]
+    waiters: int
+    reason: FlushReason
+    opened_at: float
+    last_at: float
+    closed_at: float
+
+
+Resolve = Callable[[T, R | BaseException], None]
+# Type parameters in order of appearance: FlushFn[K, T, C, R].
+FlushFn = Callable[[ClosedBatch[K, T, C], Resolve[T, R]], Awaitable[None]]
+ExpireFn = Callable[[ClosedBatch[K, T, C]], BaseException]
+
+
+@dataclass(eq=False, slots=True)
+class _Batch(Generic[K, T, R, C]):
+    key: K
+    context: C
+    opened_at: float
+    last_at: float
+    # Distinct members in arrival order; duplicates share one future.
+    futures: dict[T, asyncio.Future[R | BaseException]] = field(default_factory=dict)
+    waiters: int = 0
+    due: FlushReason | None = None  # set once it may leave; it leaves when the key has no flight
+    timers: list[Timer] = field(default_factory=list)
+
+    def closed(self, reason: FlushReason, now: float) -> ClosedBatch[K, T, C]:
+        at = (self.opened_at, self.last_at, now)
+        return ClosedBatch(self.key, self.context, list(self.futures), self.waiters, reason, *at)
+
+
+@dataclass(eq=False, slots=True)
+class _KeyState(Generic[K, T, R, C]):
+    waiting: deque[_Batch[K, T, R, C]] = field(default_factory=deque)  # arrival order
+    flying: bool = False  # one flight per key, always
+
+
+class Batcher(Generic[K, T, R, C]):
+    """Batches members per key into calls of `flush`, with one flight per key at a time.
+
+    A batch leaves when the policy says it is due and the key has no flight; members arriving
+    during a flight wait for it (group commit). At `max_size` members a batch is due and later
+    members start the next one. A batch still waiting `max_wait` after its first member (behind
+    a slow flight) is never sent: its submitters get `expire(batch)`. Flushes run in tasks of
+    their own, so a cancelled submitter never cancels the shared call.
+    """
+
+    def __init__(
+        self,
+        flush: FlushFn[K, T, C, R],
+        *,
+        window: float,
+        max_size: int,
+        max_wait: float,
+        expire: ExpireFn[K, T, C],
+        policy: Policy = Policy.WINDOW,
+        clock: Clock | None = None,
+    ) -> None:
+        self._flush, self._expire, self._policy = flush, expire, FlushPolicy[K](policy)
+        self._window, self._max_size = window, max_size
+        self._max_wait = max(max_wait, window)
+        self._clock = clock or LoopClock()
+        # Mutated only in synchronous code (no await between lookup and change), so no lock.
+        # A key is present while it has a waiting batch or a flight, removed when it has neither.
+        self._keys: dict[K, _KeyState[K, T, R, C]] = {}
+        # Running flushes and the futures each will resolve; awaited (or abandoned) by aclose().
+        self._tasks: dict[asyncio.Task[None], dict[T, asyncio.Future[R | BaseException]]] = {}
+        self._pending = 0  # submitters still waiting for an answer
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Submitters waiting for their result (a gauge)."""
+        return self._pending
+
+    @property
+    def keys(self) -> int:
+        """Keys with a batch waiting or a flight in the air (a gauge)."""
+        return len(self._keys)
+
+    async def submit(self, key: K, member: T, context: C) -> R:
+        """Add `member` to `key`'s batch and wait for its result (or raise its error). `context`
+        travels with a batch this member opens (for the flush; never compared)."""
+        if self._closed:
+            raise BatcherClosed("batcher is closed")
+        future = self._enqueue(key, member, context)
+        self._pending += 1
+        try:
+            # shield: cancelling one waiter must not cancel a future that others share.
+            result = await asyncio.shield(future)
+        finally:
+            self._pending -= 1
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def aclose(
+        self, deadline: float | None = None, abandon: BaseException | None = None
+    ) -> None:
+        """Refuse new members, make every waiting batch due, and wait for every flight.
+
+        At `deadline` (the running loop's time) every submitter still without a result, in a
+        flight or in a batch queued behind one, gets `abandon` (or a TimeoutError) instead;
+        queued batches are then never sent, and the flights in the air go on unwatched.
+        """
+        self._closed = True
+        for state in list(self._keys.values()):
+            for batch in state.waiting:
+                batch.due = FlushReason.CLOSE
+            self._advance(state)
+        loop = asyncio.get_running_loop()  # real time: this bounds a real shutdown
+        while self._tasks and (deadline is None or loop.time() < deadline):
+            left = None if deadline is None else deadline - loop.time()
+            await asyncio.wait(list(self._tasks), timeout=left)
+        error = abandon or TimeoutError("batcher closed before the answer")
+        for futures in self._tasks.values():
+            _settle(futures, error)
+        for key, state in list(self._keys.items()):
+            while state.waiting:
+                _drop(state.waiting.popleft(), error)
+            self._forget_key(key, state)
+
+    def _enqueue(self, key: K, member: T, context: C) -> asyncio.Future[R | BaseException]:
+        now = self._clock.now()
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        else:  # the key has a flight or a waiting batch: company
+            self._policy.had_company(key, now)
+        batch = state.waiting[-1] if state.waiting else None
+        if batch is None or (len(batch.futures) >= self._max_size and member not in batch.futures):
+            batch = self._open(key, state, context, now)
+        future = batch.futures.get(member)
+        if future is None:
+            future = batch.futures[member] = asyncio.get_running_loop().create_future()
+        batch.waiters += 1
+        batch.last_at = now
+        if len(batch.futures) >= self._max_size and batch.due is None:
+            batch.due = FlushReason.FULL
+        self._advance(state)
+        return future
+
+    def _open(
+        self, key: K, state: _KeyState[K, T, R, C], context: C, now: float
+    ) -> _Batch[K, T, R, C]:
+        batch: _Batch[K, T, R, C] = _Batch(key, context, now, now)
+        state.waiting.append(batch)
+        if self._policy.waits_window(key, now):
+            batch.timers.append(self._clock.call_later(self._window, lambda: self._due(batch)))
+        else:
+            batch.due = FlushReason.IDLE
+        expiry = self._clock.call_later(self._max_wait, lambda: self._on_max_wait(state, batch))
+        batch.timers.append(expiry)
+        return batch
+
+    def _due(self, batch: _Batch[K, T, R, C]) -> None:
+        state = self._keys.get(batch.key)
+        if state is not None and batch in state.waiting and batch.due is None:
+            batch.due = FlushReason.WINDOW
+            self._advance(state)
+
+    def _advance(self, state: _KeyState[K, T, R, C]) -> None:
+        """Start the next flight if the key has none and its oldest batch is due."""
+        if state.flying or not state.waiting or state.waiting[0].due is None:
+            return
+        batch = state.waiting.popleft()
+        for timer in batch.timers:
+            timer.cancel()
+        state.flying = True
+        assert batch.due is not None
+        closed = batch.closed(batch.due, self._clock.now())
+        # A fresh context: the first submitter's log context must not stamp the whole batch.
+        task = asyncio.get_running_loop().create_task(
+            self._fly(state, closed, batch.futures), context=contextvars.Context()
+        )
+        self._tasks[task] = batch.futures
+        task.add_done_callback(self._tasks.pop)
+
+    def _on_max_wait(self, state: _KeyState[K, T, R, C], batch: _Batch[K, T, R, C]) -> None:
+        if batch not in state.waiting:
+            return
+        state.waiting.remove(batch)
+        closed = batch.closed(FlushReason.MAX_WAIT, self._clock.now())
+        _drop(batch, self._expire(closed))
+        self._forget_key(batch.key, state)
+
+    def _forget_key(self, key: K, state: _KeyState[K, T, R, C]) -> None:
+        if not state.waiting and not state.flying and self._keys.get(key) is state:
+            del self._keys[key]
+
+    async def _fly(
+        self,
+        state: _KeyState[K, T, R, C],
+        closed: ClosedBatch[K, T, C],
+        futures: dict[T, asyncio.Future[R | BaseException]],
+    ) -> None:
+        def resolve(member: T, result: R | BaseException) -> None:
+            future = futures.get(member)
+            if future is not None and not future.done():
+                future.set_result(result)
+
+        try:
+            await self._flush(closed, resolve)
+        except BaseException as exc:  # every waiter learns of it; nobody hangs
+            _settle(futures, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for member, future in futures.items():
+                if not future.done():
+                    future.set_result(LookupError(f"flush gave no result for {member!r}"))
+            state.flying = False
+            head = state.waiting[0] if state.waiting else None
+            if head is not None and head.due not in (None, FlushReason.CLOSE):
+                head.due = FlushReason.AFTER_FLIGHT
+            self._advance(state)
+            self._forget_key(closed.key, state)
+
+
+def _drop(batch: _Batch[K, T, R, C], error: BaseException) -> None:
+    for timer in batch.timers:
+        timer.cancel()
+    _settle(batch.futures, error)
+
+
+def _settle(futures: dict[T, asyncio.Future[R | BaseException]], error: BaseException) -> None:
+    for future in futures.values():
+        if not future.done():
+            future.set_result(error)

@@ -1,0 +1,162 @@
+"""The flush policies on a hand-cranked clock: when a batch leaves, and what each policy does to
+the merge targets (20 requests at once; 20 over 6 connections that each wait for their answer
+before sending the next, as an HTTP/1.1 browser does)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from proxy.batcher import Batcher, ClosedBatch, FlushReason, Policy
+from proxy.policy import BURST_MEMORY
+
+from .manual_clock import ManualClock, settle
+
+WINDOW = 0.020
+CALL = 0.007  # one upstream call: a local dstack answers a stop in about 7 ms
+STEP = 0.0005
+
+Closed = ClosedBatch[str, str, None]
+
+
+class Upstream:
+    """A flush that takes CALL seconds of the manual clock and records every batch."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.batches: list[Closed] = []
+
+    async def flush(
+        self, batch: Closed, resolve: Callable[[str, str | BaseException], None]
+    ) -> None:
+        self.batches.append(batch)
+        done = asyncio.get_running_loop().create_future()
+        self.clock.call_later(CALL, lambda: done.set_result(None))
+        await done
+        for member in batch.members:
+            resolve(member, "ok")
+
+
+def make(policy: Policy) -> tuple[ManualClock, Upstream, Batcher[str, str, str, None]]:
+    clock = ManualClock()
+    upstream = Upstream(clock)
+    batcher: Batcher[str, str, str, None] = Batcher(
+        upstream.flush,
+        window=WINDOW,
+        max_size=500,
+        max_wait=30,
+        expire=lambda batch: TimeoutError(),
+        policy=policy,
+        clock=clock,
+    )
+    return clock, upstream, batcher
+
+
+async def run_until(clock: ManualClock, done: Callable[[], bool], limit: float = 5.0) -> None:
+    while not done():
+        assert clock.now() < limit, "the clients never finished"
+        clock.advance(STEP)
+        await settle()
+
+
+async def twenty_at_once(policy: Policy) -> Upstream:
+    clock, upstream, batcher = make(policy)
+    callers = [asyncio.ensure_future(batcher.submit("k", f"r{i}", None)) for i in range(20)]
+    await settle()
+    await run_until(clock, lambda: all(c.done() for c in callers))
+    assert [c.result() for c in callers] == ["ok"] * 20
+    return upstream
+
+
+async def six_connections(policy: Policy, stops: int = 20) -> Upstream:
+    clock, upstream, batcher = make(policy)
+    names = iter(f"r{i}" for i in range(stops))
+
+    async def connection() -> None:
+        for name in names:  # the next request only once this one's answer is in
+            assert await batcher.submit("k", name, None) == "ok"
+
+    conns = [asyncio.ensure_future(connection()) for _ in range(6)]
+    await settle()
+    await run_until(clock, lambda: all(c.done() for c in conns))
+    assert sum(len(b.members) for b in upstream.batches) == stops
+    return upstream
+
+
+@pytest.mark.parametrize(
+    ("policy", "at_once", "six"),
+    [(Policy.WINDOW, 1, 4), (Policy.IDLE, 2, 8), (Policy.ADAPTIVE, 2, 5)],
+)
+async def test_calls_each_policy_makes_for_the_merge_target_shapes(
+    policy: Policy, at_once: int, six: int
+) -> None:
+    # Targets: 20 at once in <= 2 calls; the 6-connection shape in <= 5. Idle misses the second:
+    # a lone request leaves, the rest gather behind it, and the lone one's next request arrives
+    # just after they have left, so lone and gathered calls alternate.
+    assert len((await twenty_at_once(policy)).batches) == at_once
+    assert len((await six_connections(policy)).batches) == six
+
+
+async def test_window_makes_a_lone_request_wait_its_window() -> None:
+    clock, upstream, batcher = make(Policy.WINDOW)
+    lone = asyncio.ensure_future(batcher.submit("k", "a", None))
+    await settle()
+    assert upstream.batches == []
+    await run_until(clock, lone.done)
+    (batch,) = upstream.batches
+    assert (batch.reason, batch.closed_at) == (FlushReason.WINDOW, pytest.approx(WINDOW))
+
+
+@pytest.mark.parametrize("policy", [Policy.IDLE, Policy.ADAPTIVE])
+async def test_a_lone_request_on_an_idle_key_is_sent_at_once(policy: Policy) -> None:
+    clock, upstream, batcher = make(policy)
+    lone = asyncio.ensure_future(batcher.submit("k", "a", None))
+    await settle()
+    (batch,) = upstream.batches
+    assert (batch.reason, batch.opened_at, batch.closed_at) == (FlushReason.IDLE, 0, 0)
+    await run_until(clock, lone.done)
+
+
+async def test_idle_gathers_during_a_flight_and_sends_the_moment_it_returns() -> None:
+    clock, upstream, batcher = make(Policy.IDLE)
+    first = asyncio.ensure_future(batcher.submit("k", "a", None))
+    await settle()
+    clock.advance(0.001)
+    later = [asyncio.ensure_future(batcher.submit("k", n, None)) for n in "bc"]
+    await settle()
+    await run_until(clock, lambda: first.done())
+    await settle()
+    assert [(b.members, b.reason) for b in upstream.batches] == [
+        (["a"], FlushReason.IDLE),
+        (["b", "c"], FlushReason.AFTER_FLIGHT),
+    ]
+    assert upstream.batches[1].closed_at == pytest.approx(CALL)  # no window after the flight
+    await run_until(clock, lambda: all(c.done() for c in later))
+
+
+async def test_adaptive_uses_the_window_after_company_and_forgets_it_after_quiet() -> None:
+    clock, upstream, batcher = make(Policy.ADAPTIVE)
+    first = asyncio.ensure_future(batcher.submit("k", "a", None))
+    await settle()
+    clock.advance(0.001)
+    second = asyncio.ensure_future(batcher.submit("k", "b", None))  # company: a burst
+    await settle()
+    await run_until(clock, second.done)
+    assert first.done()
+    # [b] arrived during [a]'s flight: it waited its window, not just the flight.
+    assert upstream.batches[1].closed_at == pytest.approx(0.001 + WINDOW)
+
+    clock.advance(0.1)  # still within BURST_MEMORY: a new request waits a window
+    third = asyncio.ensure_future(batcher.submit("k", "c", None))
+    await settle()
+    assert len(upstream.batches) == 2
+    await run_until(clock, third.done)
+    assert upstream.batches[2].reason == FlushReason.WINDOW
+
+    clock.advance(BURST_MEMORY)  # quiet for a while: alone again, sent at once
+    fourth = asyncio.ensure_future(batcher.submit("k", "d", None))
+    await settle()
+    assert upstream.batches[3].reason == FlushReason.IDLE
+    await run_until(clock, fourth.done, limit=10)
