@@ -20,11 +20,11 @@ from proxy.batcher import Batcher, ClosedBatch
 from proxy.batches import BatchKey, BatchTarget, Member, UpstreamReply
 from proxy.config import Config
 from proxy.endpoints import DEFAULT_ENDPOINTS, ParsedBody
+from proxy.errors import UpstreamTimeout
 from proxy.intake import BypassReason, Intake, batch_key, fingerprint, precheck, render
 from proxy.limits import Limits
 from proxy.metrics import Metrics
 from proxy.state import State
-from proxy.errors import UpstreamTimeout
 
 SPECS = {spec.name: spec for spec in DEFAULT_ENDPOINTS}
 STOP = "/api/project/main/runs/stop"
