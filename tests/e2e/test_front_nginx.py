@@ -14,18 +14,14 @@ import httpx
 import orjson
 import pytest
 
-from .dstack_harness import (
-    DstackServer,
-    create_active_runs,
-    create_project,
-    run_states,
-    stop_runs_until_finished,
-)
-from .front import NginxFront, make_certificate, sample, scrape
-from .processes import ProxyProcess
-from .real import put_back
+from tests.support.api import create_project
+from tests.support.bursts import put_back
+from tests.support.front import NginxFront, make_certificate, sample, scrape
+from tests.support.processes import ProxyProcess
+from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
+from tests.support.server import DstackServer
 
-COALESCED = "proxy_coalesced_requests_total"  # requests answered from a merged call
+BATCHED = "proxy_batch_size_sum"  # requests that went out in batches, per endpoint
 FINISHED = {"terminated", "failed", "done"}
 CANDIDATES = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 
@@ -155,10 +151,10 @@ async def test_http2_bursts_for_two_projects_merge_each_on_its_own_replica(setup
     upstreams = {p: {x.upstream for x in logged if f"/project/{p}/" in x.uri} for p in names}
     assert all(len(u) == 1 for u in upstreams.values()), upstreams
 
-    # The replicas' own counts agree: each answered exactly its project's 20 from merged calls.
+    # The replicas' own counts agree: each sent exactly its project's 20 in batches.
     after = [scrape(r.admin_url) for r in setup.replicas]
     served = [
-        sample(now, COALESCED, endpoint="runs/stop") - sample(then, COALESCED, endpoint="runs/stop")
+        sample(now, BATCHED, endpoint="runs/stop") - sample(then, BATCHED, endpoint="runs/stop")
         for then, now in zip(before, after, strict=True)
     ]
     expected = [

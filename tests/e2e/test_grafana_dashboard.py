@@ -18,8 +18,7 @@ from prometheus_client import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.metrics import Metrics
-
-from .processes import FastUpstream, ProxyProcess
+from tests.support.processes import FastUpstream, ProxyProcess
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
 # Labels Prometheus adds to every scraped series, and the histogram bucket bound.
@@ -103,7 +102,12 @@ def test_every_metric_a_panel_queries_is_exported(exported: dict[str, Metric]) -
 
 def test_every_exported_metric_has_a_panel(exported: dict[str, Metric]) -> None:
     used = {m for expr in _queries() for m in _METRIC.findall(expr)}
-    missing = {name for name, f in exported.items() if not (_series(f) & used)}
+    # The text format shows each `_created` timestamp as a family of its own: not a panel's job.
+    missing = {
+        name
+        for name, f in exported.items()
+        if not (_series(f) & used) and not name.endswith("_created")
+    }
     assert not missing, sorted(missing)
 
 

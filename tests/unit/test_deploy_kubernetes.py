@@ -18,7 +18,7 @@ from aiohttp import web
 from proxy.admin import make_admin_app
 from proxy.config import OPTIONS, Config, build_config
 from proxy.endpoints import DEFAULT_ENDPOINTS
-from tests.e2e.front import TEMPLATE, render
+from tests.support.front import TEMPLATE, render
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .dstack_harness import find_free_port
+from .processes import find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "nginx" / "dstack-coalescer.conf.template"
