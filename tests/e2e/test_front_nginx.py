@@ -1,6 +1,6 @@
 """The shipped nginx front (deploy/nginx/), run by a real nginx with TLS, in front of two proxy
-replicas and a real dstack server: HTTP/2 bursts merge per project on one replica each, the
-HTTP/1.1 browser shape still merges, and everything else reaches dstack unchanged."""
+replicas and a real dstack server: HTTP/2 bursts are batched per project on one replica each,
+the HTTP/1.1 browser shape is still batched, and everything else reaches dstack unchanged."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def setup(dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory)
 
 def _two_projects_on_two_replicas(front: NginxFront, cert: Path) -> tuple[str, str]:
     """Two project names the front's hash sends to different replicas (the replicas' ports
-    are random, so the hash ring is new each run): asked with a body the proxy never merges."""
+    are random, so the hash ring is new each run): asked with a body the proxy never batches."""
 
     tls = ssl.create_default_context(cafile=str(cert))
 
@@ -120,7 +120,9 @@ def _assert_stopped(server: DstackServer, project: str, names: list[str]) -> Non
     assert active <= put_back(server, project, sorted(active)), states
 
 
-async def test_http2_bursts_for_two_projects_merge_each_on_its_own_replica(setup: Setup) -> None:
+async def test_http2_bursts_for_two_projects_are_batched_each_on_its_own_replica(
+    setup: Setup,
+) -> None:
     a, b = setup.projects
     names = {p: [f"h2-{p}-{i}" for i in range(20)] for p in (a, b)}
     for p in (a, b):
@@ -166,7 +168,7 @@ async def test_http2_bursts_for_two_projects_merge_each_on_its_own_replica(setup
         _assert_stopped(setup.server, p, names[p])
 
 
-async def test_http1_burst_over_six_connections_still_merges(setup: Setup) -> None:
+async def test_http1_burst_over_six_connections_is_still_batched(setup: Setup) -> None:
     project = setup.projects[0]
     names = [f"h1-{i}" for i in range(20)]
     setup.runs[project] += names
@@ -183,7 +185,7 @@ async def test_http1_burst_over_six_connections_still_merges(setup: Setup) -> No
     assert len({line.connection for line in logged}) == 6
     calls = setup.server.count_requests(f"/api/project/{project}/runs/stop", since=mark)
     print(f"HTTP/1.1, 20 one-run stops on 6 connections: dstack calls {calls}")
-    # Singly they would be 20 calls; merged per round of 6 they are 4, one more if a round
+    # Singly they would be 20 calls; batched per round of 6 they are 4, one more if a round
     # straddles a window.
     assert 1 <= calls <= 5
     _assert_stopped(setup.server, project, names)
@@ -227,7 +229,7 @@ async def test_ui_api_websocket_and_large_upload_pass_the_front_unchanged(setup:
     assert direct[2][0] == 200 and orjson.loads(direct[2][2])["username"] == "admin"
     assert direct[3][0] in (200, 422) and len(direct[3][2]) > 2  # the same answer is compared
     assert direct[4][0] == 403  # dstack refuses WebSockets; a plain GET here would be a 405
-    # Not mergeable, so straight to dstack, not through a replica.
+    # Not batchable, so straight to dstack, not through a replica.
     dstack = _host_port(setup.server.url)
     assert {line.upstream for line in setup.front.logged(mark, at_least=len(probes))} == {dstack}
 
@@ -255,3 +257,23 @@ async def test_the_documented_switch_routes_everything_one_way(setup: Setup, rou
     want = set(replicas) if route == "all" else {dstack}
     assert {line.upstream for line in logged} <= want
     assert len(logged) == 2
+
+
+async def test_an_unknown_route_value_fails_loudly_rather_than_routing_one_way(
+    setup: Setup,
+) -> None:
+    replicas = [_host_port(r.url) for r in setup.replicas]
+    with NginxFront(
+        setup.workdir / "nginx-unknown",
+        replicas,
+        _host_port(setup.server.url),
+        setup.cert,
+        route="mergeable",  # not a value of the switch
+    ) as front:
+        async with _client(setup.cert[0], http2=True) as client:
+            page = await client.get(front.url + "/")
+            stop = await client.post(front.url + "/api/project/main/runs/stop", content=b"{}")
+        front.logged(at_least=2)
+        errors = front.error_log()
+    assert (page.status_code, stop.status_code) == (502, 502)
+    assert "invalid_FRONT_ROUTE" in errors

@@ -111,7 +111,7 @@ class NginxFront:
         coalescers: Sequence[str],
         dstack: str,
         cert: tuple[Path, Path],
-        route: str = "mergeable",
+        route: str = "batchable",
     ) -> None:
         self.dir, self.port = directory, find_free_port()
         self.url = f"https://127.0.0.1:{self.port}"

@@ -157,7 +157,7 @@ def test_the_front_runs_the_shipped_template_with_every_placeholder_set() -> Non
     rendered = render(data["default.conf.template"], env)  # KeyError if one is missing
 
     assert f"listen {_ports(container)['https']} ssl http2;" in rendered
-    assert env["FRONT_ROUTE"] == "mergeable"
+    assert env["FRONT_ROUTE"] == "batchable"
     # The hash ring is the headless Service's pods, followed as they change.
     headless = _one("Service", "dstack-coalescer-pods")
     (port,) = headless["spec"]["ports"]
@@ -173,7 +173,7 @@ def test_the_front_runs_the_shipped_template_with_every_placeholder_set() -> Non
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_the_fronts_mergeable_paths_are_the_proxys_enabled_endpoints() -> None:
+def test_the_fronts_batchable_paths_are_the_proxys_enabled_endpoints() -> None:
     (alternatives,) = re.findall(
         r'"~\^/api/project/\[\^/\]\+/\(\?:([^)]*)\)\$" 1;', TEMPLATE.read_text()
     )
