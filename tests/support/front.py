@@ -64,7 +64,8 @@ def nginx_executable() -> str:
     if os.geteuid() != 0:
         raise RuntimeError("nginx is not installed and installing it needs root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "nginx"]):
+    apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=300"]  # another install may hold the lock
+    for args in ([*apt, "update"], [*apt, "install", "-y", "--no-install-recommends", "nginx"]):
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
