@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 import orjson
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from tests.support.api import create_project
 from tests.support.bursts import put_back
@@ -280,3 +283,56 @@ async def test_an_unknown_route_value_fails_loudly_rather_than_routing_one_way(
         errors = front.error_log()
     assert (page.status_code, stop.status_code) == (502, 502)
     assert "invalid_FRONT_ROUTE" in errors
+
+
+async def test_forwarded_headers_keepalive_and_websockets_at_a_recording_upstream(
+    setup: Setup, aiohttp_server: AiohttpServer
+) -> None:
+    # What dstack cannot show on demand: the headers it was sent, the connection they came on,
+    # and an accepted WebSocket. A recording app stands in for it behind FRONT_ROUTE=none.
+    async def record(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return web.json_response({"headers": dict(request.headers), "peer_port": peer[1]})
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str("echo: " + msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    app.router.add_route("*", "/{tail:.*}", record)
+    upstream = await aiohttp_server(app, host="127.0.0.1")
+    replicas = [_host_port(r.url) for r in setup.replicas]
+    with NginxFront(
+        setup.workdir / "nginx-recording",
+        replicas,
+        f"127.0.0.1:{upstream.port}",
+        setup.cert,
+        route="none",
+    ) as front:
+        forged = {"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"}
+        async with _client(setup.cert[0], http2=True) as client:
+            seen = [
+                (await client.get(front.url + "/api/x", headers=forged)).json() for _ in range(3)
+            ]
+        tls = ssl.create_default_context(cafile=str(setup.cert[0]))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(front.url.replace("https", "wss") + "/ws", ssl=tls) as ws,
+        ):
+            await ws.send_str("hello")
+            reply = await ws.receive_str()
+
+    headers = {k.lower(): v for k, v in seen[0]["headers"].items()}
+    authority = f"127.0.0.1:{front.port}"
+    assert headers["host"] == authority
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # replaced, never extended
+    assert headers["x-forwarded-proto"] == "https"
+    assert headers["x-forwarded-host"] == authority
+    assert headers["x-forwarded-port"] == str(front.port)
+    assert "forwarded" not in headers and "x-real-ip" not in headers
+    assert len({s["peer_port"] for s in seen}) == 1  # one kept-alive upstream connection
+    assert reply == "echo: hello"
