@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,8 @@ from tests.support.server import DstackServer
 
 BATCHED = "proxy_batch_size_sum"  # requests that went out in batches, per endpoint
 FINISHED = {"terminated", "failed", "done"}
-CANDIDATES = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
+# Project names to try until two hash to different replicas (all 24 on one: p = 2^-23).
+CANDIDATES = tuple(f"team-{i}" for i in range(24))
 
 
 @dataclass
@@ -38,9 +39,6 @@ class Setup:
     workdir: Path
     projects: tuple[str, str]
     runs: dict[str, list[str]]
-
-    def replica_of(self, upstream: str) -> ProxyProcess:
-        return next(r for r in self.replicas if r.url.endswith("//" + upstream))
 
 
 def _client(cert: Path, *, http2: bool, connections: int = 100) -> httpx.AsyncClient:
@@ -105,15 +103,12 @@ async def _stops(
 ) -> list[httpx.Response]:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     url = f"{base}/api/project/{project}/runs/stop"
-    return list(
-        await asyncio.gather(
-            *(
-                client.post(url, content=orjson.dumps({"runs_names": [n], "abort": False}),
-                            headers=headers)
-                for n in names
-            )
-        )
-    )  # fmt: skip
+
+    def stop(name: str) -> Awaitable[httpx.Response]:
+        body = orjson.dumps({"runs_names": [name], "abort": False})
+        return client.post(url, content=body, headers=headers)
+
+    return list(await asyncio.gather(*(stop(n) for n in names)))
 
 
 def _assert_stopped(server: DstackServer, project: str, names: list[str]) -> None:
