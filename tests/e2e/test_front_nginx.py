@@ -19,7 +19,7 @@ from pytest_aiohttp import AiohttpServer
 
 from tests.support.api import create_project
 from tests.support.bursts import put_back
-from tests.support.front import NginxFront, make_certificate, sample, scrape
+from tests.support.front import REPLICA_POLICY, NginxFront, make_certificate, sample, scrape
 from tests.support.processes import ProxyProcess
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
@@ -55,7 +55,7 @@ def _host_port(url: str) -> str:
 def setup(dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     workdir = tmp_path_factory.mktemp("front")
     cert = make_certificate(workdir)
-    args = ("--trusted-proxies", "127.0.0.1", "--log-level", "info")
+    args = ("--trusted-proxies", "127.0.0.1", "--policy", REPLICA_POLICY, "--log-level", "info")
     with (
         ProxyProcess(dstack_server.url, workdir / "replica-1.log", *args) as one,
         ProxyProcess(dstack_server.url, workdir / "replica-2.log", *args) as two,

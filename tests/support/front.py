@@ -23,6 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from .processes import find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# The flush policy of replicas behind the front, as deploy/kubernetes configures them: bursts
+# are what reaches them, and `window` sends a burst in the fewest calls (docs/deploy.md).
+REPLICA_POLICY = "window"
 TEMPLATE = ROOT / "deploy" / "nginx" / "dstack-coalescer.conf.template"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 

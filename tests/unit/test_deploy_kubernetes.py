@@ -19,13 +19,18 @@ from aiohttp import web
 from proxy.admin import make_admin_app
 from proxy.config import OPTIONS, Config, build_config
 from proxy.endpoints import DEFAULT_ENDPOINTS
-from tests.support.front import TEMPLATE, render
+from tests.support.front import REPLICA_POLICY, TEMPLATE, render
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 # The oldest Kubernetes still commonly run, and the newest schema the validator ships.
 VERSIONS = ("1.30.0", "1.37.0")
-POD_OVERRIDES = {"upstream": "http://dstack-server:3000", "admin_host": "0.0.0.0"}
+# The front test runs its replicas with the policy the pods behind the front get.
+POD_OVERRIDES = {
+    "upstream": "http://dstack-server:3000",
+    "admin_host": "0.0.0.0",
+    "policy": REPLICA_POLICY,
+}
 
 
 def _documents() -> Iterator[tuple[str, dict[str, Any]]]:
