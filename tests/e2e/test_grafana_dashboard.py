@@ -1,0 +1,129 @@
+"""The Grafana dashboard (deploy/grafana/dashboard.json) asks only for what the proxy exports: a
+running proxy (its own process, in front of a fast fake upstream) is scraped on its admin
+/metrics, and every metric and label a panel query names must be there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.metrics import Metrics
+from tests.support.processes import FastUpstream, ProxyProcess
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
+# Labels Prometheus adds to every scraped series, and the histogram bucket bound.
+TARGET_LABELS = {"instance", "job"}
+_METRIC = re.compile(r"\bproxy_[a-z0-9_]+\b")
+_BY = re.compile(r"\bby\s*\(([^)]*)\)\s*\(")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in _panels(dashboard["panels"]) for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs.append(variable["query"]["query"])
+    return exprs
+
+
+def _series(family: Metric) -> set[str]:
+    """The names of the series a family is scraped as."""
+    if family.type == "counter":
+        return {family.name + "_total", family.name + "_created"}
+    if family.type == "histogram":
+        return {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+    return {family.name}
+
+
+def _argument(expr: str, start: int) -> str:
+    """The parenthesised argument that opens just before `start`."""
+    depth = 1
+    for i in range(start, len(expr)):
+        depth += {"(": 1, ")": -1}.get(expr[i], 0)
+        if depth == 0:
+            return expr[start:i]
+    raise AssertionError(f"unbalanced parentheses in {expr!r}")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Metric]:
+    """The families a running proxy exports, after traffic that fills the batch metrics."""
+    logs = tmp_path_factory.mktemp("dashboard")
+    with (
+        FastUpstream(logs / "upstream.log") as upstream,
+        ProxyProcess(upstream.url, logs / "proxy.log") as proxy,
+    ):
+        asyncio.run(_traffic(proxy.url))
+        with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+async def _traffic(base: str) -> None:
+    stop = base + "/api/project/main/runs/stop"
+    headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+
+        async def post(body: bytes) -> None:
+            async with session.post(stop, data=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+
+        bodies = [b'{"runs_names": ["r%d"], "abort": false}' % i for i in range(10)]
+        await asyncio.gather(*(post(b) for b in bodies))
+        await post(b'{"runs_names": []}')  # not mergeable: a bypass
+
+
+def test_every_metric_a_panel_queries_is_exported(exported: dict[str, Metric]) -> None:
+    names = set().union(*(_series(f) for f in exported.values()))
+    used = {m for expr in _queries() for m in _METRIC.findall(expr)}
+    assert used, "no proxy metric in any query"
+    assert used <= names, sorted(used - names)
+    # The traffic really went through the batch path the panels watch.
+    batched = next(f for f in exported.values() if f.name.startswith("proxy_batched_requests"))
+    assert sum(s.value for s in batched.samples if s.name.endswith("_total")) == 10
+
+
+def test_every_exported_metric_has_a_panel(exported: dict[str, Metric]) -> None:
+    used = {m for expr in _queries() for m in _METRIC.findall(expr)}
+    # The text format shows each `_created` timestamp as a family of its own: not a panel's job.
+    missing = {
+        name
+        for name, f in exported.items()
+        if not (_series(f) & used) and not name.endswith("_created")
+    }
+    assert not missing, sorted(missing)
+
+
+def test_every_label_a_query_groups_or_filters_by_exists() -> None:
+    # Label names as the proxy declares them (a labelled metric not used yet has no samples).
+    labels: dict[str, set[str]] = {}
+    for collector, series in Metrics().registry._collector_to_names.items():
+        declared = set(collector._labelnames)  # type: ignore[attr-defined]
+        if getattr(collector, "_type", "") == "histogram":
+            declared.add("le")
+        labels.update(dict.fromkeys(series, declared | TARGET_LABELS))
+    for expr in _queries():
+        for m in _BY.finditer(expr):
+            grouped = {x.strip() for x in m.group(1).split(",") if x.strip()}
+            for metric in _METRIC.findall(_argument(expr, m.end())):
+                assert grouped <= labels[metric], (expr, metric, grouped - labels[metric])
+        for selector in re.finditer(r"(proxy_[a-z0-9_]+)\{([^}]*)\}", expr):
+            used = set(_MATCHER.findall(selector.group(2)))
+            assert used <= labels[selector.group(1)], (expr, used)

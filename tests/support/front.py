@@ -1,0 +1,213 @@
+"""A real nginx started from the shipped front template (deploy/nginx/), its placeholders filled
+for the test, with a self-signed certificate made by `openssl`; and the readers of its access
+log and of the proxies' /metrics that the front tests assert on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .processes import find_free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+# The flush policy of replicas behind the front, as deploy/kubernetes configures them: bursts
+# are what reaches them, and `window` sends a burst in the fewest calls (docs/deploy.md).
+REPLICA_POLICY = "window"
+TEMPLATE = ROOT / "deploy" / "nginx" / "dstack-coalescer.conf.template"
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+# The wrapper a test runs the shipped snippet in: everything under the test's own directory,
+# and an access log naming the client connection, protocol and upstream of each request.
+_NGINX_CONF = """\
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    log_format front escape=json '{{"connection": $connection, "protocol": "$server_protocol",'
+        ' "status": $status, "uri": "$request_uri", "upstream": "$upstream_addr"}}';
+    access_log {dir}/access.log front;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    include {dir}/front.conf;
+}}
+"""
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """The template with each `${NAME}` replaced, as the nginx image's envsubst does; a
+    placeholder left without a value is an error, never an empty string."""
+    missing = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
+    if missing:
+        raise KeyError(f"no value for placeholders {missing}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def nginx_executable() -> str:
+    """The nginx binary; installed from Debian's `nginx` package when missing (CI runs as
+    root). Raises with the reason when it cannot be had: the tests then fail, never skip."""
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise RuntimeError("nginx is not installed and installing it needs root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=300"]  # another install may hold the lock
+    for args in ([*apt, "update"], [*apt, "install", "-y", "--no-install-recommends", "nginx"]):
+        done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    found = shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/bin")
+    if not found:
+        raise RuntimeError("nginx is still missing after apt-get install nginx")
+    return found
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost: (certificate, key)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "2",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One access-log line of the front."""
+
+    connection: int
+    protocol: str
+    status: int
+    uri: str
+    upstream: str
+
+
+class NginxFront:
+    """nginx serving the shipped template on a free loopback port, in `directory`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        coalescers: Sequence[str],
+        dstack: str,
+        cert: tuple[Path, Path],
+        route: str = "batchable",
+    ) -> None:
+        self.dir, self.port = directory, find_free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.values = {
+            "FRONT_LISTEN": f"127.0.0.1:{self.port}",
+            "FRONT_TLS_CERT": str(cert[0]),
+            "FRONT_TLS_KEY": str(cert[1]),
+            "FRONT_COALESCER_SERVERS": " ".join(f"server {a};" for a in coalescers),
+            "FRONT_DSTACK_SERVER": dstack,
+            "FRONT_ROUTE": route,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def access_log(self) -> Path:
+        return self.dir / "access.log"
+
+    def __enter__(self) -> NginxFront:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "front.conf").write_text(render(TEMPLATE.read_text(), self.values))
+        (self.dir / "nginx.conf").write_text(_NGINX_CONF.format(dir=self.dir))
+        self.proc = subprocess.Popen(
+            [
+                nginx_executable(),
+                "-p", str(self.dir),
+                "-c", str(self.dir / "nginx.conf"),
+                "-e", str(self.dir / "error.log"),
+                "-g", "daemon off;",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited {self.proc.returncode}:\n{self.error_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"nginx did not listen:\n{self.error_log()}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def error_log(self) -> str:
+        path = self.dir / "error.log"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def log_mark(self) -> int:
+        return self.access_log.stat().st_size if self.access_log.exists() else 0
+
+    def logged(self, since: int = 0, at_least: int = 0, timeout: float = 10) -> list[Logged]:
+        """Requests nginx logged after the mark `since`. nginx writes a line once the answer is
+        sent, so a client can hold its answer a moment before: wait for `at_least` lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.access_log.open("rb") as f:
+                f.seek(since)
+                lines = f.read().decode().splitlines()
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return [Logged(**json.loads(line)) for line in lines if line]
+            time.sleep(0.05)
+
+
+def scrape(admin_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a proxy's admin /metrics: {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(
+    metrics: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in metrics.items() if n == name and want <= set(ls))
