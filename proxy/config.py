@@ -63,7 +63,7 @@ class Config:
         default=4.0, metadata={"help": "idle upstream keep-alive; below uvicorn's 5 s"}
     )
     pool_size: int = field(
-        default=100, metadata={"help": "upstream connections pass-through may hold at once"}
+        default=100, metadata={"help": "pass-through requests waiting on the upstream at once"}
     )
     buffer_bytes: int = field(
         default=16 << 20, metadata={"help": "largest response read whole before answering"}
