@@ -100,6 +100,10 @@ async def _serve(
     state.websockets.add(client)
     try:
         await _relay(client, upstream)
+    except asyncio.CancelledError:  # the drain deadline: no HTTP answer fits on this socket
+        if request.transport is not None:
+            request.transport.abort()
+        raise
     finally:
         state.websockets.discard(client)
     return client
