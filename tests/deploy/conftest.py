@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.dstack_harness import DstackServer
+from tests.support.server import DstackServer
 
 from .engine import (
     COALESCER_IMAGE,

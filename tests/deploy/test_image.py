@@ -18,14 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.dstack_harness import (
-    DstackServer,
-    create_active_runs,
-    find_free_port,
-    run_states,
-    stop_runs_until_finished,
-)
-from tests.e2e.real import burst
+from tests.support.bursts import burst
+from tests.support.processes import answers, find_free_port
+from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
+from tests.support.server import DstackServer
 
 from .conftest import MEASURED
 from .engine import Engine, docker
@@ -193,7 +189,7 @@ async def test_docker_stop_drains_callers_and_exits_zero_within_the_grace_period
     try:
         await asyncio.to_thread(create_active_runs, dstack_server, PROJECT, names)
         await asyncio.to_thread(
-            wait_for, lambda: _answers(f"{box.admin_url}/healthz"), "the admin listener"
+            wait_for, lambda: answers(f"{box.admin_url}/healthz"), "the admin listener"
         )
         mark = dstack_server.log_mark()
         bodies = [{"runs_names": [n], "abort": False} for n in names]
@@ -209,23 +205,15 @@ async def test_docker_stop_drains_callers_and_exits_zero_within_the_grace_period
             docker, "stop", "--time", str(GRACE_SECONDS), box.name, timeout=60
         )
         took = time.monotonic() - began
-        answers = await callers
+        replies = await callers
         MEASURED["docker stop with 10 held stops"] = f"{took:.2f} s (grace {GRACE_SECONDS} s)"
         assert stop.returncode == 0
         state = box.inspect()["State"]
         assert (state["ExitCode"], state["OOMKilled"]) == (0, False), state
-        assert answers == [(200, b"null")] * len(names)
+        assert replies == [(200, b"null")] * len(names)
         assert 1 <= dstack_server.count_requests("/runs/stop", since=mark) <= 2
         logs = docker("logs", box.name).stdout + docker("logs", box.name).stderr
         assert "Traceback" not in logs
     finally:
         box.remove()
         await asyncio.to_thread(stop_runs_until_finished, dstack_server, PROJECT, names)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False

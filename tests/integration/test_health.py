@@ -19,7 +19,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from proxy.health import healthz_url
-from tests.e2e.processes import ProxyProcess
+from tests.support.processes import ProxyProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DEAD_PROXY = "http://127.0.0.1:9"  # discard port: nothing answers there
