@@ -1,5 +1,5 @@
-"""Session fixtures for the deploy tests: a real Docker engine, the wheelhouse, the images built
-from the shipped Dockerfile (and a stand-in dstack server image), and a real dstack server.
+"""Session fixtures for the deploy tests: a real Docker engine, the wheelhouse, and the images
+built from the shipped Dockerfile and from a stand-in for the official dstack server image.
 
 Where no engine can be set up, every test here fails with the reason: never a skip."""
 
@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.support.server import DstackServer
 
 from .engine import (
     COALESCER_IMAGE,
@@ -83,9 +81,3 @@ def dstack_image(engine: Engine, wheelhouse: Path) -> str:
         args={"BASE_IMAGE": engine.base_image},
     )
     return DSTACK_IMAGE
-
-
-@pytest.fixture(scope="session")
-def dstack_server() -> Iterator[DstackServer]:
-    with DstackServer() as server:
-        yield server

@@ -9,6 +9,12 @@ RUN python3 -m venv /opt/dstack \
     && /opt/dstack/bin/pip uninstall --yes pip setuptools
 
 FROM ${BASE_IMAGE}
+# The server refuses to start without an ssh client (it reaches instances over SSH). The
+# release's own openssh-client is fine for a test image: not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends openssh-client \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/dstack /opt/dstack
 # Like the official image: listen on every address, state in /root/.dstack/server.
 # GitPython refuses to import without a git binary unless told to stay quiet.

@@ -84,6 +84,12 @@ def metric(admin_url: str, name: str) -> float:
 
 
 @pytest.fixture(scope="module")
+def dstack_server() -> Iterator[DstackServer]:
+    with DstackServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def container(coalescer_image: str, dstack_server: DstackServer) -> Iterator[Container]:
     box = run_container(coalescer_image, dstack_server.url)
     try:

@@ -1,0 +1,197 @@
+"""deploy/compose.yaml brought up in a real Docker engine: the shipped file, plus an override
+that substitutes the locally built images (nothing can be pulled here) and puts every service
+on the host's network, on free loopback ports. Upstream calls are counted from the dstack
+server container's own DEBUG log.
+
+Published ports cannot go with host networking, and Debian's Compose (v1) cannot reset a list
+in an override, so the test brings up the shipped file as `docker-compose config` resolves it,
+less its `ports`, plus the override."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from tests.support.bursts import burst
+from tests.support.processes import find_free_port
+from tests.support.runs import create_active_runs
+from tests.support.server import parse_processed_requests
+
+from .conftest import MEASURED
+from .engine import ROOT, compose, docker
+
+pytestmark = pytest.mark.deploy
+
+COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
+PROJECT = "main"
+STOP = f"/api/project/{PROJECT}/runs/stop"
+
+
+@dataclass
+class Stack:
+    """A running Compose project; satisfies the harness's ServerLike for the dstack server."""
+
+    name: str
+    files: list[Path]
+    env: dict[str, str]
+    url: str  # the dstack server, directly
+    admin_token: str
+    proxy_url: str
+
+    def compose(self, *args: str, timeout: float = 600) -> str:
+        flags = ["--project-name", self.name]
+        for file in self.files:
+            flags += ["--file", str(file)]
+        return compose(*flags, *args, timeout=timeout, env=self.env).stdout
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "--quiet", service).strip()
+
+    def stop_calls(self) -> int:
+        logs = docker("logs", self.container("dstack-server"))
+        requests = parse_processed_requests(logs.stdout + logs.stderr)
+        return sum(r.method == "POST" and r.path.endswith("/runs/stop") for r in requests)
+
+    def health(self, service: str) -> str:
+        state = docker("inspect", "--format", "{{.State.Health.Status}}", self.container(service))
+        return state.stdout.strip()
+
+
+def override(dstack_image: str, coalescer_image: str, ports: dict[str, int]) -> dict[str, Any]:
+    dstack = f"http://127.0.0.1:{ports['dstack']}"
+    return {
+        "version": "3.9",
+        "services": {
+            "dstack-server": {
+                "image": dstack_image,
+                "network_mode": "host",
+                "environment": {
+                    "DSTACK_SERVER_HOST": "127.0.0.1",
+                    "DSTACK_SERVER_PORT": str(ports["dstack"]),
+                    "DSTACK_SERVER_LOG_LEVEL": "DEBUG",
+                    "DSTACK_SERVER_LOG_FORMAT": "standard",
+                },
+            },
+            "dstack-coalescer": {
+                "image": coalescer_image,
+                "network_mode": "host",
+                "environment": {
+                    "COALESCER_UPSTREAM": dstack,
+                    "COALESCER_HOST": "127.0.0.1",
+                    "COALESCER_PORT": str(ports["proxy"]),
+                    "COALESCER_ADMIN_PORT": str(ports["admin"]),
+                },
+            },
+        },
+    }
+
+
+def shipped(token: str = "t") -> dict[str, Any]:
+    """The shipped file as Compose resolves it (absolute paths, variables filled in)."""
+    config = compose(
+        "--file", str(COMPOSE_FILE), "config", env={"DSTACK_SERVER_ADMIN_TOKEN": token}
+    )
+    loaded: dict[str, Any] = yaml.safe_load(config.stdout)
+    return loaded
+
+
+def test_the_shipped_file_wires_health_and_hardening(engine: Any) -> None:
+    services = shipped()["services"]
+    proxy, dstack = services["dstack-coalescer"], services["dstack-server"]
+    assert proxy["build"]["context"] == str(ROOT)
+    assert proxy["depends_on"] == {"dstack-server": {"condition": "service_healthy"}}
+    assert proxy["environment"]["COALESCER_UPSTREAM"] == "http://dstack-server:3000"
+    assert proxy["healthcheck"]["test"] == ["CMD", "python", "-m", "proxy.health"]
+    assert (proxy["read_only"], proxy["cap_drop"]) == (True, ["ALL"])
+    assert dstack["image"].startswith("dstackai/dstack:")
+    assert dstack["volumes"][0].endswith(":/root/.dstack/server:rw")
+    assert "network_mode" not in proxy and "network_mode" not in dstack  # normal networks
+    assert services["front"]["profiles"] == ["front"]
+    assert services["front"]["depends_on"]["dstack-coalescer"] == {"condition": "service_healthy"}
+    missing = compose("--file", str(COMPOSE_FILE), "config", check=False, env={})
+    assert missing.returncode != 0 and "set DSTACK_SERVER_ADMIN_TOKEN" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(
+    engine: Any, dstack_image: str, coalescer_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    ports = {"dstack": find_free_port(), "proxy": find_free_port(), "admin": find_free_port()}
+    token = secrets.token_hex(16)
+    folder = tmp_path_factory.mktemp("compose")
+    base = shipped(token)
+    for service in base["services"].values():
+        service.pop("ports", None)
+    (folder / "compose.yaml").write_text(yaml.safe_dump(base))
+    extra = folder / "compose.override.yaml"
+    extra.write_text(yaml.safe_dump(override(dstack_image, coalescer_image, ports)))
+    stack = Stack(
+        name=f"dcx-test-{secrets.token_hex(4)}",
+        files=[folder / "compose.yaml", extra],
+        env={"DSTACK_SERVER_ADMIN_TOKEN": token},
+        url=f"http://127.0.0.1:{ports['dstack']}",
+        admin_token=token,
+        proxy_url=f"http://127.0.0.1:{ports['proxy']}",
+    )
+    began = time.monotonic()
+    try:
+        # `up` returns once dstack-coalescer has started, which waits for a healthy server.
+        stack.compose("up", "--detach", "--no-build")
+        deadline = time.monotonic() + 120
+        while stack.health("dstack-coalescer") != "healthy":
+            assert time.monotonic() < deadline, stack.compose("logs", "--tail", "40")
+            time.sleep(0.5)
+        MEASURED["compose up until healthy"] = f"{time.monotonic() - began:.1f} s"
+        yield stack
+    finally:
+        stack.compose("down", "--volumes", "--timeout", "10", timeout=120)
+
+
+def test_the_proxy_starts_after_a_healthy_server_and_becomes_healthy(stack: Stack) -> None:
+    assert stack.health("dstack-server") == "healthy"
+    assert stack.health("dstack-coalescer") == "healthy"
+    server = docker("inspect", "--format", "{{.State.StartedAt}}", stack.container("dstack-server"))
+    proxy = docker(
+        "inspect", "--format", "{{.State.StartedAt}}", stack.container("dstack-coalescer")
+    )
+    assert server.stdout < proxy.stdout  # same RFC 3339 format: ordered as text
+
+
+async def test_twenty_concurrent_one_run_stops_reach_dstack_as_at_most_two_calls(
+    stack: Stack,
+) -> None:
+    names = [f"compose-{i}" for i in range(20)]
+    await asyncio.to_thread(create_active_runs, stack, PROJECT, names)
+    before = await asyncio.to_thread(stack.stop_calls)
+    bodies = [{"runs_names": [n], "abort": False} for n in names]
+    answers = await burst(stack.proxy_url, STOP, bodies, stack.admin_token)
+    assert answers == [(200, b"null")] * 20
+    calls = await asyncio.to_thread(_settled, stack.stop_calls)
+    MEASURED["compose: upstream stop calls for 20 one-run stops"] = str(calls - before)
+    assert 1 <= calls - before <= 2
+    # Pass-through works too: the same user, asked directly and through the proxy.
+    me = "/api/users/get_my_user"
+    (direct,) = await burst(stack.url, me, [{}], stack.admin_token)
+    (proxied,) = await burst(stack.proxy_url, me, [{}], stack.admin_token)
+    assert direct[0] == proxied[0] == 200
+    assert orjson.loads(proxied[1])["username"] == orjson.loads(direct[1])["username"] == "admin"
+
+
+def _settled(count: Any, quiet: float = 1.0) -> int:
+    """A count from container logs, once it has stopped changing (docker relays them late)."""
+    last = count()
+    while True:
+        time.sleep(quiet)
+        now = count()
+        if now == last:
+            return int(now)
+        last = now
