@@ -40,7 +40,7 @@ if ! docker info >/dev/null 2>&1; then
     log "starting dockerd (data root $CACHE/docker)"
     # setsid: the daemon outlives this script; the caller stops it by the printed pid.
     setsid dockerd --bridge=none --iptables=false --ip6tables=false \
-        --data-root "$CACHE/docker" --exec-root "$CACHE/exec" \
+        --data-root "$CACHE/docker" \
         --pidfile "$CACHE/dockerd.pid" >"$CACHE/dockerd.log" 2>&1 </dev/null &
     for _ in $(seq 1 120); do
         docker info >/dev/null 2>&1 && break
