@@ -16,6 +16,7 @@ from .engine import (
     DSTACK_IMAGE,
     DSTACK_REQUIREMENT,
     HERE,
+    NGINX_IMAGE,
     ROOT,
     Engine,
     EngineError,
@@ -81,3 +82,14 @@ def dstack_image(engine: Engine, wheelhouse: Path) -> str:
         args={"BASE_IMAGE": engine.base_image},
     )
     return DSTACK_IMAGE
+
+
+@pytest.fixture(scope="session")
+def nginx_image(engine: Engine) -> str:
+    build_image(
+        NGINX_IMAGE,
+        HERE,
+        dockerfile=HERE / "nginx.Dockerfile",
+        args={"BASE_IMAGE": engine.base_image},
+    )
+    return NGINX_IMAGE

@@ -1,5 +1,6 @@
-"""deploy/compose.yaml brought up in a real Docker engine: the shipped file, plus an override
-that substitutes the locally built images (nothing can be pulled here) and puts every service
+"""deploy/compose.yaml brought up in a real Docker engine, with its `front` profile (the TLS +
+HTTP/2 nginx front of deploy/nginx/): the shipped file, plus an override that substitutes the
+locally built images (nothing can be pulled here), a test certificate, and puts every service
 on the host's network, on free loopback ports. Upstream calls are counted from the dstack
 server container's own DEBUG log.
 
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import yaml
@@ -46,9 +50,11 @@ class Stack:
     url: str  # the dstack server, directly
     admin_token: str
     proxy_url: str
+    front_url: str
+    certificate: Path
 
     def compose(self, *args: str, timeout: float = 600) -> str:
-        flags = ["--project-name", self.name]
+        flags = ["--project-name", self.name, "--profile", "front"]
         for file in self.files:
             flags += ["--file", str(file)]
         return compose(*flags, *args, timeout=timeout, env=self.env).stdout
@@ -66,13 +72,13 @@ class Stack:
         return state.stdout.strip()
 
 
-def override(dstack_image: str, coalescer_image: str, ports: dict[str, int]) -> dict[str, Any]:
+def override(images: dict[str, str], ports: dict[str, int], tls: Path) -> dict[str, Any]:
     dstack = f"http://127.0.0.1:{ports['dstack']}"
     return {
         "version": "3.9",
         "services": {
             "dstack-server": {
-                "image": dstack_image,
+                "image": images["dstack"],
                 "network_mode": "host",
                 "environment": {
                     "DSTACK_SERVER_HOST": "127.0.0.1",
@@ -82,7 +88,7 @@ def override(dstack_image: str, coalescer_image: str, ports: dict[str, int]) -> 
                 },
             },
             "dstack-coalescer": {
-                "image": coalescer_image,
+                "image": images["coalescer"],
                 "network_mode": "host",
                 "environment": {
                     "COALESCER_UPSTREAM": dstack,
@@ -91,8 +97,31 @@ def override(dstack_image: str, coalescer_image: str, ports: dict[str, int]) -> 
                     "COALESCER_ADMIN_PORT": str(ports["admin"]),
                 },
             },
+            "front": {
+                "image": images["nginx"],
+                "network_mode": "host",
+                "environment": {
+                    "FRONT_LISTEN": f"127.0.0.1:{ports['front']}",
+                    "FRONT_COALESCER_SERVERS": f"server 127.0.0.1:{ports['proxy']};",
+                    "FRONT_DSTACK_SERVER": f"127.0.0.1:{ports['dstack']}",
+                },
+                "volumes": [f"{tls}:/etc/nginx/tls:ro"],
+            },
         },
     }
+
+
+def make_certificate(directory: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1, as the shipped file expects: tls.crt, tls.key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(directory / "tls.key"), "-out", str(directory / "tls.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (directory / "tls.key").chmod(0o644)  # read by nginx's master as root in the container
+    return directory / "tls.crt"
 
 
 def shipped(token: str = "t") -> dict[str, Any]:
@@ -123,17 +152,23 @@ def test_the_shipped_file_wires_health_and_hardening(engine: Any) -> None:
 
 @pytest.fixture(scope="module")
 def stack(
-    engine: Any, dstack_image: str, coalescer_image: str, tmp_path_factory: pytest.TempPathFactory
+    engine: Any,
+    dstack_image: str,
+    coalescer_image: str,
+    nginx_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    ports = {"dstack": find_free_port(), "proxy": find_free_port(), "admin": find_free_port()}
+    ports = {name: find_free_port() for name in ("dstack", "proxy", "admin", "front")}
+    images = {"dstack": dstack_image, "coalescer": coalescer_image, "nginx": nginx_image}
     token = secrets.token_hex(16)
     folder = tmp_path_factory.mktemp("compose")
+    certificate = make_certificate(folder / "tls")
     base = shipped(token)
     for service in base["services"].values():
         service.pop("ports", None)
     (folder / "compose.yaml").write_text(yaml.safe_dump(base))
     extra = folder / "compose.override.yaml"
-    extra.write_text(yaml.safe_dump(override(dstack_image, coalescer_image, ports)))
+    extra.write_text(yaml.safe_dump(override(images, ports, certificate.parent)))
     stack = Stack(
         name=f"dcx-test-{secrets.token_hex(4)}",
         files=[folder / "compose.yaml", extra],
@@ -141,13 +176,15 @@ def stack(
         url=f"http://127.0.0.1:{ports['dstack']}",
         admin_token=token,
         proxy_url=f"http://127.0.0.1:{ports['proxy']}",
+        front_url=f"https://127.0.0.1:{ports['front']}",
+        certificate=certificate,
     )
     began = time.monotonic()
     try:
         # `up` returns once dstack-coalescer has started, which waits for a healthy server.
         stack.compose("up", "--detach", "--no-build")
         deadline = time.monotonic() + 120
-        while stack.health("dstack-coalescer") != "healthy":
+        while stack.health("dstack-coalescer") != "healthy" or not stack.container("front"):
             assert time.monotonic() < deadline, stack.compose("logs", "--tail", "40")
             time.sleep(0.5)
         MEASURED["compose up until healthy"] = f"{time.monotonic() - began:.1f} s"
@@ -197,3 +234,29 @@ def _settled(count: Any, quiet: float = 1.0) -> int:
         if now == last:
             return int(now)
         last = now
+
+
+async def test_twenty_concurrent_stops_over_one_http2_connection_through_the_front(
+    stack: Stack,
+) -> None:
+    names = [f"front-{i}" for i in range(20)]
+    await asyncio.to_thread(create_active_runs, stack, PROJECT, names)
+    before = await asyncio.to_thread(stack.stop_calls)
+    tls = ssl.create_default_context(cafile=str(stack.certificate))
+    headers = {"Authorization": f"Bearer {stack.admin_token}"}
+    async with httpx.AsyncClient(
+        http2=True, verify=tls, headers=headers, base_url=stack.front_url, timeout=30
+    ) as client:
+        answers = await asyncio.gather(
+            *(client.post(STOP, json={"runs_names": [n], "abort": False}) for n in names)
+        )
+        me = await client.post("/api/users/get_my_user", json={})  # straight to dstack
+    assert {(a.http_version, a.status_code, a.content) for a in answers} == {
+        ("HTTP/2", 200, b"null")
+    }
+    assert (me.http_version, me.status_code, me.json()["username"]) == ("HTTP/2", 200, "admin")
+    calls = await asyncio.to_thread(_settled, stack.stop_calls)
+    MEASURED["compose front (HTTP/2): upstream stop calls for 20 one-run stops"] = str(
+        calls - before
+    )
+    assert 1 <= calls - before <= 2
