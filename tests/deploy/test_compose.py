@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import ssl
 import subprocess
 import time
@@ -184,7 +185,7 @@ def stack(
         # `up` returns once dstack-coalescer has started, which waits for a healthy server.
         stack.compose("up", "--detach", "--no-build")
         deadline = time.monotonic() + 120
-        while stack.health("dstack-coalescer") != "healthy" or not stack.container("front"):
+        while stack.health("dstack-coalescer") != "healthy" or not _listens(ports["front"]):
             assert time.monotonic() < deadline, stack.compose("logs", "--tail", "40")
             time.sleep(0.5)
         MEASURED["compose up until healthy"] = f"{time.monotonic() - began:.1f} s"
@@ -223,6 +224,11 @@ async def test_twenty_concurrent_one_run_stops_reach_dstack_as_at_most_two_calls
     (proxied,) = await burst(stack.proxy_url, me, [{}], stack.admin_token)
     assert direct[0] == proxied[0] == 200
     assert orjson.loads(proxied[1])["username"] == orjson.loads(direct[1])["username"] == "admin"
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _settled(count: Any, quiet: float = 1.0) -> int:

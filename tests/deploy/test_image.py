@@ -86,7 +86,7 @@ def metric(admin_url: str, name: str) -> float:
 @pytest.fixture(scope="module")
 def dstack_server() -> Iterator[DstackServer]:
     # This module's own: its runs are left active, and it is thrown away after the module.
-    with DstackServer() as server:
+    with DstackServer(stop_timeout=1.0) as server:
         yield server
 
 
