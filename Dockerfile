@@ -32,8 +32,8 @@ USER 10001:10001
 # Only the public port: the admin listener (9090) stays on the container's loopback unless
 # COALESCER_ADMIN_HOST=0.0.0.0 is set to scrape /metrics from outside.
 EXPOSE 8080
-# Reads the admin port from the config file and COALESCER_* environment like the proxy, and
-# ignores HTTP_PROXY. A port given only as a flag to the proxy is not seen: see README.
+# Finds the admin port like the proxy (config file, COALESCER_* environment, and the proxy's
+# flags while it is PID 1: see README), and ignores HTTP_PROXY.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-m", "proxy.health"]
 # Exec form: the proxy is PID 1 and receives SIGTERM itself, then drains within drain_seconds

@@ -48,22 +48,26 @@ class Container:
         docker("rm", "--force", self.name, check=False)
 
 
-def run_container(image: str, upstream: str, *env: str) -> Container:
+def run_container(image: str, upstream: str, *env: str, admin_flag: bool = False) -> Container:
+    """The image on the host's network. The admin port is set in the environment, or with
+    `admin_flag` as a flag to the proxy (the command then replaces the image's CMD)."""
     port, admin_port = find_free_port(), find_free_port()
     name = f"dstack-coalescer-test-{secrets.token_hex(4)}"
     settings = {
         "COALESCER_UPSTREAM": upstream,
         "COALESCER_HOST": "127.0.0.1",
         "COALESCER_PORT": str(port),
-        "COALESCER_ADMIN_PORT": str(admin_port),
         "HTTP_PROXY": DEAD_PROXY,
         "http_proxy": DEAD_PROXY,
     }
+    command = ["dstack-coalescer", "--admin-port", str(admin_port)] if admin_flag else []
+    if not admin_flag:
+        settings["COALESCER_ADMIN_PORT"] = str(admin_port)
     flags = [f"--env={k}={v}" for k, v in settings.items()] + [f"--env={e}" for e in env]
     docker(
         "run", "--detach", "--name", name, "--network", "host",
         "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        *flags, image,
+        *flags, image, *command,
     )  # fmt: skip
     return Container(name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
 
@@ -92,7 +96,7 @@ def dstack_server() -> Iterator[DstackServer]:
 
 @pytest.fixture(scope="module")
 def container(coalescer_image: str, dstack_server: DstackServer) -> Iterator[Container]:
-    box = run_container(coalescer_image, dstack_server.url)
+    box = run_container(coalescer_image, dstack_server.url, admin_flag=True)
     try:
         # The image's own HEALTHCHECK and timings: the first check runs 10 s after the start.
         wait_for(lambda: box.inspect()["State"]["Health"]["Status"] != "starting", "health")
@@ -101,13 +105,16 @@ def container(coalescer_image: str, dstack_server: DstackServer) -> Iterator[Con
         box.remove()
 
 
-def test_reports_healthy_with_an_http_proxy_variable_set(container: Container) -> None:
-    state = container.inspect()["State"]
-    assert state["Running"] is True
-    assert state["Health"]["Status"] == "healthy", state["Health"]["Log"][-3:]
-    assert {f"HTTP_PROXY={DEAD_PROXY}", f"http_proxy={DEAD_PROXY}"} <= set(
-        container.inspect()["Config"]["Env"]
-    )
+def test_reports_healthy_with_an_http_proxy_variable_and_the_admin_port_as_a_flag(
+    container: Container,
+) -> None:
+    info = container.inspect()
+    assert info["State"]["Running"] is True
+    assert info["State"]["Health"]["Status"] == "healthy", info["State"]["Health"]["Log"][-3:]
+    env = set(info["Config"]["Env"])
+    assert {f"HTTP_PROXY={DEAD_PROXY}", f"http_proxy={DEAD_PROXY}"} <= env
+    assert not any(e.startswith("COALESCER_ADMIN_PORT=") for e in env)
+    assert info["Config"]["Cmd"][:2] == ["dstack-coalescer", "--admin-port"]
 
 
 def test_runs_as_non_root_with_a_read_only_root_and_no_capabilities(
