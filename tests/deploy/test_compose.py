@@ -37,6 +37,7 @@ from .engine import ROOT, compose, docker
 pytestmark = pytest.mark.deploy
 
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
+FRONT_TEMPLATE = ROOT / "deploy" / "nginx" / "dstack-coalescer.conf.template"
 PROJECT = "main"
 STOP = f"/api/project/{PROJECT}/runs/stop"
 
@@ -52,10 +53,12 @@ class Stack:
     admin_token: str
     proxy_url: str
     front_url: str
+    front_port: int
     certificate: Path
 
-    def compose(self, *args: str, timeout: float = 600) -> str:
-        flags = ["--project-name", self.name, "--profile", "front"]
+    def compose(self, *args: str, timeout: float = 600, front: bool = True) -> str:
+        """Compose on this project; with `front`, its `front` profile is in play too."""
+        flags = ["--project-name", self.name, *(["--profile", "front"] if front else [])]
         for file in self.files:
             flags += ["--file", str(file)]
         return compose(*flags, *args, timeout=timeout, env=self.env).stdout
@@ -175,6 +178,7 @@ def stack(
         files=[folder / "compose.yaml", extra],
         env={"DSTACK_SERVER_ADMIN_TOKEN": token},
         url=f"http://127.0.0.1:{ports['dstack']}",
+        front_port=ports["front"],
         admin_token=token,
         proxy_url=f"http://127.0.0.1:{ports['proxy']}",
         front_url=f"https://127.0.0.1:{ports['front']}",
@@ -183,9 +187,10 @@ def stack(
     began = time.monotonic()
     try:
         # `up` returns once dstack-coalescer has started, which waits for a healthy server.
-        stack.compose("up", "--detach", "--no-build")
+        # The front comes later, in its own test.
+        stack.compose("up", "--detach", "--no-build", front=False)
         deadline = time.monotonic() + 120
-        while stack.health("dstack-coalescer") != "healthy" or not _listens(ports["front"]):
+        while stack.health("dstack-coalescer") != "healthy":
             assert time.monotonic() < deadline, stack.compose("logs", "--tail", "40")
             time.sleep(0.5)
         MEASURED["compose up until healthy"] = f"{time.monotonic() - began:.1f} s"
@@ -226,9 +231,14 @@ async def test_twenty_concurrent_one_run_stops_reach_dstack_as_at_most_two_calls
     assert orjson.loads(proxied[1])["username"] == orjson.loads(direct[1])["username"] == "admin"
 
 
-def _listens(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _wait_for_port(port: int, stack: Stack, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, stack.compose("logs", "--tail", "40", "front")
+        time.sleep(0.2)
 
 
 def _settled(count: Any, quiet: float = 1.0) -> int:
@@ -245,6 +255,11 @@ def _settled(count: Any, quiet: float = 1.0) -> int:
 async def test_twenty_concurrent_stops_over_one_http2_connection_through_the_front(
     stack: Stack,
 ) -> None:
+    # Docker would create a missing bind-mount source as a directory in the checkout.
+    assert FRONT_TEMPLATE.is_file(), f"the front's configuration is missing: {FRONT_TEMPLATE}"
+    # The front profile, started after a healthy proxy (its depends_on).
+    await asyncio.to_thread(stack.compose, "up", "--detach", "--no-build", "front")
+    await asyncio.to_thread(_wait_for_port, stack.front_port, stack)
     names = [f"front-{i}" for i in range(20)]
     await asyncio.to_thread(create_active_runs, stack, PROJECT, names)
     before = await asyncio.to_thread(stack.stop_calls)
