@@ -54,6 +54,8 @@ def engine() -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def wheelhouse(engine: Engine) -> Path:
+    # Wheels for this interpreter's Python, which must be the image's: the base is bookworm's.
+    assert sys.version_info[:2] == (3, 11), "the wheelhouse must be built with Python 3.11"
     return build_wheelhouse(sys.executable, [*coalescer_requirements(), DSTACK_REQUIREMENT])
 
 

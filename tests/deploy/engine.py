@@ -64,7 +64,11 @@ def start_engine() -> Engine:
     began = time.monotonic()
     try:
         done = subprocess.run(
-            ["bash", str(SETUP)], capture_output=True, text=True, timeout=1200, stdin=None
+            ["bash", str(SETUP)],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EngineError(f"{SETUP.name} did not finish: {exc}") from exc
@@ -93,7 +97,7 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     done = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, env=full_env, stdin=None
+        cmd, capture_output=True, text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL
     )
     if check and done.returncode != 0:
         output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
