@@ -143,6 +143,7 @@ def test_the_shipped_file_wires_health_and_hardening(engine: Any) -> None:
     assert proxy["build"]["context"] == str(ROOT)
     assert proxy["depends_on"] == {"dstack-server": {"condition": "service_healthy"}}
     assert proxy["environment"]["COALESCER_UPSTREAM"] == "http://dstack-server:3000"
+    assert proxy["environment"]["COALESCER_POLICY"] == "window"
     assert proxy["healthcheck"]["test"] == ["CMD", "python", "-m", "proxy.health"]
     assert (proxy["read_only"], proxy["cap_drop"]) == (True, ["ALL"])
     assert dstack["image"].startswith("dstackai/dstack:")
