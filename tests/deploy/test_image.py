@@ -224,7 +224,7 @@ async def test_docker_stop_drains_callers_and_exits_zero_within_the_grace_period
         assert (state["ExitCode"], state["OOMKilled"]) == (0, False), state
         assert replies == [(200, b"null")] * len(names)
         assert 1 <= dstack_server.count_requests("/runs/stop", since=mark) <= 2
-        logs = docker("logs", box.name).stdout + docker("logs", box.name).stderr
-        assert "Traceback" not in logs
+        logs = docker("logs", box.name)
+        assert "Traceback" not in logs.stdout + logs.stderr
     finally:
         box.remove()
