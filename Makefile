@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check proxy bench tests
 	$(BIN)/ruff format --check proxy bench tests
 	$(BIN)/mypy
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile tests/deploy/*.Dockerfile
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.passthrough
