@@ -60,7 +60,11 @@ class Forwarder:
     async def forward(self, request: web.Request, prefix: bytes = b"") -> web.StreamResponse:
         """Send `request` upstream and relay the answer. `prefix` is body the proxy has already
         read from the client (the rest, if any, is still in `request.content`)."""
-        body = await _request_body(request, prefix)
+        try:
+            body = await _request_body(request, prefix)
+        except ConnectionError:  # the client left mid-upload: nothing goes upstream
+            self._client_left()
+            return web.Response(status=400)
         if not await self._slots.take(self._config.connect_timeout):
             return self._fail(UpstreamBusy("every upstream connection is in use; try again"))
         try:
