@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from .clock import Clock, LoopClock, Timer
+from .clock import Clock, LoopClock
 from .policy import FlushPolicy, FlushReason, Policy
+from .waiting import (
+    ClosedBatch,
+    ExpireFn,
+    FlushFn,
+    KeyQueue,
+    WaitingBatch,
+    drop,
+    settle,
+)
 
 __all__ = ["Batcher", "BatcherClosed", "ClosedBatch", "FlushReason", "Policy"]
 
@@ -26,50 +33,6 @@ C = TypeVar("C")
 
 class BatcherClosed(RuntimeError):
     """submit() after aclose(): the caller should do the work some other way."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClosedBatch(Generic[K, T, C]):
-    """What `flush` is given: the key, the context of the submitter that opened the batch, and
-    the distinct members in arrival order."""
-
-    key: K
-    context: C
-    members: list[T]
-    waiters: int
-    reason: FlushReason
-    opened_at: float
-    last_at: float
-    closed_at: float
-
-
-Resolve = Callable[[T, R | BaseException], None]
-# Type parameters in order of appearance: FlushFn[K, T, C, R].
-FlushFn = Callable[[ClosedBatch[K, T, C], Resolve[T, R]], Awaitable[None]]
-ExpireFn = Callable[[ClosedBatch[K, T, C]], BaseException]
-
-
-@dataclass(eq=False, slots=True)
-class _Batch(Generic[K, T, R, C]):
-    key: K
-    context: C
-    opened_at: float
-    last_at: float
-    # Distinct members in arrival order; duplicates share one future.
-    futures: dict[T, asyncio.Future[R | BaseException]] = field(default_factory=dict)
-    waiters: int = 0
-    due: FlushReason | None = None  # set once it may leave; it leaves when the key has no flight
-    timers: list[Timer] = field(default_factory=list)
-
-    def closed(self, reason: FlushReason, now: float) -> ClosedBatch[K, T, C]:
-        at = (self.opened_at, self.last_at, now)
-        return ClosedBatch(self.key, self.context, list(self.futures), self.waiters, reason, *at)
-
-
-@dataclass(eq=False, slots=True)
-class _KeyState(Generic[K, T, R, C]):
-    waiting: deque[_Batch[K, T, R, C]] = field(default_factory=deque)  # arrival order
-    flying: bool = False  # one flight per key, always
 
 
 class Batcher(Generic[K, T, R, C]):
@@ -99,7 +62,7 @@ class Batcher(Generic[K, T, R, C]):
         self._clock = clock or LoopClock()
         # Mutated only in synchronous code (no await between lookup and change), so no lock.
         # A key is present while it has a waiting batch or a flight, removed when it has neither.
-        self._keys: dict[K, _KeyState[K, T, R, C]] = {}
+        self._keys: dict[K, KeyQueue[K, T, R, C]] = {}
         # Running flushes and the futures each will resolve; awaited (or abandoned) by aclose().
         self._tasks: dict[asyncio.Task[None], dict[T, asyncio.Future[R | BaseException]]] = {}
         self._pending = 0  # submitters still waiting for an answer
@@ -151,17 +114,17 @@ class Batcher(Generic[K, T, R, C]):
             await asyncio.wait(list(self._tasks), timeout=left)
         error = abandon or TimeoutError("batcher closed before the answer")
         for futures in self._tasks.values():
-            _settle(futures, error)
+            settle(futures, error)
         for key, state in list(self._keys.items()):
             while state.waiting:
-                _drop(state.waiting.popleft(), error)
+                drop(state.waiting.popleft(), error)
             self._forget_key(key, state)
 
     def _enqueue(self, key: K, member: T, context: C) -> asyncio.Future[R | BaseException]:
         now = self._clock.now()
         state = self._keys.get(key)
         if state is None:
-            state = self._keys[key] = _KeyState()
+            state = self._keys[key] = KeyQueue()
         else:  # the key has a flight or a waiting batch: company
             self._policy.had_company(key, now)
         batch = state.waiting[-1] if state.waiting else None
@@ -178,9 +141,9 @@ class Batcher(Generic[K, T, R, C]):
         return future
 
     def _open(
-        self, key: K, state: _KeyState[K, T, R, C], context: C, now: float
-    ) -> _Batch[K, T, R, C]:
-        batch: _Batch[K, T, R, C] = _Batch(key, context, now, now)
+        self, key: K, state: KeyQueue[K, T, R, C], context: C, now: float
+    ) -> WaitingBatch[K, T, R, C]:
+        batch: WaitingBatch[K, T, R, C] = WaitingBatch(key, context, now, now)
         state.waiting.append(batch)
         if self._policy.waits_window(key, now):
             batch.timers.append(self._clock.call_later(self._window, lambda: self._due(batch)))
@@ -190,13 +153,13 @@ class Batcher(Generic[K, T, R, C]):
         batch.timers.append(expiry)
         return batch
 
-    def _due(self, batch: _Batch[K, T, R, C]) -> None:
+    def _due(self, batch: WaitingBatch[K, T, R, C]) -> None:
         state = self._keys.get(batch.key)
         if state is not None and batch in state.waiting and batch.due is None:
             batch.due = FlushReason.WINDOW
             self._advance(state)
 
-    def _advance(self, state: _KeyState[K, T, R, C]) -> None:
+    def _advance(self, state: KeyQueue[K, T, R, C]) -> None:
         """Start the next flight if the key has none and its oldest batch is due."""
         if state.flying or not state.waiting or state.waiting[0].due is None:
             return
@@ -213,21 +176,21 @@ class Batcher(Generic[K, T, R, C]):
         self._tasks[task] = batch.futures
         task.add_done_callback(self._tasks.pop)
 
-    def _on_max_wait(self, state: _KeyState[K, T, R, C], batch: _Batch[K, T, R, C]) -> None:
+    def _on_max_wait(self, state: KeyQueue[K, T, R, C], batch: WaitingBatch[K, T, R, C]) -> None:
         if batch not in state.waiting:
             return
         state.waiting.remove(batch)
         closed = batch.closed(FlushReason.MAX_WAIT, self._clock.now())
-        _drop(batch, self._expire(closed))
+        drop(batch, self._expire(closed))
         self._forget_key(batch.key, state)
 
-    def _forget_key(self, key: K, state: _KeyState[K, T, R, C]) -> None:
+    def _forget_key(self, key: K, state: KeyQueue[K, T, R, C]) -> None:
         if not state.waiting and not state.flying and self._keys.get(key) is state:
             del self._keys[key]
 
     async def _fly(
         self,
-        state: _KeyState[K, T, R, C],
+        state: KeyQueue[K, T, R, C],
         closed: ClosedBatch[K, T, C],
         futures: dict[T, asyncio.Future[R | BaseException]],
     ) -> None:
@@ -239,7 +202,7 @@ class Batcher(Generic[K, T, R, C]):
         try:
             await self._flush(closed, resolve)
         except BaseException as exc:  # every waiter learns of it; nobody hangs
-            _settle(futures, exc)
+            settle(futures, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -252,15 +215,3 @@ class Batcher(Generic[K, T, R, C]):
                 head.due = FlushReason.AFTER_FLIGHT
             self._advance(state)
             self._forget_key(closed.key, state)
-
-
-def _drop(batch: _Batch[K, T, R, C], error: BaseException) -> None:
-    for timer in batch.timers:
-        timer.cancel()
-    _settle(batch.futures, error)
-
-
-def _settle(futures: dict[T, asyncio.Future[R | BaseException]], error: BaseException) -> None:
-    for future in futures.values():
-        if not future.done():
-            future.set_result(error)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from urllib.parse import unquote
 
@@ -39,6 +39,9 @@ class EndpointSpec:
     key_wide_statuses: frozenset[int] = frozenset({401, 403, 404})
     enabled: bool = True
     idempotent: bool = True  # false: an unknown item fails the call, so a repeat fails too
+    # The path around its project segment, split once: every POST is matched against them.
+    prefix: str = field(init=False, repr=False, compare=False)
+    suffix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.path.count(_PROJECT_SEGMENT) != 1 or not self.path.startswith("/"):
@@ -51,14 +54,9 @@ class EndpointSpec:
             # A one-name list there means "leave the project" (docs/dstack-api.md, Endpoints
             # that take lists).
             raise ValueError("remove_members must never be batched")
-
-    @property
-    def prefix(self) -> str:
-        return self.path.split(_PROJECT_SEGMENT)[0]
-
-    @property
-    def suffix(self) -> str:
-        return self.path.split(_PROJECT_SEGMENT)[1]
+        prefix, suffix = self.path.split(_PROJECT_SEGMENT)
+        object.__setattr__(self, "prefix", prefix)
+        object.__setattr__(self, "suffix", suffix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +132,7 @@ def _flag(v: Any) -> bool:
 def _endpoint(e: Any) -> EndpointSpec:
     if not isinstance(e, dict):
         raise ValueError("expected each endpoint to be a mapping")
-    known = {f.name for f in dataclasses.fields(EndpointSpec)}
+    known = {f.name for f in dataclasses.fields(EndpointSpec) if f.init}
     if unknown := set(e) - known:
         raise ValueError(f"unknown endpoint keys {sorted(unknown)}")
     try:

@@ -1,0 +1,74 @@
+"""The batcher's bookkeeping: a batch waiting to leave, each key's queue of them, and what a
+flush is given (`ClosedBatch`) and gives back (`Resolve`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from .clock import Timer
+from .policy import FlushReason
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T", bound=Hashable)
+R = TypeVar("R")
+C = TypeVar("C")
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedBatch(Generic[K, T, C]):
+    """What `flush` is given: the key, the context of the submitter that opened the batch, and
+    the distinct members in arrival order."""
+
+    key: K
+    context: C
+    members: list[T]
+    waiters: int
+    reason: FlushReason
+    opened_at: float
+    last_at: float
+    closed_at: float
+
+
+Resolve = Callable[[T, R | BaseException], None]
+# Type parameters in order of appearance: FlushFn[K, T, C, R].
+FlushFn = Callable[[ClosedBatch[K, T, C], Resolve[T, R]], Awaitable[None]]
+ExpireFn = Callable[[ClosedBatch[K, T, C]], BaseException]
+
+
+@dataclass(eq=False, slots=True)
+class WaitingBatch(Generic[K, T, R, C]):
+    key: K
+    context: C
+    opened_at: float
+    last_at: float
+    # Distinct members in arrival order; duplicates share one future.
+    futures: dict[T, asyncio.Future[R | BaseException]] = field(default_factory=dict)
+    waiters: int = 0
+    due: FlushReason | None = None  # set once it may leave; it leaves when the key has no flight
+    timers: list[Timer] = field(default_factory=list)
+
+    def closed(self, reason: FlushReason, now: float) -> ClosedBatch[K, T, C]:
+        at = (self.opened_at, self.last_at, now)
+        return ClosedBatch(self.key, self.context, list(self.futures), self.waiters, reason, *at)
+
+
+@dataclass(eq=False, slots=True)
+class KeyQueue(Generic[K, T, R, C]):
+    waiting: deque[WaitingBatch[K, T, R, C]] = field(default_factory=deque)  # arrival order
+    flying: bool = False  # one flight per key, always
+
+
+def drop(batch: WaitingBatch[K, T, R, C], error: BaseException) -> None:
+    for timer in batch.timers:
+        timer.cancel()
+    settle(batch.futures, error)
+
+
+def settle(futures: dict[T, asyncio.Future[R | BaseException]], error: BaseException) -> None:
+    for future in futures.values():
+        if not future.done():
+            future.set_result(error)
