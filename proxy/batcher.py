@@ -146,12 +146,18 @@ class Batcher(Generic[K, T, R, C]):
         batch: WaitingBatch[K, T, R, C] = WaitingBatch(key, context, now, now)
         state.waiting.append(batch)
         if self._policy.waits_window(key, now):
-            batch.timers.append(self._clock.call_later(self._window, lambda: self._due(batch)))
+            self._start_window(batch)
         else:
             batch.due = FlushReason.IDLE
         expiry = self._clock.call_later(self._max_wait, lambda: self._on_max_wait(state, batch))
         batch.timers.append(expiry)
         return batch
+
+    def _start_window(self, batch: WaitingBatch[K, T, R, C]) -> None:
+        if batch.window is not None:
+            batch.window.cancel()
+        batch.window = self._clock.call_later(self._window, lambda: self._due(batch))
+        batch.timers.append(batch.window)
 
     def _due(self, batch: WaitingBatch[K, T, R, C]) -> None:
         state = self._keys.get(batch.key)
@@ -211,7 +217,17 @@ class Batcher(Generic[K, T, R, C]):
                     future.set_result(LookupError(f"flush gave no result for {member!r}"))
             state.flying = False
             head = state.waiting[0] if state.waiting else None
-            if head is not None and head.due not in (None, FlushReason.CLOSE):
+            if head is None or head.due is FlushReason.CLOSE:
+                pass
+            elif head.due is not FlushReason.FULL and self._policy.lingers(
+                head.key, self._clock.now()
+            ):
+                # The callers just answered tend to send their next request at once (an
+                # HTTP/1.1 browser reuses its connection): one window gathers them too, so the
+                # burst's rounds stay in step instead of alternating lone and gathered calls.
+                head.due = None
+                self._start_window(head)
+            elif head.due is not None:
                 head.due = FlushReason.AFTER_FLIGHT
             self._advance(state)
             self._forget_key(closed.key, state)

@@ -14,7 +14,9 @@ BURST_MEMORY: Final = 1.0  # seconds a key counts as bursty after it had company
 class Policy(enum.StrEnum):
     WINDOW = "window"  # `window` after the batch's first member
     IDLE = "idle"  # at once on an idle key; members gather only during a flight
-    ADAPTIVE = "adaptive"  # like idle, but like window while the key had company lately
+    # Like idle, but while the key had company lately: a window from the first member, and one
+    # more after each flight returns, for the follow-ups of the callers it answered.
+    ADAPTIVE = "adaptive"
 
 
 class FlushReason(enum.StrEnum):
@@ -43,6 +45,11 @@ class FlushPolicy(Generic[K]):
         if self.policy == Policy.ADAPTIVE:
             self._company.pop(key, None)
             self._company[key] = now
+
+    def lingers(self, key: K, now: float) -> bool:
+        """Whether a batch waiting behind a flight that just returned waits one more window
+        (adaptive, on a key with company lately) instead of leaving at once."""
+        return self.policy == Policy.ADAPTIVE and self.waits_window(key, now)
 
     def waits_window(self, key: K, now: float) -> bool:
         if self.policy != Policy.ADAPTIVE:

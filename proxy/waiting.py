@@ -49,7 +49,8 @@ class WaitingBatch(Generic[K, T, R, C]):
     futures: dict[T, asyncio.Future[R | BaseException]] = field(default_factory=dict)
     waiters: int = 0
     due: FlushReason | None = None  # set once it may leave; it leaves when the key has no flight
-    timers: list[Timer] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)  # cancelled when it leaves
+    window: Timer | None = None  # the running window, restarted when it lingers
 
     def closed(self, reason: FlushReason, now: float) -> ClosedBatch[K, T, C]:
         at = (self.opened_at, self.last_at, now)
