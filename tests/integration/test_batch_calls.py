@@ -18,10 +18,12 @@ KEYS, PER_KEY = 200, 10
 async def test_a_wide_burst_on_a_slow_upstream_is_answered_while_pass_through_is_saturated(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
-    # The pass-through pool holds 5 connections, and 5 never-ending downloads take them all.
-    # Each batch call takes 2 s; batch_timeout 3 s would not cover even one wait for a pooled
-    # connection, so a proxy that queued its calls, or counted the queueing, would answer 504.
-    proxy = await make_proxy(pool_size=5, batch_timeout=3.0, policy="adaptive")
+    # The pass-through pool holds 5 connections, and 5 never-ending downloads take them all
+    # until every stop is answered. Each batch call takes 2 s: a proxy that queued its calls
+    # behind those connections would never send them (504 at batch_timeout, or the hang guard),
+    # and 200 calls sent 4 at a time would take 100 s. batch_timeout leaves room for a loaded
+    # machine (3 s failed once under a full suite beside other work).
+    proxy = await make_proxy(pool_size=5, batch_timeout=10.0, policy="adaptive")
     fake.runs_delay = 2.0
     base = str(proxy.make_url(""))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
