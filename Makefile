@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.coalescing
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-legacy .pytest_cache .hypothesis

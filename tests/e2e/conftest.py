@@ -1,21 +1,56 @@
-"""A REAL dstack server (the pinned `dstack[server]` of the dev extra) on a free loopback port with
-a temporary HOME and SQLite, and the proxy in front of it as its own process (`python -m proxy`),
-both for the whole session. Upstream calls are counted from the server's own log."""
+"""A REAL dstack server on a free loopback port with a temporary HOME and SQLite, and the proxy in
+front of it as its own process (`python -m proxy`), both for the whole session. Upstream calls
+are counted from the server's own log.
+
+Every test runs against each server version in `SERVER_VERSIONS`: the pinned `dstack[server]`
+of the dev extra, and 0.18.40 (the server behind the legacy web UI) from its own virtual
+environment (tests/support/legacy.py). A test that only one version can run says so with
+`@pytest.mark.server_versions(...)`; `COALESCER_SERVER_VERSIONS=0.22.5` runs one version only.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.legacy import LEGACY_VERSION, legacy_dstack
 from tests.support.processes import ProxyProcess
 from tests.support.server import DstackServer
 
+CURRENT_VERSION = "0.22.5"
+SERVER_VERSIONS = tuple(
+    v
+    for v in os.environ.get(
+        "COALESCER_SERVER_VERSIONS", f"{CURRENT_VERSION},{LEGACY_VERSION}"
+    ).split(",")
+    if v
+)
 
-@pytest.fixture(scope="session")
-def dstack_server() -> Iterator[DstackServer]:
-    with DstackServer() as server:
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the version variants a test is not meant for (`server_versions` marker)."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("server_versions")
+        callspec = getattr(item, "callspec", None)
+        version = callspec.params.get("dstack_server") if callspec else None
+        if marker is not None and version is not None and version not in marker.args:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session", params=SERVER_VERSIONS)
+def dstack_server(request: pytest.FixtureRequest) -> Iterator[DstackServer]:
+    executable = legacy_dstack() if request.param == LEGACY_VERSION else None
+    with DstackServer(executable=executable) as server:
+        assert server.version == request.param
         yield server
 
 
