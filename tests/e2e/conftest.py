@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.legacy import LEGACY_VERSION, legacy_dstack
 from tests.support.processes import ProxyProcess
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION, legacy_dstack
 
-CURRENT_VERSION = "0.22.5"
 SERVER_VERSIONS = tuple(
     v
     for v in os.environ.get(
@@ -59,7 +58,7 @@ def proxy_process(
     dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyProcess]:
     log = tmp_path_factory.mktemp("proxy") / "proxy.log"
-    with ProxyProcess(dstack_server.url, log, "--log-level", "info") as proxy:
+    with ProxyProcess(dstack_server.url, log, "--log-level", "debug") as proxy:
         yield proxy
     print(f"proxy log: {log}")
 

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.api import create_project
-from tests.support.legacy import LEGACY_VERSION
 from tests.support.processes import ProxyProcess
 from tests.support.rawhttp import Chunk, RawAnswer, exchange
 from tests.support.runs import create_active_runs, stop_runs_until_finished
 from tests.support.server import DstackServer
+from tests.support.versions import LEGACY_VERSION
 
 PROJECT = "hostile"
 ACTIVE = "hostile-active"  # a run that must not be deleted: makes a wrong parse visible

@@ -107,17 +107,26 @@ def cli_add_project(
     `name` must be an existing project on the server that the token's user
     can see. The CLI checks this with `POST /api/projects/{name}/get` and
     exits with code 1 otherwise, e.g. ``Failed to connect to dstack server
-    URL``. The first project added becomes the CLI's default project.
+    URL``. The first project added becomes the CLI's default project. A CLI without the
+    `project` command (0.18.x) is given `dstack config --project NAME --url URL --token TOKEN`.
 
     Raises:
         CliError: the command failed.
     """
-    run_cli(
+    added = run_cli(
         ["project", "add", "--name", name, "--url", url, "--token", token, "-y"],
         home,
-        check=True,
         executable=executable,
     )
+    if added.returncode == 2 and "invalid choice: 'project'" in added.stderr:
+        # 0.18.x has no `project` command: `dstack config` does the same there.
+        added = run_cli(
+            ["config", "--project", name, "--url", url, "--token", token, "-y"],
+            home,
+            executable=executable,
+        )
+    if added.returncode != 0:
+        raise CliError(added.returncode, added.args, added.stdout, added.stderr)
 
 
 def write_task_file(

@@ -1,20 +1,24 @@
-"""dstack 0.18.40, the server behind the legacy web UI, in its own virtual environment.
+"""The dstack server versions the real-server tests run against: the pinned one of the dev
+extra (`CURRENT_VERSION`), and 0.18.40 (the server behind the legacy web UI) in its own virtual
+environment.
 
 `legacy_dstack()` builds `.venv-legacy` at the repository root on first use (~20 s on a 2-core
 machine, from PyPI) and reuses it while its stamp matches the pinned set. 0.18.40 pins its own
 dependencies loosely; `tests/legacy/dstack-0.18.40-constraints.txt` is the set that works on
-Python 3.11. `python -m tests.support.legacy` builds it ahead of time.
+Python 3.11. `python -m tests.support.versions` builds it ahead of time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+CURRENT_VERSION = importlib.metadata.version("dstack")
 LEGACY_VERSION = "0.18.40"
 ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = ROOT / "tests" / "legacy" / f"dstack-{LEGACY_VERSION}-constraints.txt"
