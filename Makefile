@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-long legacy bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The long runs of the adversarial suites: a 5-minute soak, more fuzzing and property examples.
+test-long: $(STAMP)
+	COALESCER_LONG=1 $(BIN)/python -m pytest -q
+
+# dstack 0.18.40 in .venv-legacy; the real-server tests build it on first use anyway.
+legacy: $(STAMP)
+	$(BIN)/python -m tests.support.versions
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy bench tests

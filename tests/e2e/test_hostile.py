@@ -354,7 +354,7 @@ async def _post_both(
 
 
 @settings(
-    max_examples=int(os.environ.get("COALESCER_FUZZ_EXAMPLES", "60")),
+    max_examples=500 if os.environ.get("COALESCER_LONG") == "1" else 60,
     deadline=None,
     database=None,
     derandomize=True,  # the same sample on every run, so CI never hangs on a new draw

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -109,7 +110,7 @@ async def _burst_then_direct(
 
 
 @settings(
-    max_examples=8,
+    max_examples=40 if os.environ.get("COALESCER_LONG") == "1" else 8,
     deadline=None,
     database=None,
     derandomize=True,
