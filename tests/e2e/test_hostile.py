@@ -281,10 +281,10 @@ async def test_slowloris_clients_hold_up_no_one_and_get_their_answer(
     direct_port = urlsplit(dstack_server.url).port
     assert direct_port is not None
     direct = await exchange("127.0.0.1", direct_port, request)
-    # 100 clients send half their headers and stall for a second; others are served meanwhile.
+    # 100 clients send half their headers and stall for 3 s; others are served meanwhile.
     stalled = [
         asyncio.create_task(
-            exchange("127.0.0.1", proxy_process.port, (request[:80], 1.0, request[80:]))
+            exchange("127.0.0.1", proxy_process.port, (request[:80], 3.0, request[80:]))
         )
         for _ in range(100)
     ]
