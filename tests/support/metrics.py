@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import urllib.request
 
-# The gauge of callers waiting for a batch, and of per-key batch state. Named with the batch
-# vocabulary; the older `proxy_coalesce_pending` is read until the renaming lands.
-PENDING = ("proxy_batch_pending", "proxy_coalesce_pending")
-KEYS = ("proxy_batch_keys",)
+PENDING = "proxy_batch_pending"  # callers waiting for a batch's answer
+KEYS = "proxy_batch_keys"  # keys with a batch waiting or a flight in the air
 
 
 def read_metrics(admin_url: str) -> dict[str, float]:
@@ -20,8 +18,3 @@ def read_metrics(admin_url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
-
-
-def gauge(samples: dict[str, float], names: tuple[str, ...]) -> float | None:
-    """The first of `names` that is exported, or None if none is."""
-    return next((samples[n] for n in names if n in samples), None)
