@@ -1,7 +1,8 @@
 """Hostile input against a REAL dstack server: each case sends the same bytes straight to dstack
 and through the proxy over a raw socket and compares status, content type and body. Where the
 proxy must refuse before dstack sees anything (framing, request targets) it answers a 4xx of
-its own. In no case a 5xx from the proxy, and the next good request is answered as before.
+its own. A 5xx is only ever dstack's own, relayed; the proxy never crashes, and the next good
+request is answered as before.
 
 The outcomes observed on both server versions are listed in docs/hostile-inputs.md."""
 
@@ -47,14 +48,15 @@ class Case:
 
 
 def post(path: str, body: bytes, *headers: bytes, length: bytes | None = None) -> bytes:
-    """A POST with the admin token (`TOKEN` is replaced per server) and `Connection: close`."""
-    cl = b"Content-Length: " + (length if length is not None else str(len(body)).encode())
+    """A POST with the admin token (`TOKEN` is replaced per server) and `Connection: close`;
+    `Content-Length` is the body's unless `length` says otherwise (`b""`: none at all)."""
+    cl = length if length is not None else b"%d" % len(body)
     lines = [
         b"POST " + path.encode() + b" HTTP/1.1",
         b"Host: localhost",
         b"Authorization: Bearer " + TOKEN,
         b"Content-Type: application/json",
-        cl,
+        *([b"Content-Length: " + cl] if cl else []),
         *headers,
         b"Connection: close",
     ]
@@ -159,12 +161,10 @@ CASES = [
     Case(
         "two equal Content-Lengths", post(STOP, STOP_X, b"Content-Length: %d" % len(STOP_X)), Own400
     ),
+    Case("chunked body", post(STOP, CHUNKED_X, b"Transfer-Encoding: chunked", length=b"")),
     Case(
         "Transfer-Encoding: chunked, identity",
-        post(STOP, CHUNKED_X, b"Transfer-Encoding: chunked, identity", length=b"")[
-            : -len(CHUNKED_X)
-        ]
-        + CHUNKED_X,
+        post(STOP, CHUNKED_X, b"Transfer-Encoding: chunked, identity", length=b""),
         Own400,
     ),
     Case(
