@@ -14,6 +14,7 @@ from tests.support.api import add_member, create_user
 from tests.support.bursts import burst, put_back, records_events, stop_events
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
+from tests.support.versions import LEGACY_VERSION
 
 PROJECT = "main"
 STOP = f"/api/project/{PROJECT}/runs/stop"
@@ -32,7 +33,10 @@ def cleanup(dstack_server: DstackServer) -> Iterator[list[str]]:
 async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_call_each(
     dstack_server: DstackServer, proxy_url: str, cleanup: list[str]
 ) -> None:
-    names = [f"burst-{i}" for i in range(40)]
+    # 0.18.40's runs take seconds to stop: 20 there keep CI in its budget, still ten times the
+    # two calls allowed.
+    count = 20 if dstack_server.version == LEGACY_VERSION else 40
+    names = [f"burst-{i}" for i in range(count)]
     cleanup += names
     create_active_runs(dstack_server, PROJECT, names)
     token = dstack_server.admin_token
@@ -42,7 +46,7 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
         proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in names], token
     )
     states = run_states(dstack_server, PROJECT)  # right after the answers: see the stop race
-    assert answers == [(200, b"null")] * 40
+    assert answers == [(200, b"null")] * count
     assert dstack_server.count_requests("/runs/stop", since=mark) <= 2
     stopped = stop_events(dstack_server, PROJECT, names)
     admin = "admin" if records_events(dstack_server) else None  # 0.18.40 records no actor
@@ -53,7 +57,7 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
     stop_runs_until_finished(dstack_server, PROJECT, names)  # deletable only once finished
     mark = dstack_server.log_mark()
     answers = await burst(proxy_url, DELETE, [{"runs_names": [n]} for n in names], token)
-    assert answers == [(200, b"null")] * 40
+    assert answers == [(200, b"null")] * count
     assert dstack_server.count_requests("/runs/delete", since=mark) <= 2
     after = run_states(dstack_server, PROJECT, include_deleted=True, created=names)
     assert {after[n] for n in names} == {"deleted"}
