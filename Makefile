@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-long legacy bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The long runs of the adversarial suites: a 5-minute soak, more fuzzing and property examples.
+test-long: $(STAMP)
+	COALESCER_LONG=1 $(BIN)/python -m pytest -q
+
+# dstack 0.18.40 in .venv-legacy; the real-server tests build it on first use anyway.
+legacy: $(STAMP)
+	$(BIN)/python -m tests.support.versions
+
 lint: $(STAMP)
 	$(BIN)/ruff check proxy bench tests
 	$(BIN)/ruff format --check proxy bench tests
@@ -29,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.coalescing
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-legacy .pytest_cache .hypothesis

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.api import add_member, create_user
-from tests.support.bursts import burst, put_back, stop_events
+from tests.support.bursts import burst, put_back, records_events, stop_events
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
+from tests.support.versions import LEGACY_VERSION
 
 PROJECT = "main"
 STOP = f"/api/project/{PROJECT}/runs/stop"
@@ -32,7 +33,10 @@ def cleanup(dstack_server: DstackServer) -> Iterator[list[str]]:
 async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_call_each(
     dstack_server: DstackServer, proxy_url: str, cleanup: list[str]
 ) -> None:
-    names = [f"burst-{i}" for i in range(40)]
+    # 0.18.40's runs take seconds to stop: 20 there keep CI in its budget, still ten times the
+    # two calls allowed.
+    count = 20 if dstack_server.version == LEGACY_VERSION else 40
+    names = [f"burst-{i}" for i in range(count)]
     cleanup += names
     create_active_runs(dstack_server, PROJECT, names)
     token = dstack_server.admin_token
@@ -42,19 +46,20 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
         proxy_url, STOP, [{"runs_names": [n], "abort": False} for n in names], token
     )
     states = run_states(dstack_server, PROJECT)  # right after the answers: see the stop race
-    assert answers == [(200, b"null")] * 40
+    assert answers == [(200, b"null")] * count
     assert dstack_server.count_requests("/runs/stop", since=mark) <= 2
     stopped = stop_events(dstack_server, PROJECT, names)
-    assert {n: [actor for _, actor in stopped[n]] for n in names} == {n: ["admin"] for n in names}
+    admin = "admin" if records_events(dstack_server) else None  # 0.18.40 records no actor
+    assert {n: [actor for _, actor in stopped[n]] for n in names} == {n: [admin] for n in names}
     still_active = {n for n in names if states[n] != "terminating" and states[n] not in FINISHED}
     assert still_active <= put_back(dstack_server, PROJECT, sorted(still_active)), states
 
     stop_runs_until_finished(dstack_server, PROJECT, names)  # deletable only once finished
     mark = dstack_server.log_mark()
     answers = await burst(proxy_url, DELETE, [{"runs_names": [n]} for n in names], token)
-    assert answers == [(200, b"null")] * 40
+    assert answers == [(200, b"null")] * count
     assert dstack_server.count_requests("/runs/delete", since=mark) <= 2
-    after = run_states(dstack_server, PROJECT, include_deleted=True)
+    after = run_states(dstack_server, PROJECT, include_deleted=True, created=names)
     assert {after[n] for n in names} == {"deleted"}
 
 
@@ -80,7 +85,7 @@ async def test_one_active_run_fails_only_its_own_delete_with_dstacks_own_answer(
     assert set(answers.values()) == {(200, b"null")}
     # One bad caller costs 1 + 2·ceil(log2 12) calls; one more if the burst straddled windows.
     assert calls <= 1 + 2 * math.ceil(math.log2(len(names))) + 1
-    after = run_states(dstack_server, PROJECT, include_deleted=True)
+    after = run_states(dstack_server, PROJECT, include_deleted=True, created=names)
     assert {n: after[n] for n in answers} == dict.fromkeys(answers, "deleted")
     assert after[active] not in FINISHED | {"deleted"}
 
@@ -112,7 +117,8 @@ async def test_member_and_non_member_stopping_at_once_never_share_a_call(
     assert outsider_answers == [direct] * 5
     assert all(states[n] not in FINISHED | {"terminating"} for n in theirs), states
     events = stop_events(dstack_server, PROJECT, mine + theirs)
-    assert {n: [a for _, a in events[n]] for n in mine} == {n: ["team-member"] for n in mine}
+    member_name = "team-member" if records_events(dstack_server) else None  # none on 0.18.40
+    assert {n: [a for _, a in events[n]] for n in mine} == {n: [member_name] for n in mine}
     assert {n: events[n] for n in theirs} == {n: [] for n in theirs}
     # Merged per credential, never across: a batch or two each (a burst can straddle a
     # window), plus the direct probe; ten requests singly would be ten calls.

@@ -13,6 +13,7 @@ from tests.support.bursts import stop_events
 from tests.support.cli import cli_add_project, run_cli, write_task_file
 from tests.support.runs import create_active_runs, stop_runs_until_finished, wait_for_runs
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
 
 PROJECT = "probe"
 STOP = f"/api/project/{PROJECT}/runs/stop"
@@ -169,29 +170,34 @@ async def test_ui_asset_ranges_and_conditional_requests_pass_through(
 def test_dstack_cli_works_through_the_proxy(
     dstack_server: DstackServer, proxy_url: str, tmp_path: Path
 ) -> None:
+    # The server's own version of the CLI: an older server refuses a newer client.
+    legacy = dstack_server.version == LEGACY_VERSION
+    cli = {"executable": dstack_server.executable}
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    cli_add_project(home, "main", proxy_url, dstack_server.admin_token)
-    task = write_task_file(work, "cli-via-proxy")
-    applied = run_cli(["apply", "-f", str(task), "-y", "-d"], home=home, cwd=work)
+    cli_add_project(home, "main", proxy_url, dstack_server.admin_token, **cli)
+    task = write_task_file(work, "cli-via-proxy", user="root" if legacy else None)
+    # 0.18.40 wants a repo for every run unless told otherwise.
+    no_repo = ["--no-repo"] if legacy else []
+    applied = run_cli(["apply", "-f", str(task), "-y", "-d", *no_repo], home=home, cwd=work, **cli)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     wait_for_runs(dstack_server, "main", ["cli-via-proxy"], finished=False)
-    listed = run_cli(["ps"], home=home, cwd=work)
+    listed = run_cli(["ps"], home=home, cwd=work, **cli)
     assert listed.returncode == 0 and "cli-via-proxy" in listed.stdout
-    stopped = run_cli(["stop", "-y", "cli-via-proxy"], home=home, cwd=work)
+    stopped = run_cli(["stop", "-y", "cli-via-proxy"], home=home, cwd=work, **cli)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    # A stopped run can bounce back to pending (docs/dstack-api.md, "The stop race"):
-    # re-stop if needed.
+    # A stopped run can bounce back to pending (docs/dstack-api.md, "The stop race").
     final = stop_runs_until_finished(dstack_server, "main", ["cli-via-proxy"])
     assert final["cli-via-proxy"] in {"terminated", "failed", "done"}
+    assert stop_events(dstack_server, "main", ["cli-via-proxy"])["cli-via-proxy"]
 
 
 async def test_websocket_handshakes_are_refused_alike(
     dstack_server: DstackServer, proxy_url: str
 ) -> None:
-    # dstack 0.22.5 refuses every WebSocket handshake (docs/dstack-api.md, "Traffic that only
-    # passes through").
+    # dstack 0.22.5 refuses every WebSocket handshake with 403 (docs/dstack-api.md, "Traffic
+    # that only passes through"), 0.18.40 with 404 (docs/dstack-api.md, "Differences in 0.18.40").
     handshake = {
         "Upgrade": "websocket",
         "Connection": "Upgrade",
@@ -203,10 +209,11 @@ async def test_websocket_handshakes_are_refused_alike(
         for base in (dstack_server.url, proxy_url):
             async with session.get(base + "/api/project/main/runs/list", headers=handshake) as r:
                 answers.append((r.status, r.headers.get("Content-Type"), await r.read()))
-    assert answers[0][0] == 403
+    assert answers[0][0] == (404 if dstack_server.version == LEGACY_VERSION else 403)
     assert answers[1] == answers[0]
 
 
+@pytest.mark.server_versions(CURRENT_VERSION)  # 0.18.40's own client: the CLI test above
 def test_dstack_sdk_works_through_the_proxy(dstack_server: DstackServer, proxy_url: str) -> None:
     from dstack.api import Client  # imported here: the SDK takes a second to import
 

@@ -23,6 +23,10 @@ from tests.support.front import REPLICA_POLICY, NginxFront, make_certificate, sa
 from tests.support.processes import ProxyProcess
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION
+
+# The deployment front is checked against the current server only (CI's time budget).
+pytestmark = pytest.mark.server_versions(CURRENT_VERSION)
 
 BATCHED = "proxy_batch_size_sum"  # requests that went out in batches, per endpoint
 FINISHED = {"terminated", "failed", "done"}

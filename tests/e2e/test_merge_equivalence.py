@@ -26,6 +26,7 @@ from tests.support.api import add_member, create_project, create_user
 from tests.support.bursts import burst, send_one_by_one, stop_events
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
 
 POOL = ("r-a", "r-b", "r-c", "r-d")
 NAMES = st.lists(st.sampled_from((*POOL, "ghost")), min_size=1, max_size=3)
@@ -136,14 +137,17 @@ def _effect(server: DstackServer, project: str, scenario: Scenario) -> dict[str,
     that run and may stop it; which of several such callers' stops landed first is not fixed
     (concurrent requests have no order, proxy or not), so the actor itself is not compared."""
     if scenario.op == "delete":
-        states = run_states(server, project, include_deleted=True)
+        states = run_states(server, project, include_deleted=True, created=POOL)
         return {n: states[n] == "deleted" for n in POOL}
     # Runs finished in the set-up carry the set-up's stop; stopping them again is a no-op.
     active = [n for n in POOL if n not in scenario.finished]
     stopped = stop_events(server, project, active)
     for name, events in stopped.items():
         allowed = {c.credential for c in scenario.callers if name in c.names} - {"outsider"}
-        assert {actor.removeprefix("eq-") for _, actor in events} <= allowed, (name, events)
+        if events and events[0][1] is None:  # 0.18.40 records no actor: a member named it
+            assert allowed, (name, events)
+            continue
+        assert {str(actor).removeprefix("eq-") for _, actor in events} <= allowed, (name, events)
     return {n: bool(stopped[n]) for n in active}
 
 
@@ -181,7 +185,21 @@ BATCHING_EXAMPLES = (
     ),
 )
 
+# An active run's delete is refused beside deletes that succeed, and a non-member's.
+REFUSED_DELETES = Scenario(
+    "delete",
+    frozenset({"r-a", "r-b", "r-c"}),
+    (
+        Caller("admin", ("r-a",), False),
+        Caller("admin", ("r-b", "r-d"), False),
+        Caller("member", ("r-c", "ghost"), False),
+        Caller("admin", ("r-b",), False),
+        Caller("outsider", ("r-a",), False),
+    ),
+)
 
+
+@pytest.mark.server_versions(CURRENT_VERSION)
 @settings(
     max_examples=3,
     deadline=None,
@@ -206,21 +224,30 @@ BATCHING_EXAMPLES = (
 @example(BATCHING_EXAMPLES[0])
 @example(BATCHING_EXAMPLES[1])
 @example(BATCHING_EXAMPLES[2])
-@example(
-    Scenario(
-        "delete",
-        frozenset({"r-a", "r-b", "r-c"}),
-        (
-            Caller("admin", ("r-a",), False),
-            Caller("admin", ("r-b", "r-d"), False),
-            Caller("member", ("r-c", "ghost"), False),
-            Caller("admin", ("r-b",), False),
-            Caller("outsider", ("r-a",), False),
-        ),
-    )
-)
+@example(REFUSED_DELETES)
 @given(scenario=scenarios())
 def test_proxied_burst_is_equivalent_to_direct_one_by_one(
+    dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
+) -> None:
+    _check(dstack_server, proxy_url, tokens, scenario)
+
+
+# 0.18.40 takes twice as long per example (its runs stay `terminating` for seconds): two fixed
+# examples only, which cover stops beside a non-member's, and deletes one of which is refused
+# (the batched stop bursts of test_coalescing_real.py run there too).
+@pytest.mark.server_versions(LEGACY_VERSION)
+@pytest.mark.parametrize(
+    "scenario",
+    [BATCHING_EXAMPLES[1], REFUSED_DELETES],
+    ids=["stops-non-member", "deletes-one-refused"],
+)
+def test_proxied_burst_is_equivalent_to_direct_one_by_one_on_the_legacy_server(
+    dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
+) -> None:
+    _check(dstack_server, proxy_url, tokens, scenario)
+
+
+def _check(
     dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
 ) -> None:
     k = next(_examples)

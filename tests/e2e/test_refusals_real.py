@@ -3,12 +3,18 @@ dstack's own answer, and the proxy stops bisecting as soon as both halves get th
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.bursts import burst
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION
 
 STOP = "/api/project/main/runs/stop"
 
 
+# 0.18.40 refuses a bad version in a middleware that its request log never sees, so the calls
+# cannot be counted there (docs/dstack-api.md, "Differences in 0.18.40").
+@pytest.mark.server_versions(CURRENT_VERSION)
 async def test_an_incompatible_api_version_costs_a_few_calls_not_one_per_caller(
     dstack_server: DstackServer, proxy_url: str
 ) -> None:

@@ -17,6 +17,10 @@ from tests.support.bursts import burst
 from tests.support.processes import ProxyProcess
 from tests.support.runs import create_active_runs, stop_runs_until_finished
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION
+
+# Against the current server only: plain pass-through, and CI's time budget.
+pytestmark = pytest.mark.server_versions(CURRENT_VERSION)
 
 PROJECT = "main"
 POOL_SIZE = 4  # anything that held a slot per slow reader would starve at this size

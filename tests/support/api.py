@@ -97,11 +97,25 @@ def add_member(
     """Add `username` to `project` with `role` (`admin`/`manager`/`user`).
 
     Uses `POST /api/projects/{project}/add_members` (0.19.16+). This adds to
-    the member list and does not replace it.
+    the member list and does not replace it. Older servers (405 there) only have
+    `set_members`, which replaces the list: it is sent the current members plus this one.
     """
+    member = {"username": username, "project_role": role}
+    try:
+        api_post(server, f"/api/projects/{project}/add_members", {"members": [member]}, token=token)
+        return
+    except ApiError as exc:
+        if exc.status != 405:
+            raise
+    current = api_post(server, f"/api/projects/{project}/get", token=token)["members"]
+    members = [
+        {"username": m["user"]["username"], "project_role": m["project_role"]}
+        for m in current
+        if m["user"]["username"] != username
+    ]
     api_post(
         server,
-        f"/api/projects/{project}/add_members",
-        {"members": [{"username": username, "project_role": role}]},
+        f"/api/projects/{project}/set_members",
+        {"members": [*members, member]},
         token=token,
     )

@@ -11,12 +11,24 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .api import api_post
+from .api import ApiError, api_post
 from .runs import run_infos
 from .server import DstackServer
 
 Answer = tuple[int, bytes]
 STOP_MARK = "-> TERMINATING"
+USER_STOPS = frozenset({"stopped_by_user", "aborted_by_user"})
+
+
+def records_events(server: DstackServer) -> bool:
+    """Whether the server keeps an events API (0.22.5 does; 0.18.40 answers 405 there)."""
+    try:
+        api_post(server, "/api/events/list", {"limit": 1})
+    except ApiError as exc:
+        if exc.status in (404, 405):
+            return False
+        raise
+    return True
 
 
 async def burst(
@@ -54,7 +66,18 @@ def stop_events(
     Events can appear shortly after the change, so this polls until nothing new arrives for
     `settle` seconds. Robust against the stop race (docs/dstack-api.md, "The stop race"): a run put
     back to pending by the pipeline still shows the user's stop.
+
+    A server without events (0.18.40) records no actor: a run whose termination reason is a
+    user's stop gets one entry `("-> <status> (<reason>)", None)`.
     """
+    if not records_events(server):
+        infos = run_infos(server, project)
+        return {
+            n: [(f"-> {infos[n].status} ({infos[n].termination_reason})", None)]
+            if n in infos and infos[n].termination_reason in USER_STOPS
+            else []
+            for n in names
+        }
     ids = {info.id: name for name, info in run_infos(server, project).items() if name in names}
     previous: dict[str, list[tuple[str, str | None]]] | None = None
     deadline = time.monotonic() + 10
@@ -81,7 +104,10 @@ def put_back(
 ) -> set[str]:
     """Runs whose status the server's own pipeline changed after a user's stop: the stop
     race (docs/dstack-api.md, "The stop race"), not the caller's doing. Polls
-    for up to `timeout` s, as events can be listed shortly after they happen."""
+    for up to `timeout` s, as events can be listed shortly after they happen. A server without
+    events (0.18.40, where no such race was seen) gives the empty set."""
+    if not records_events(server):
+        return set()
     ids = {info.id: name for name, info in run_infos(server, project).items() if name in names}
     deadline = time.monotonic() + timeout
     while True:

@@ -59,6 +59,7 @@ def run_cli(
     timeout: float = 120.0,
     check: bool = False,
     input: str | None = None,
+    executable: PathLike | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `dstack <args>` non-interactively with an isolated `HOME`.
 
@@ -70,6 +71,7 @@ def run_cli(
         env: extra environment variables (see `cli_env`).
         check: raise `CliError` (a `CalledProcessError`) on a non-zero exit code.
         input: text for stdin (stdin is empty otherwise, so the CLI never waits for input).
+        executable: another version's `dstack` (default: the one next to this interpreter).
 
     Returns:
         The completed process, with `stdout`/`stderr` as text. The CLI
@@ -84,7 +86,7 @@ def run_cli(
     full_env = cli_env(home_path, env)
     full_env.setdefault("COLUMNS", "200")  # keep rich tables from truncating names
     cp = subprocess.run(
-        [str(dstack_executable()), *args],
+        [str(executable or dstack_executable()), *args],
         cwd=str(Path(cwd).absolute() if cwd is not None else home_path),
         env=full_env,
         input="" if input is None else input,
@@ -97,29 +99,45 @@ def run_cli(
     return cp
 
 
-def cli_add_project(home: PathLike, name: str, url: str, token: str) -> None:
+def cli_add_project(
+    home: PathLike, name: str, url: str, token: str, *, executable: PathLike | None = None
+) -> None:
     """`dstack project add --name NAME --url URL --token TOKEN -y`.
 
     `name` must be an existing project on the server that the token's user
     can see. The CLI checks this with `POST /api/projects/{name}/get` and
     exits with code 1 otherwise, e.g. ``Failed to connect to dstack server
-    URL``. The first project added becomes the CLI's default project.
+    URL``. The first project added becomes the CLI's default project. A CLI without the
+    `project` command (0.18.x) is given `dstack config --project NAME --url URL --token TOKEN`.
 
     Raises:
         CliError: the command failed.
     """
-    run_cli(
+    added = run_cli(
         ["project", "add", "--name", name, "--url", url, "--token", token, "-y"],
         home,
-        check=True,
+        executable=executable,
     )
+    if added.returncode == 2 and "invalid choice: 'project'" in added.stderr:
+        # 0.18.x has no `project` command: `dstack config` does the same there.
+        added = run_cli(
+            ["config", "--project", name, "--url", url, "--token", token, "-y"],
+            home,
+            executable=executable,
+        )
+    if added.returncode != 0:
+        raise CliError(added.returncode, added.args, added.stdout, added.stderr)
 
 
 def write_task_file(
-    directory: PathLike, run_name: str | None = None, filename: str = "task.dstack.yml"
+    directory: PathLike,
+    run_name: str | None = None,
+    filename: str = "task.dstack.yml",
+    *,
+    user: str | None = None,
 ) -> Path:
     """Write `task_yaml` to `directory/filename` and return the path."""
     path = Path(directory) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(task_yaml(run_name))
+    path.write_text(task_yaml(run_name, user=user))
     return path

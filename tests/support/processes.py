@@ -183,3 +183,29 @@ class FastUpstream(Process):
             f"{self.url}/healthcheck",
             log,
         )
+
+
+class SlowUpstream(Process):
+    """The recording upstream of `slow_upstream.py`: runs/* calls answered after `delay` s,
+    or held until released; for load and soak runs against the proxy as its own process."""
+
+    def __init__(self, log: Path, delay: float = 0.0) -> None:
+        self.port = find_free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [sys.executable, "-m", "tests.support.slow_upstream", str(self.port), str(delay)],
+            f"{self.url}/healthcheck",
+            log,
+        )
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """From /proc: resident and peak memory (`VmRSS`, `VmHWM`, in KiB), `Threads`, and `fds`
+    (open file descriptors, sockets included)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM", "Threads"):
+            fields[name] = int(value.split()[0])
+    fields["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    return fields

@@ -15,15 +15,18 @@ guarantee that the run stops; `stop_runs_until_finished` re-stops until it does.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .api import api_post
+from .api import ApiError, api_post
 from .server import ServerLike
 
 DEFAULT_PROJECT = "main"
@@ -40,11 +43,13 @@ ACTIVE_STATUSES: frozenset[str] = frozenset(
 _RUNS_LIST_PAGE = 100  # the server's largest `limit` for runs/list
 
 
-def task_configuration(name: str | None = None) -> dict[str, Any]:
+def task_configuration(name: str | None = None, *, user: str | None = None) -> dict[str, Any]:
     """A task that stays active on a server without backends.
 
     `retry.on_events: [no-capacity]` with `duration: 1d` makes the server
     retry the "no fleet/offer" failure for a day instead of failing the run.
+    `user`: the task's `user`; dstack 0.18.40 needs `"root"`, or it asks a registry for the
+    default image's user (docs/dstack-api.md, "Differences in 0.18.40").
     """
     conf: dict[str, Any] = {
         "type": "task",
@@ -53,12 +58,14 @@ def task_configuration(name: str | None = None) -> dict[str, Any]:
     }
     if name is not None:
         conf["name"] = name
+    if user is not None:
+        conf["user"] = user
     return conf
 
 
-def task_yaml(name: str | None = None) -> str:
+def task_yaml(name: str | None = None, *, user: str | None = None) -> str:
     """`task_configuration` as `.dstack.yml` text, for the CLI."""
-    return str(yaml.safe_dump(task_configuration(name), sort_keys=False))
+    return str(yaml.safe_dump(task_configuration(name, user=user), sort_keys=False))
 
 
 def _create_run(url: str, token: str, project: str, name: str) -> str:
@@ -75,6 +82,25 @@ def _create_run(url: str, token: str, project: str, name: str) -> str:
         reserve_ports=False,
     )
     return str(run.status.value)
+
+
+def _create_runs_with(
+    python: Path, url: str, token: str, project: str, names: Sequence[str]
+) -> dict[str, str]:
+    # Another version's SDK, in its own interpreter: a newer client is refused by an older
+    # server (X-API-Version), so each server gets runs from its own SDK.
+    confs = [task_configuration(n, user="root") for n in names]
+    done = subprocess.run(
+        [str(python), str(Path(__file__).with_name("legacy_sdk.py"))],
+        input=json.dumps({"url": url, "token": token, "project": project, "confs": confs}),
+        capture_output=True,
+        text=True,
+        timeout=60 + 5 * len(names),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"creating runs with {python} failed:\n{done.stderr[-2000:]}")
+    return {str(k): str(v) for k, v in json.loads(done.stdout).items()}
 
 
 def create_active_runs(
@@ -103,11 +129,16 @@ def create_active_runs(
     Race (0.22.5): a stopped pending run can bounce back to pending within
     ~2 s. Stop with `stop_runs_until_finished` when it must stick.
 
+    A server of another dstack version (`DstackServer.sdk_python`) gets its runs from its own
+    SDK, in its own interpreter (`legacy_sdk.py`), with `user: root`.
+
     Returns:
         `{name: status}` as returned by `runs/apply` (normally `"submitted"`).
     """
     base = url or server.url
     tok = token or server.admin_token
+    if (python := getattr(server, "sdk_python", None)) is not None:
+        return _create_runs_with(python, base, tok, project, names)
     if workers <= 1 or len(names) <= 1:
         return {n: _create_run(base, tok, project, n) for n in names}
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -160,7 +191,14 @@ def list_runs(
     }
     runs: list[dict[str, Any]] = []
     while True:
-        page = api_post(server, "/api/runs/list", body, token=token, url=url)
+        try:
+            page = api_post(server, "/api/runs/list", body, token=token, url=url)
+        except ApiError as exc:
+            if exc.status != 422 or "include_jobs" not in exc.body or "include_jobs" not in body:
+                raise
+            # 0.18.40 has no `include_jobs` (and always includes them).
+            body = {k: v for k, v in body.items() if k != "include_jobs"}
+            continue
         runs.extend(page)
         if len(page) < _RUNS_LIST_PAGE:
             return runs
@@ -207,11 +245,14 @@ def run_states(
     *,
     url: str | None = None,
     include_deleted: bool = False,
+    created: Iterable[str] = (),
 ) -> dict[str, str]:
     """`{run name: status}` for `project`, e.g. `{"r1": "pending", "r2": "terminated"}`.
 
     Deleted runs are left out by default. With `include_deleted=True` a name
-    whose rows are all deleted maps to the pseudo status `"deleted"`.
+    whose rows are all deleted maps to the pseudo status `"deleted"`; so does a name of
+    `created` (runs the caller made) that is no longer listed at all, as dstack 0.18.40
+    removes deleted runs from `runs/list`.
     Status values: `pending`, `submitted`, `provisioning`, `running`,
     `terminating`, `terminated`, `failed`, `done`. A stopped pending
     run ends as `terminated` with `termination_reason` `stopped_by_user`
@@ -219,7 +260,10 @@ def run_states(
     but see the race in the module docstring.
     """
     infos = run_infos(server, project, token, url=url, include_deleted=include_deleted)
-    return {name: ("deleted" if i.deleted else i.status) for name, i in infos.items()}
+    states = {name: ("deleted" if i.deleted else i.status) for name, i in infos.items()}
+    if include_deleted:
+        states.update({n: "deleted" for n in created if n not in states})
+    return states
 
 
 def wait_for_runs(

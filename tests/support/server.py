@@ -24,6 +24,7 @@ the count is stable.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +179,7 @@ class DstackServer:
         self._keep_workdir = keep_workdir
         self._executable = Path(executable) if executable is not None else dstack_executable()
         self._process: Process | None = None
+        self._version: str | None = None
         self.startup_seconds: float | None = None  # wall time of the last successful start
 
     # -- properties ---------------------------------------------------------
@@ -210,6 +213,36 @@ class DstackServer:
     @property
     def admin_token(self) -> str:
         return self._admin_token
+
+    @property
+    def executable(self) -> Path:
+        """The `dstack` entry point this server runs."""
+        return self._executable
+
+    @property
+    def sdk_python(self) -> Path | None:
+        """The interpreter of this server's own dstack SDK when it is not the running one
+        (another version's virtual environment), else None: the SDK can be imported here."""
+        if self._executable == dstack_executable():
+            return None
+        return self._executable.parent / "python"
+
+    @property
+    def version(self) -> str:
+        """The server's own version string (`POST /api/server/get_info`), e.g. `"0.18.40"`."""
+        if self._version is None:
+            req = urllib.request.Request(
+                f"{self.url}/api/server/get_info",
+                data=b"{}",
+                method="POST",
+                headers={
+                    "Authorization": f"Bearer {self._admin_token}",
+                    "Content-Type": "application/json",
+                },
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                self._version = str(json.loads(resp.read())["server_version"])
+        return self._version
 
     @property
     def pid(self) -> int | None:

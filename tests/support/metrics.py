@@ -1,0 +1,20 @@
+"""Reading the proxy's own metrics from its admin listener (Prometheus text format)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+PENDING = "proxy_batch_pending"  # callers waiting for a batch's answer
+KEYS = "proxy_batch_keys"  # keys with a batch waiting or a flight in the air
+
+
+def read_metrics(admin_url: str) -> dict[str, float]:
+    """`{sample: value}` with the labels as written, e.g. `proxy_requests_total{...}`."""
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
