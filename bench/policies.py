@@ -1,0 +1,211 @@
+"""Flush policies side by side against a real dstack server, each in its own proxy process
+(`--policy window|idle|adaptive`): a lone stop's added latency, 20 stops at once, 20 stops over
+6 connections, and 100 at once, every shape on fresh runs, policies interleaved.
+
+    .venv/bin/python -m bench.policies [--pairs 60] [--rounds 2]
+
+A checkout without `--policy` is measured as it is (its built-in fixed window, labelled
+"window"); a policy the proxy refuses is listed as not available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tests.support.api import create_project
+from tests.support.processes import FastUpstream, ProcessStartError, ProxyProcess
+from tests.support.runs import create_active_runs, stop_runs
+from tests.support.server import DstackServer
+
+from .tools import proxy_flags
+from .workload import Measured, bodies_for, measure, post_all
+
+POLICIES = ("window", "idle", "adaptive")
+CHUNK = 10  # lone pairs per batch of fresh runs: keeps the server's pipeline small
+
+
+@dataclass
+class PolicyFigures:
+    policy: str
+    lone_ms: list[float] = field(default_factory=list)  # one lone stop through this proxy
+    at_once_20: list[Measured] = field(default_factory=list)
+    six_connections_20: list[Measured] = field(default_factory=list)
+    at_once_100: list[Measured] = field(default_factory=list)
+
+
+@dataclass
+class PolicyResults:
+    direct_lone_ms: list[float]  # the same lone stop straight to the server, interleaved
+    policies: dict[str, PolicyFigures]
+    direct_batch_100: list[Measured]  # one direct stop naming 100 runs
+    fast_100_s: list[float]  # 100 one-run stops at once against a server that answers at once
+    unavailable: list[str]  # policies this checkout cannot run
+    policy_flag: bool  # whether the proxy has --policy at all
+
+
+def _timed_stop(conn: http.client.HTTPConnection, project: str, name: str, token: str) -> float:
+    body = json.dumps({"runs_names": [name], "abort": False})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    conn.request("POST", f"/api/project/{project}/runs/stop", body=body, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    if resp.status != 200:
+        raise RuntimeError(f"lone stop via {conn.host}:{conn.port} -> {resp.status}")
+    return elapsed
+
+
+def _connect(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+
+
+def lone_stops(
+    server: DstackServer, proxies: dict[str, str], pairs: int
+) -> tuple[list[float], dict[str, list[float]]]:
+    """One stop at a time, nothing else happening: straight to the server and through every
+    proxy in turn (order rotated each time), each on a fresh active run. Kept-alive connections,
+    warmed up per chunk, so the figure is the request, not the TCP handshake."""
+    targets = {"direct": server.url, **proxies}
+    samples: dict[str, list[float]] = {t: [] for t in targets}
+    for chunk in range(0, pairs, CHUNK):
+        project = f"lone{chunk}"
+        create_project(server, project)
+        size = min(CHUNK, pairs - chunk)
+        names = {t: [f"l{chunk + i}-{t}" for i in range(size)] for t in targets}
+        create_active_runs(server, project, [n for ns in names.values() for n in ns])
+        conns = {t: _connect(url) for t, url in targets.items()}
+        try:
+            for conn in conns.values():
+                _timed_stop(conn, project, "warm-up", server.admin_token)  # no such run: no-op
+            for i in range(size):
+                order = list(targets)
+                shift = (chunk + i) % len(order)
+                for t in order[shift:] + order[:shift]:
+                    samples[t].append(
+                        _timed_stop(conns[t], project, names[t][i], server.admin_token)
+                    )
+        finally:
+            for conn in conns.values():
+                conn.close()
+        # The stop race can put a stopped run back; stop again so the pipeline stays quiet.
+        stop_runs(server, project, [n for ns in names.values() for n in ns])
+    direct = samples.pop("direct")
+    return direct, samples
+
+
+def _fast_100(fast_url: str, token: str) -> float:
+    names = [f"f{i}" for i in range(100)]
+    started = time.perf_counter()
+    answers = asyncio.run(
+        post_all(
+            fast_url,
+            "/api/project/main/runs/stop",
+            bodies_for("proxy singles", "stop", names),
+            token,
+        )
+    )
+    if {status for status, _ in answers} != {200}:
+        raise RuntimeError("fast upstream did not answer 200 to every stop")
+    return time.perf_counter() - started
+
+
+def shapes(
+    server: DstackServer,
+    proxies: dict[str, str],
+    fast_url: str,
+    rounds: int,
+    results: PolicyResults,
+) -> None:
+    """Per round, per policy (interleaved): 20 at once, 20 over 6 connections, 100 at once;
+    then the two baselines of the N = 100 bound."""
+    for round_ in range(rounds):
+        for policy, url in proxies.items():
+            project = f"r{round_}{policy}"
+            create_project(server, project)
+            names = [f"s{round_}{policy}-{i}" for i in range(140)]
+            create_active_runs(server, project, names)
+            figures = results.policies[policy]
+            for bucket, chosen, connections in (
+                (figures.at_once_20, names[:20], None),
+                (figures.six_connections_20, names[20:40], 6),
+                (figures.at_once_100, names[40:], None),
+            ):
+                m = measure(server, url, "proxy singles", "stop", project, chosen, connections)
+                bucket.append(m)
+                print(
+                    f"round {round_ + 1} {policy}: {len(chosen)} "
+                    f"{'at once' if connections is None else f'over {connections} connections'}"
+                    f": {m.upstream_calls} calls, {m.wall_s:.3f} s, ok={m.ok}",
+                    flush=True,
+                )
+            stop_runs(server, project, names)
+        project = f"r{round_}batch"
+        create_project(server, project)
+        names = [f"b{round_}-{i}" for i in range(100)]
+        create_active_runs(server, project, names)
+        m = measure(server, "", "direct batch", "stop", project, names)
+        results.direct_batch_100.append(m)
+        stop_runs(server, project, names)
+        results.fast_100_s.append(_fast_100(fast_url, server.admin_token))
+        print(
+            f"round {round_ + 1}: direct 100-name stop {m.wall_s:.3f} s; 100 at once against "
+            f"an instant server {results.fast_100_s[-1]:.3f} s",
+            flush=True,
+        )
+
+
+def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyResults:
+    """Start one proxy per policy (plus a fast upstream) and measure every shape."""
+    has_flag = "--policy" in proxy_flags()
+    wanted = POLICIES if has_flag else ("window",)
+    unavailable = [] if has_flag else [p for p in POLICIES if p != "window"]
+    with contextlib.ExitStack() as stack:
+        proxies: dict[str, str] = {}
+        for policy in wanted:
+            flags = ("--policy", policy) if has_flag else ()
+            try:
+                proc = stack.enter_context(
+                    ProxyProcess(server.url, workdir / f"proxy-{policy}.log", *flags)
+                )
+            except ProcessStartError as exc:
+                print(f"policy {policy} not available: {str(exc).splitlines()[-1]}", flush=True)
+                unavailable.append(policy)
+                continue
+            proxies[policy] = proc.url
+        fast = stack.enter_context(FastUpstream(workdir / "fast.log"))
+        direct, lone = lone_stops(server, proxies, pairs)
+        results = PolicyResults(
+            direct_lone_ms=direct,
+            policies={p: PolicyFigures(p, lone_ms=lone[p]) for p in proxies},
+            direct_batch_100=[],
+            fast_100_s=[],
+            unavailable=unavailable,
+            policy_flag=has_flag,
+        )
+        shapes(server, proxies, fast.url, rounds, results)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp, DstackServer() as server:
+        results = run(server, Path(tmp), args.pairs, args.rounds)
+    print(json.dumps(asdict(results)))
+
+
+if __name__ == "__main__":
+    main()
