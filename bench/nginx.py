@@ -46,6 +46,7 @@ _PASSTHROUGH = """
             proxy_pass http://fast;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;  # stream large answers, never spool them to disk
         }}
     }}
 """
