@@ -115,7 +115,7 @@ def run(workdir: Path, projects: int, per_project: int) -> MemoryResults:
     )
     print(
         f"{result.held} of {result.requests} held ({result.upstream_calls} upstream calls); "
-        f"peak RSS {result.peak_rss_mb:.1f} MiB (idle {result.idle_rss_mb:.1f}, "
+        f"peak RSS {result.peak_rss_mb:.1f} MB (idle {result.idle_rss_mb:.1f}, "
         f"holding {result.held_rss_mb:.1f}); "
         f"{result.answered_ok} answered 200 null",
         flush=True,

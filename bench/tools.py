@@ -31,12 +31,12 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 
 def peak_rss_mb(pid: int) -> tuple[float, float]:
-    """(VmHWM, VmRSS) of `pid` in MiB: the peak resident set so far and the current one."""
+    """(VmHWM, VmRSS) of `pid` in MB (10^6 bytes): the peak resident set so far and now."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, value = line.partition(":")
         if name in ("VmHWM", "VmRSS"):
-            fields[name] = int(value.split()[0]) / 1024  # kB
+            fields[name] = int(value.split()[0]) * 1024 / 1e6  # kB (KiB)
     return fields["VmHWM"], fields["VmRSS"]
 
 

@@ -1,0 +1,343 @@
+"""docs/measurements.md and the README's "Measured" section, written from one run's results
+(the plain data `python -m bench` saves in docs/measurements.json)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from .tools import pct
+
+Data = dict[str, Any]
+BATCH_PLOT = "bench-batching.png"
+POLICY_PLOT = "bench-policies.png"
+PASSTHROUGH_PLOT = "bench-passthrough.png"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def lone_figures(data: Data) -> dict[str, dict[str, float]]:
+    """p50/p99 of the lone stop per target, and what each policy adds over direct."""
+    pol = data["policies"]
+    direct = pol["direct_lone_ms"]
+    out = {"direct": {"p50": pct(direct, 50), "p99": pct(direct, 99), "n": len(direct)}}
+    for name, fig in pol["policies"].items():
+        s = fig["lone_ms"]
+        out[name] = {"p50": pct(s, 50), "p99": pct(s, 99), "n": len(s)}
+        out[name]["added_p50"] = out[name]["p50"] - out["direct"]["p50"]
+        out[name]["added_p99"] = out[name]["p99"] - out["direct"]["p99"]
+    return out
+
+
+def _worst_calls(rows: list[Data]) -> int:
+    return max(r["upstream_calls"] for r in rows)
+
+
+def _median_wall(rows: list[Data]) -> float:
+    return statistics.median(r["wall_s"] for r in rows)
+
+
+def bound_100(data: Data) -> float:
+    """One direct 100-name stop plus 100 requests against a server that answers at once."""
+    pol = data["policies"]
+    return _median_wall(pol["direct_batch_100"]) + statistics.median(pol["fast_100_s"])
+
+
+def passthrough_figures(data: Data) -> dict[str, dict[str, float]]:
+    pt = data["passthrough"]
+    direct = pt["latency"]["direct"]
+    out = {}
+    for name, rps in pt["throughput"].items():
+        lat, dl = pt["latency"][name], pt["download"][name]
+        out[name] = {
+            "rps": statistics.median(rps),
+            "p50": lat["p50_ms"],
+            "p99": lat["p99_ms"],
+            "added_p50": lat["p50_ms"] - direct["p50_ms"],
+            "added_p99": lat["p99_ms"] - direct["p99_ms"],
+            "mib_s": dl["requests_per_s"],  # 1 MiB per request
+            "dl_p50": dl["p50_ms"],
+        }
+    for name in out:
+        out[name]["vs_bare"] = out[name]["rps"] / out["bare aiohttp"]["rps"]
+    return out
+
+
+def targets(data: Data) -> list[tuple[str, str, str, bool]]:
+    """(target, where, measured, met) for every target of the issue, one row per policy."""
+    rows = []
+    lone = lone_figures(data)
+    bound = bound_100(data)
+    for name, fig in data["policies"]["policies"].items():
+        rows += [
+            (
+                "a lone stop adds ≤ 1 ms at p50",
+                name,
+                f"{lone[name]['added_p50']:+.1f} ms",
+                lone[name]["added_p50"] <= 1.0,
+            ),
+            (
+                "20 at once: ≤ 2 calls",
+                name,
+                f"{_worst_calls(fig['at_once_20'])} (worst round)",
+                _worst_calls(fig["at_once_20"]) <= 2,
+            ),
+            (
+                "20 over 6 connections: ≤ 5 calls",
+                name,
+                f"{_worst_calls(fig['six_connections_20'])} (worst round)",
+                _worst_calls(fig["six_connections_20"]) <= 5,
+            ),
+            (
+                f"N = 100 at once within {bound:.3f} s",
+                name,
+                f"{_median_wall(fig['at_once_100']):.3f} s",
+                _median_wall(fig["at_once_100"]) <= bound,
+            ),
+        ]
+    pt = passthrough_figures(data)["proxy"]
+    rows.append(
+        (
+            "pass-through ≥ 95% of bare aiohttp req/s",
+            "default config",
+            f"{pt['vs_bare']:.0%}",
+            pt["vs_bare"] >= 0.95,
+        )
+    )
+    mem = data["memory"]
+    rows.append(
+        (
+            "peak RSS holding 10 000 requests ≤ 150 MB",
+            "default config",
+            f"{mem['peak_rss_mb']:.0f} MB",
+            mem["peak_rss_mb"] <= 150 and mem["answered_ok"] == mem["requests"],
+        )
+    )
+    return rows
+
+
+def _targets_table(data: Data) -> str:
+    lines = ["| target | policy / setup | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {t} | {w} | {m} | {_yes(ok)} |" for t, w, m, ok in targets(data)]
+    return "\n".join(lines)
+
+
+def _policy_section(data: Data) -> str:
+    pol = data["policies"]
+    lone = lone_figures(data)
+    bound = bound_100(data)
+    rounds = len(pol["direct_batch_100"])
+    lines = [
+        "| policy | lone stop p50 / p99 ms | added p50 / p99 ms | 20 at once: calls, wall s "
+        "| 20 over 6 conns: calls, wall s | 100 at once: calls, wall s |",
+        "|---|---|---|---|---|---|",
+        f"| direct (no proxy) | {lone['direct']['p50']:.1f} / {lone['direct']['p99']:.1f} "
+        "| | 20 | | 100 |",
+    ]
+    for name, fig in pol["policies"].items():
+        cells = []
+        for shape in ("at_once_20", "six_connections_20", "at_once_100"):
+            calls = "/".join(str(r["upstream_calls"]) for r in fig[shape])
+            cells.append(f"{calls}, {_median_wall(fig[shape]):.3f}")
+        lines.append(
+            f"| {name} | {lone[name]['p50']:.1f} / {lone[name]['p99']:.1f} "
+            f"| {lone[name]['added_p50']:+.1f} / {lone[name]['added_p99']:+.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    missing = ", ".join(pol["unavailable"]) or "none"
+    return "\n".join(
+        [
+            f"{lone['direct']['n']} lone stops per target, one at a time, each naming a fresh "
+            "active run, direct and through every policy's proxy in rotating order (kept-alive "
+            f"connections). The shapes ran {rounds} round(s), policies interleaved, on fresh "
+            "runs; calls are listed per round (from the dstack log), wall time is the median.",
+            "",
+            *lines,
+            "",
+            f"N = 100 bound: one direct 100-name stop ({_median_wall(pol['direct_batch_100']):.3f}"
+            f" s) plus 100 one-run stops at once against a server that answers at once "
+            f"({statistics.median(pol['fast_100_s']):.3f} s) = **{bound:.3f} s**.",
+            "",
+            f"Policies not measurable in this checkout: {missing}"
+            + ("" if pol["policy_flag"] else " (the proxy has no `--policy` option yet)")
+            + ".",
+            "",
+            f"![added latency per policy]({POLICY_PLOT})",
+        ]
+    )
+
+
+def _sweep_section(data: Data) -> str:
+    lines = [
+        "| op | N callers | way | upstream calls | wall s | all ok |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['op']} | {r['callers']} | {r['way']} | {r['upstream_calls']} "
+        f"| {r['wall_s']:.3f} | {_yes(r['ok'])} |"
+        for r in data["sweep"]
+    ]
+    return "\n".join(
+        [
+            f"N concurrent one-run `runs/stop` requests, then N one-run `runs/delete`, sent "
+            "three ways: straight to the server (direct singles), through the proxy (default "
+            "policy), and as one request naming all N (direct batch); fresh runs for each way, "
+            f'medians of {data["settings"]["sweep_rounds"]} round(s). "all ok" means every '
+            "caller got 200 and every run was `terminating`/`terminated` (stop) or deleted right "
+            "after; a **no** on a stop is the upstream stop race (docs/dstack-api.md, "
+            '"The stop race"), which hits direct requests too.',
+            "",
+            *lines,
+            "",
+            f"![upstream calls and wall time against N]({BATCH_PLOT})",
+        ]
+    )
+
+
+def _passthrough_section(data: Data) -> str:
+    pt = data["passthrough"]
+    fig = passthrough_figures(data)
+    lines = [
+        "| path | requests/s | vs bare aiohttp | p50 / p99 ms | added p50 / p99 ms "
+        "| 1 MiB downloads/s | 1 MiB p50 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, f in fig.items():
+        label = "direct to the upstream" if name == "direct" else name
+        added = "" if name == "direct" else f"{f['added_p50']:+.3f} / {f['added_p99']:+.3f}"
+        lines.append(
+            f"| {label} | {f['rps']:.0f} | {f['vs_bare']:.0%} | {f['p50']:.3f} / {f['p99']:.3f} "
+            f"| {added} | {f['mib_s']:.0f} | {f['dl_p50']:.2f} |"
+        )
+    pinning = (
+        "Each system under test ran alone on core 1; wrk (`taskset`) and the upstream on core 0."
+        if pt["pinned"]
+        else "One core: nothing pinned."
+    )
+    return "\n".join(
+        [
+            "The same fast upstream (nginx answering `null` from memory, and 1 MiB at /blob) "
+            "behind three single-process pass-throughs: the proxy with its default configuration "
+            "(JSON logging at info, metrics, header policy), a bare aiohttp pass-through "
+            "(`bench/bare_passthrough.py`: one shared ClientSession, body read whole, no logging "
+            "or metrics) and nginx (one process, kept-alive upstream connections). The upstream "
+            "is nginx because an aiohttp upstream tops out near the pass-throughs' own rate and "
+            f"would hide their differences. {pinning}",
+            "",
+            f"requests/s: `wrk -t1 -c32 -d{pt['seconds']}s` with a small JSON POST "
+            f"(`{data['settings']['post_path']}`), median of {pt['rounds']} interleaved rounds. "
+            f"Latency: `wrk -t1 -c1 -d{pt['seconds']}s --latency`, one request at a time; "
+            "added = minus the direct figure. 1 MiB: GET of /blob on one connection.",
+            "",
+            *lines,
+            "",
+            f"![pass-through requests per second]({PASSTHROUGH_PLOT})",
+        ]
+    )
+
+
+def _memory_section(data: Data) -> str:
+    m = data["memory"]
+    return "\n".join(
+        [
+            f"{m['requests']} one-run stops across {m['projects']} projects, one connection each, "
+            "held by an upstream that answers only when told to (`bench/slow_upstream.py`); "
+            "the proxy runs its default configuration with `--batch-timeout 300`. Peak RSS is "
+            "VmHWM from /proc/<pid>/status after every request was answered (MB = 10^6 bytes).",
+            "",
+            "| held (in flight) | upstream calls held | idle RSS MB | RSS holding MB "
+            "| peak RSS MB | answered 200 `null` | seconds to hold all |",
+            "|---|---|---|---|---|---|---|",
+            f"| {m['held']} | {m['upstream_calls']} | {m['idle_rss_mb']:.1f} "
+            f"| {m['held_rss_mb']:.1f} | {m['peak_rss_mb']:.1f} | {m['answered_ok']} "
+            f"| {m['seconds_to_hold']:.1f} |",
+        ]
+    )
+
+
+def _profile_section(data: Data) -> str:
+    prof = data.get("profile")
+    if not prof:
+        return "Not profiled in this run."
+    lines = ["| where (leaf frame) | share of samples |", "|---|---|"]
+    lines += [f"| {name} | {share:.1%} |" for name, share in prof["self"]]
+    inclusive = ["| concern, anywhere on the stack | share of samples |", "|---|---|"]
+    inclusive += [f"| {name} | {share:.1%} |" for name, share in prof["inclusive"]]
+    functions = ["| the proxy's own function, inclusive | share of samples |", "|---|---|"]
+    functions += [f"| `{name}` | {share:.1%} |" for name, share in prof["proxy_functions"]]
+    return "\n".join(
+        [
+            f"py-spy sampled the proxy ({prof['samples']} samples at {prof['rate']} Hz) during "
+            f"{prof['seconds']} s of the same wrk POST load ({prof['requests_per_s']:.0f} "
+            "requests/s under the profiler). Self time by package of the innermost frame:",
+            "",
+            *lines,
+            "",
+            *inclusive,
+            "",
+            *functions,
+        ]
+    )
+
+
+def measurements_md(data: Data) -> str:
+    m = data["machine"]
+    return (
+        "\n\n".join(
+            [
+                "# Measurements",
+                "Written by `make bench` (`python -m bench`) from one run; do not edit by hand. "
+                f"Run of {m['date']} on {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
+                f"Python {m['python']}, aiohttp {m['aiohttp']}, a real dstack {m['dstack']} server "
+                f"with SQLite on loopback, commit `{m['commit']}`; the whole run took "
+                f"{data['elapsed_s'] / 60:.1f} min. Upstream calls are counted from the dstack "
+                "server's own DEBUG log, never from the proxy's metrics. The machine is shared "
+                "with other work, so absolute times are noisy; every comparison is interleaved "
+                "within the run. Raw data: [measurements.json](measurements.json).",
+                "## Targets",
+                _targets_table(data),
+                "## 1. Flush policies",
+                _policy_section(data),
+                "## 2. Batching against N",
+                _sweep_section(data),
+                "## 3. Pass-through",
+                _passthrough_section(data),
+                "## 4. Memory",
+                _memory_section(data),
+                "## 5. Where the pass-through time goes",
+                _profile_section(data),
+            ]
+        )
+        + "\n"
+    )
+
+
+def readme_measured(data: Data) -> str:
+    """The body of the README's "Measured" section: the headline figures and one plot."""
+    by = {(r["op"], r["callers"], r["way"]): r for r in data["sweep"]}
+    n = max(r["callers"] for r in data["sweep"])
+    d, p, b = (by[("stop", n, w)] for w in ("direct singles", "proxy singles", "direct batch"))
+    pt = passthrough_figures(data)
+    lines = [
+        f"From one `make bench` run ({data['machine']['date']}, {data['machine']['cores']} "
+        f"cores, real dstack {data['machine']['dstack']} server; upstream calls counted from "
+        "its own log). Details: [docs/measurements.md](docs/measurements.md).",
+        "",
+        f"- {n} one-run stops at once: {d['upstream_calls']} calls and {d['wall_s']:.2f} s "
+        f"straight to dstack; {p['upstream_calls']} call(s) and {p['wall_s']:.2f} s through the "
+        f"proxy; one direct {n}-name stop takes {b['wall_s']:.2f} s.",
+        f"- Pass-through: {pt['proxy']['rps']:.0f} requests/s, {pt['proxy']['vs_bare']:.0%} "
+        f"of a bare aiohttp pass-through ({pt['bare aiohttp']['rps']:.0f}/s); nginx "
+        f"{pt['nginx']['rps']:.0f}/s.",
+        f"- Peak RSS holding {data['memory']['requests']} requests: "
+        f"{data['memory']['peak_rss_mb']:.0f} MB.",
+        "",
+        _targets_table(data),
+        "",
+        f"![upstream calls and wall time against N](docs/{BATCH_PLOT})",
+        "",
+    ]
+    return "\n".join(lines)
