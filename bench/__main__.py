@@ -49,8 +49,8 @@ def measure(quick: bool) -> dict[str, Any]:
         )
         print("== where the pass-through time goes (py-spy) ==", flush=True)
         data["profile"] = hotspots.run(work / "profile", settings["wrk_seconds"] * 2)
-        print("== memory: 10 000 requests held ==", flush=True)
-        data["memory"] = dataclasses.asdict(memory.run(work / "mem", 100, 100))
+        print("== memory: 10 000 requests held, by the proxy and by bare aiohttp ==", flush=True)
+        data["memory"] = [dataclasses.asdict(r) for r in memory.run(work / "mem", 100, 100)]
         print("== a real dstack server (about 20 s to start) ==", flush=True)
         with DstackServer() as server:
             print("== flush policies ==", flush=True)

@@ -46,7 +46,9 @@ _PASSTHROUGH = """
             proxy_pass http://fast;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_max_temp_file_size 0;  # stream large answers, never spool them to disk
+            proxy_buffer_size 64k;  # large answers in 64 KiB reads, like aiohttp's,
+            proxy_buffers 32 64k;  # held in memory,
+            proxy_max_temp_file_size 0;  # never spooled to disk
         }}
     }}
 """

@@ -62,6 +62,7 @@ def _pin(proc: Process, cpu: int) -> None:
 def run(workdir: Path, seconds: int, rounds: int) -> PassthroughResults:
     pinned = (os.cpu_count() or 1) >= 2
     cpu = LOAD_CPU if pinned else None
+    workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "post.lua"
     script.write_text(POST_SCRIPT)
     with contextlib.ExitStack() as stack:

@@ -31,12 +31,14 @@ from .workload import Measured, bodies_for, measure, post_all
 
 POLICIES = ("window", "idle", "adaptive")
 CHUNK = 10  # lone pairs per batch of fresh runs: keeps the server's pipeline small
+INSTANT_PAIRS = 300  # lone stops per target against the instant upstream
 
 
 @dataclass
 class PolicyFigures:
     policy: str
     lone_ms: list[float] = field(default_factory=list)  # one lone stop through this proxy
+    lone_instant_ms: list[float] = field(default_factory=list)  # the same, instant upstream
     at_once_20: list[Measured] = field(default_factory=list)
     six_connections_20: list[Measured] = field(default_factory=list)
     at_once_100: list[Measured] = field(default_factory=list)
@@ -45,6 +47,7 @@ class PolicyFigures:
 @dataclass
 class PolicyResults:
     direct_lone_ms: list[float]  # the same lone stop straight to the server, interleaved
+    direct_instant_ms: list[float]  # straight to the instant upstream
     policies: dict[str, PolicyFigures]
     direct_batch_100: list[Measured]  # one direct stop naming 100 runs
     fast_100_s: list[float]  # 100 one-run stops at once against a server that answers at once
@@ -70,12 +73,30 @@ def _connect(url: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
 
 
-def lone_stops(
-    server: DstackServer, proxies: dict[str, str], pairs: int
-) -> tuple[list[float], dict[str, list[float]]]:
-    """One stop at a time, nothing else happening: straight to the server and through every
-    proxy in turn (order rotated each time), each on a fresh active run. Kept-alive connections,
-    warmed up per chunk, so the figure is the request, not the TCP handshake."""
+def _interleaved(
+    targets: dict[str, str], project: str, names: dict[str, list[str]], token: str, offset: int
+) -> dict[str, list[float]]:
+    """One stop at a time to every target in turn (order rotated each time), on kept-alive
+    connections warmed up first, so the figure is the request, not the TCP handshake."""
+    samples: dict[str, list[float]] = {t: [] for t in targets}
+    conns = {t: _connect(url) for t, url in targets.items()}
+    try:
+        for conn in conns.values():
+            _timed_stop(conn, project, "warm-up", token)  # no such run: a no-op
+        for i in range(len(next(iter(names.values())))):
+            order = list(targets)
+            shift = (offset + i) % len(order)
+            for t in order[shift:] + order[:shift]:
+                samples[t].append(_timed_stop(conns[t], project, names[t][i], token))
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return samples
+
+
+def lone_stops(server: DstackServer, proxies: dict[str, str], pairs: int) -> dict[str, list[float]]:
+    """A lone stop, nothing else happening, each on a fresh active run: straight to the
+    server ("direct") and through every policy's proxy, interleaved."""
     targets = {"direct": server.url, **proxies}
     samples: dict[str, list[float]] = {t: [] for t in targets}
     for chunk in range(0, pairs, CHUNK):
@@ -83,25 +104,23 @@ def lone_stops(
         create_project(server, project)
         size = min(CHUNK, pairs - chunk)
         names = {t: [f"l{chunk + i}-{t}" for i in range(size)] for t in targets}
-        create_active_runs(server, project, [n for ns in names.values() for n in ns])
-        conns = {t: _connect(url) for t, url in targets.items()}
-        try:
-            for conn in conns.values():
-                _timed_stop(conn, project, "warm-up", server.admin_token)  # no such run: no-op
-            for i in range(size):
-                order = list(targets)
-                shift = (chunk + i) % len(order)
-                for t in order[shift:] + order[:shift]:
-                    samples[t].append(
-                        _timed_stop(conns[t], project, names[t][i], server.admin_token)
-                    )
-        finally:
-            for conn in conns.values():
-                conn.close()
+        every = [n for ns in names.values() for n in ns]
+        create_active_runs(server, project, every)
+        for t, s in _interleaved(targets, project, names, server.admin_token, chunk).items():
+            samples[t] += s
         # The stop race can put a stopped run back; stop again so the pipeline stays quiet.
-        stop_runs(server, project, [n for ns in names.values() for n in ns])
-    direct = samples.pop("direct")
-    return direct, samples
+        stop_runs(server, project, every)
+    return samples
+
+
+def lone_stops_instant(
+    fast_url: str, proxies: dict[str, str], count: int
+) -> dict[str, list[float]]:
+    """The same against an upstream that answers at once: what the proxy itself adds, without
+    the dstack server's own jitter."""
+    targets = {"direct": fast_url, **proxies}
+    names = {t: [f"i{i}" for i in range(count)] for t in targets}
+    return _interleaved(targets, "main", names, "bench", 0)
 
 
 def _fast_100(fast_url: str, token: str) -> float:
@@ -165,32 +184,46 @@ def shapes(
         )
 
 
+def _start_proxies(
+    stack: contextlib.ExitStack,
+    upstream: str,
+    log_dir: Path,
+    wanted: tuple[str, ...],
+    flag: bool,
+) -> dict[str, str]:
+    """One proxy per policy in front of `upstream`; {policy: url} for those that started."""
+    proxies: dict[str, str] = {}
+    for policy in wanted:
+        flags = ("--policy", policy) if flag else ()
+        log = log_dir / f"proxy-{policy}.log"
+        try:
+            proxies[policy] = stack.enter_context(ProxyProcess(upstream, log, *flags)).url
+        except ProcessStartError as exc:
+            print(f"policy {policy} not available: {str(exc).splitlines()[-1]}", flush=True)
+    return proxies
+
+
 def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyResults:
-    """Start one proxy per policy (plus a fast upstream) and measure every shape."""
+    """Start one proxy per policy in front of the server, and another in front of an instant
+    upstream, and measure every shape."""
     has_flag = "--policy" in proxy_flags()
     wanted = POLICIES if has_flag else ("window",)
-    unavailable = [] if has_flag else [p for p in POLICIES if p != "window"]
     with contextlib.ExitStack() as stack:
-        proxies: dict[str, str] = {}
-        for policy in wanted:
-            flags = ("--policy", policy) if has_flag else ()
-            try:
-                proc = stack.enter_context(
-                    ProxyProcess(server.url, workdir / f"proxy-{policy}.log", *flags)
-                )
-            except ProcessStartError as exc:
-                print(f"policy {policy} not available: {str(exc).splitlines()[-1]}", flush=True)
-                unavailable.append(policy)
-                continue
-            proxies[policy] = proc.url
+        proxies = _start_proxies(stack, server.url, workdir / "dstack", wanted, has_flag)
         fast = stack.enter_context(FastUpstream(workdir / "fast.log"))
-        direct, lone = lone_stops(server, proxies, pairs)
+        instant = _start_proxies(stack, fast.url, workdir / "instant", tuple(proxies), has_flag)
+        lone = lone_stops(server, proxies, pairs)
+        lone_instant = lone_stops_instant(fast.url, instant, INSTANT_PAIRS)
         results = PolicyResults(
-            direct_lone_ms=direct,
-            policies={p: PolicyFigures(p, lone_ms=lone[p]) for p in proxies},
+            direct_lone_ms=lone.pop("direct"),
+            direct_instant_ms=lone_instant.pop("direct"),
+            policies={
+                p: PolicyFigures(p, lone_ms=lone[p], lone_instant_ms=lone_instant[p])
+                for p in proxies
+            },
             direct_batch_100=[],
             fast_100_s=[],
-            unavailable=unavailable,
+            unavailable=[p for p in POLICIES if p not in proxies],
             policy_flag=has_flag,
         )
         shapes(server, proxies, fast.url, rounds, results)

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from typing import Any
 
+from .memory import HOLD_FLAGS
 from .tools import pct
 
 Data = dict[str, Any]
@@ -18,16 +20,28 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def lone_figures(data: Data) -> dict[str, dict[str, float]]:
-    """p50/p99 of the lone stop per target, and what each policy adds over direct."""
+def lone_figures(data: Data, upstream: str = "dstack") -> dict[str, dict[str, float]]:
+    """p50/p99 of the lone stop per target, what each policy adds over direct (difference of
+    the percentiles), and the median of the paired differences (adjacent in time).
+    `upstream`: "dstack" (the real server) or "instant" (an upstream that answers at once)."""
     pol = data["policies"]
-    direct = pol["direct_lone_ms"]
+    direct_key, key = (
+        ("direct_lone_ms", "lone_ms")
+        if upstream == "dstack"
+        else ("direct_instant_ms", "lone_instant_ms")
+    )
+    direct = pol[direct_key]
     out = {"direct": {"p50": pct(direct, 50), "p99": pct(direct, 99), "n": len(direct)}}
     for name, fig in pol["policies"].items():
-        s = fig["lone_ms"]
-        out[name] = {"p50": pct(s, 50), "p99": pct(s, 99), "n": len(s)}
-        out[name]["added_p50"] = out[name]["p50"] - out["direct"]["p50"]
-        out[name]["added_p99"] = out[name]["p99"] - out["direct"]["p99"]
+        s = fig[key]
+        out[name] = {
+            "p50": pct(s, 50),
+            "p99": pct(s, 99),
+            "n": len(s),
+            "added_p50": pct(s, 50) - out["direct"]["p50"],
+            "added_p99": pct(s, 99) - out["direct"]["p99"],
+            "paired": statistics.median(a - b for a, b in zip(s, direct, strict=True)),
+        }
     return out
 
 
@@ -68,14 +82,15 @@ def passthrough_figures(data: Data) -> dict[str, dict[str, float]]:
 def targets(data: Data) -> list[tuple[str, str, str, bool]]:
     """(target, where, measured, met) for every target of the issue, one row per policy."""
     rows = []
-    lone = lone_figures(data)
+    lone, instant = lone_figures(data), lone_figures(data, "instant")
     bound = bound_100(data)
     for name, fig in data["policies"]["policies"].items():
         rows += [
             (
                 "a lone stop adds ≤ 1 ms at p50",
                 name,
-                f"{lone[name]['added_p50']:+.1f} ms",
+                f"{lone[name]['added_p50']:+.1f} ms (instant upstream: "
+                f"{instant[name]['added_p50']:+.2f} ms)",
                 lone[name]["added_p50"] <= 1.0,
             ),
             (
@@ -106,7 +121,7 @@ def targets(data: Data) -> list[tuple[str, str, str, bool]]:
             pt["vs_bare"] >= 0.95,
         )
     )
-    mem = data["memory"]
+    mem = _memory(data)["proxy"]
     rows.append(
         (
             "peak RSS holding 10 000 requests ≤ 150 MB",
@@ -118,6 +133,25 @@ def targets(data: Data) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
+def _memory(data: Data) -> dict[str, Data]:
+    return {m["target"]: m for m in data["memory"]}
+
+
+def _para(*parts: str, indent: str = "") -> str:
+    """One Markdown paragraph (or list item, with `indent`), wrapped at 100 columns."""
+    return textwrap.fill(
+        "".join(parts),
+        100,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
 def _targets_table(data: Data) -> str:
     lines = ["| target | policy / setup | measured | met |", "|---|---|---|---|"]
     lines += [f"| {t} | {w} | {m} | {_yes(ok)} |" for t, w, m, ok in targets(data)]
@@ -126,15 +160,16 @@ def _targets_table(data: Data) -> str:
 
 def _policy_section(data: Data) -> str:
     pol = data["policies"]
-    lone = lone_figures(data)
+    lone, instant = lone_figures(data), lone_figures(data, "instant")
     bound = bound_100(data)
     rounds = len(pol["direct_batch_100"])
     lines = [
-        "| policy | lone stop p50 / p99 ms | added p50 / p99 ms | 20 at once: calls, wall s "
+        "| policy | lone stop p50 / p99 ms | added p50 / p99 ms | added, paired median ms "
+        "| instant upstream: added p50 / p99 ms | 20 at once: calls, wall s "
         "| 20 over 6 conns: calls, wall s | 100 at once: calls, wall s |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
         f"| direct (no proxy) | {lone['direct']['p50']:.1f} / {lone['direct']['p99']:.1f} "
-        "| | 20 | | 100 |",
+        f"| | | ({instant['direct']['p50']:.2f} / {instant['direct']['p99']:.2f}) | 20 | | 100 |",
     ]
     for name, fig in pol["policies"].items():
         cells = []
@@ -143,27 +178,47 @@ def _policy_section(data: Data) -> str:
             cells.append(f"{calls}, {_median_wall(fig[shape]):.3f}")
         lines.append(
             f"| {name} | {lone[name]['p50']:.1f} / {lone[name]['p99']:.1f} "
-            f"| {lone[name]['added_p50']:+.1f} / {lone[name]['added_p99']:+.1f} | "
+            f"| {lone[name]['added_p50']:+.1f} / {lone[name]['added_p99']:+.1f} "
+            f"| {lone[name]['paired']:+.1f} "
+            f"| {instant[name]['added_p50']:+.2f} / {instant[name]['added_p99']:+.2f} | "
             + " | ".join(cells)
             + " |"
         )
     missing = ", ".join(pol["unavailable"]) or "none"
     return "\n".join(
         [
-            f"{lone['direct']['n']} lone stops per target, one at a time, each naming a fresh "
-            "active run, direct and through every policy's proxy in rotating order (kept-alive "
-            f"connections). The shapes ran {rounds} round(s), policies interleaved, on fresh "
-            "runs; calls are listed per round (from the dstack log), wall time is the median.",
+            _para(
+                f"A lone stop: {lone['direct']['n']} per target, one at a time, each naming a "
+                "fresh active run, straight to the server and through every policy's proxy in "
+                "rotating order, on kept-alive connections. Added = the proxy's percentile minus "
+                "the direct one; the paired median is the median of (proxied - direct) over "
+                "requests adjacent in time. The same lone stop against an upstream that answers "
+                f"at once ({instant['direct']['n']} per target, direct figures in brackets) shows "
+                "what the proxy itself adds, without the dstack server's jitter.",
+            ),
+            "",
+            _para(
+                f"The shapes ran {rounds} round(s), policies interleaved, each on fresh runs: "
+                "20 one-run stops at once (one connection each, what an HTTP/2 front delivers); "
+                "20 over at most 6 kept-alive connections, each waiting for its answer before "
+                "sending the next (an HTTP/1.1 browser); 100 at once. Calls are listed per round "
+                "(from the dstack log); wall time is the median.",
+            ),
             "",
             *lines,
             "",
-            f"N = 100 bound: one direct 100-name stop ({_median_wall(pol['direct_batch_100']):.3f}"
-            f" s) plus 100 one-run stops at once against a server that answers at once "
-            f"({statistics.median(pol['fast_100_s']):.3f} s) = **{bound:.3f} s**.",
+            _para(
+                "N = 100 bound: one direct 100-name stop "
+                f"({_median_wall(pol['direct_batch_100']):.3f} s) plus 100 one-run stops at once "
+                f"against a server that answers at once ({statistics.median(pol['fast_100_s']):.3f}"
+                f" s) = **{bound:.3f} s**.",
+            ),
             "",
-            f"Policies not measurable in this checkout: {missing}"
-            + ("" if pol["policy_flag"] else " (the proxy has no `--policy` option yet)")
-            + ".",
+            _para(
+                f"Policies not measurable in this checkout: {missing}",
+                "" if pol["policy_flag"] else " (the proxy has no `--policy` option yet)",
+                ".",
+            ),
             "",
             f"![added latency per policy]({POLICY_PLOT})",
         ]
@@ -182,13 +237,15 @@ def _sweep_section(data: Data) -> str:
     ]
     return "\n".join(
         [
-            f"N concurrent one-run `runs/stop` requests, then N one-run `runs/delete`, sent "
-            "three ways: straight to the server (direct singles), through the proxy (default "
-            "policy), and as one request naming all N (direct batch); fresh runs for each way, "
-            f'medians of {data["settings"]["sweep_rounds"]} round(s). "all ok" means every '
-            "caller got 200 and every run was `terminating`/`terminated` (stop) or deleted right "
-            "after; a **no** on a stop is the upstream stop race (docs/dstack-api.md, "
-            '"The stop race"), which hits direct requests too.',
+            _para(
+                "N concurrent one-run `runs/stop` requests, then N one-run `runs/delete`, sent "
+                "three ways: straight to the server (direct singles), through the proxy (default "
+                "configuration) and as one request naming all N (direct batch); fresh runs for "
+                f'each way, medians of {data["settings"]["sweep_rounds"]} round(s). "all ok" '
+                "means every caller got 200 and every run was `terminating`/`terminated` (stop) or "
+                "deleted right after; a **no** on a stop is the upstream stop race "
+                '(docs/dstack-api.md, "The stop race"), which hits direct requests too.',
+            ),
             "",
             *lines,
             "",
@@ -208,8 +265,10 @@ def _passthrough_section(data: Data) -> str:
     for name, f in fig.items():
         label = "direct to the upstream" if name == "direct" else name
         added = "" if name == "direct" else f"{f['added_p50']:+.3f} / {f['added_p99']:+.3f}"
+        share = "" if name == "direct" else f"{f['vs_bare']:.0%}"
         lines.append(
-            f"| {label} | {f['rps']:.0f} | {f['vs_bare']:.0%} | {f['p50']:.3f} / {f['p99']:.3f} "
+            f"| {label} | {f['rps']:.0f} | {share} "
+            f"| {f['p50']:.3f} / {f['p99']:.3f} "
             f"| {added} | {f['mib_s']:.0f} | {f['dl_p50']:.2f} |"
         )
     pinning = (
@@ -219,18 +278,23 @@ def _passthrough_section(data: Data) -> str:
     )
     return "\n".join(
         [
-            "The same fast upstream (nginx answering `null` from memory, and 1 MiB at /blob) "
-            "behind three single-process pass-throughs: the proxy with its default configuration "
-            "(JSON logging at info, metrics, header policy), a bare aiohttp pass-through "
-            "(`bench/bare_passthrough.py`: one shared ClientSession, body read whole, no logging "
-            "or metrics) and nginx (one process, kept-alive upstream connections). The upstream "
-            "is nginx because an aiohttp upstream tops out near the pass-throughs' own rate and "
-            f"would hide their differences. {pinning}",
+            _para(
+                "The same fast upstream (nginx answering `null` from memory, and 1 MiB at /blob) "
+                "behind three single-process pass-throughs: the proxy with its default "
+                "configuration (JSON logging at info, metrics, header policy), a bare aiohttp "
+                "pass-through (`bench/bare_passthrough.py`: one shared ClientSession, body read "
+                "whole, no logging or metrics) and nginx (one process, kept-alive upstream "
+                "connections, 64 KiB buffers). The upstream is nginx because an aiohttp upstream "
+                "tops out near the pass-throughs' own rate and would hide their differences. "
+                + pinning,
+            ),
             "",
-            f"requests/s: `wrk -t1 -c32 -d{pt['seconds']}s` with a small JSON POST "
-            f"(`{data['settings']['post_path']}`), median of {pt['rounds']} interleaved rounds. "
-            f"Latency: `wrk -t1 -c1 -d{pt['seconds']}s --latency`, one request at a time; "
-            "added = minus the direct figure. 1 MiB: GET of /blob on one connection.",
+            _para(
+                f"requests/s: `wrk -t1 -c32 -d{pt['seconds']}s` with a small JSON POST "
+                f"(`{data['settings']['post_path']}`), median of {pt['rounds']} interleaved "
+                f"rounds. Latency: `wrk -t1 -c1 -d{pt['seconds']}s --latency`, one request at a "
+                "time; added = minus the direct figure. 1 MiB: GET of /blob on one connection.",
+            ),
             "",
             *lines,
             "",
@@ -240,20 +304,39 @@ def _passthrough_section(data: Data) -> str:
 
 
 def _memory_section(data: Data) -> str:
-    m = data["memory"]
+    mem = _memory(data)
+    m = mem["proxy"]
+    lines = [
+        "| process | held | upstream calls held | idle RSS MB | RSS holding MB | peak RSS MB "
+        "| answered 200 `null` | seconds to hold all |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in mem.items():
+        lines.append(
+            f"| {name} | {r['held']} | {r['upstream_calls']} | {r['idle_rss_mb']:.1f} "
+            f"| {r['held_rss_mb']:.1f} | {r['peak_rss_mb']:.1f} | {r['answered_ok']} "
+            f"| {r['seconds_to_hold']:.1f} |"
+        )
+    per = {n: (r["peak_rss_mb"] - r["idle_rss_mb"]) * 1e3 / r["requests"] for n, r in mem.items()}
     return "\n".join(
         [
-            f"{m['requests']} one-run stops across {m['projects']} projects, one connection each, "
-            "held by an upstream that answers only when told to (`bench/slow_upstream.py`); "
-            "the proxy runs its default configuration with `--batch-timeout 300`. Peak RSS is "
-            "VmHWM from /proc/<pid>/status after every request was answered (MB = 10^6 bytes).",
+            _para(
+                f"{m['requests']} one-run stops across {m['projects']} projects, one connection "
+                "each, held by an upstream that answers only when told to "
+                "(`bench/slow_upstream.py`), then all answered. The proxy runs its default "
+                f"configuration with `{' '.join(HOLD_FLAGS)}`; held is its in-flight gauge. The "
+                "bare aiohttp pass-through, holding the same requests, is the floor of the stack "
+                "(held: its open sockets, upstream ones included). Peak RSS is VmHWM from "
+                "/proc/<pid>/status after every request was answered (MB = 10^6 bytes).",
+            ),
             "",
-            "| held (in flight) | upstream calls held | idle RSS MB | RSS holding MB "
-            "| peak RSS MB | answered 200 `null` | seconds to hold all |",
-            "|---|---|---|---|---|---|---|",
-            f"| {m['held']} | {m['upstream_calls']} | {m['idle_rss_mb']:.1f} "
-            f"| {m['held_rss_mb']:.1f} | {m['peak_rss_mb']:.1f} | {m['answered_ok']} "
-            f"| {m['seconds_to_hold']:.1f} |",
+            *lines,
+            "",
+            _para(
+                "Per held request above idle: "
+                + "; ".join(f"{n} {kb:.1f} kB" for n, kb in per.items())
+                + ".",
+            ),
         ]
     )
 
@@ -270,9 +353,13 @@ def _profile_section(data: Data) -> str:
     functions += [f"| `{name}` | {share:.1%} |" for name, share in prof["proxy_functions"]]
     return "\n".join(
         [
-            f"py-spy sampled the proxy ({prof['samples']} samples at {prof['rate']} Hz) during "
-            f"{prof['seconds']} s of the same wrk POST load ({prof['requests_per_s']:.0f} "
-            "requests/s under the profiler). Self time by package of the innermost frame:",
+            _para(
+                f"py-spy sampled the proxy ({prof['samples']} samples at {prof['rate']} Hz) "
+                f"during {prof['seconds']} s of the same wrk POST load "
+                f"({prof['requests_per_s']:.0f} requests/s under the profiler). Self time by "
+                "package of the innermost frame (socket system calls count for the frame that "
+                "made them, mostly asyncio's):",
+            ),
             "",
             *lines,
             "",
@@ -283,36 +370,31 @@ def _profile_section(data: Data) -> str:
     )
 
 
-def measurements_md(data: Data) -> str:
+def _header(data: Data) -> str:
     m = data["machine"]
-    return (
-        "\n\n".join(
-            [
-                "# Measurements",
-                "Written by `make bench` (`python -m bench`) from one run; do not edit by hand. "
-                f"Run of {m['date']} on {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
-                f"Python {m['python']}, aiohttp {m['aiohttp']}, a real dstack {m['dstack']} server "
-                f"with SQLite on loopback, commit `{m['commit']}`; the whole run took "
-                f"{data['elapsed_s'] / 60:.1f} min. Upstream calls are counted from the dstack "
-                "server's own DEBUG log, never from the proxy's metrics. The machine is shared "
-                "with other work, so absolute times are noisy; every comparison is interleaved "
-                "within the run. Raw data: [measurements.json](measurements.json).",
-                "## Targets",
-                _targets_table(data),
-                "## 1. Flush policies",
-                _policy_section(data),
-                "## 2. Batching against N",
-                _sweep_section(data),
-                "## 3. Pass-through",
-                _passthrough_section(data),
-                "## 4. Memory",
-                _memory_section(data),
-                "## 5. Where the pass-through time goes",
-                _profile_section(data),
-            ]
-        )
-        + "\n"
+    return _para(
+        "Written by `make bench` (`python -m bench`) from one run; do not edit by hand. "
+        f"Run of {m['date']} on {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
+        f"Python {m['python']}, aiohttp {m['aiohttp']}, a real dstack {m['dstack']} "
+        f"server with SQLite on loopback, commit `{m['commit']}`; the whole run took "
+        f"{data['elapsed_s'] / 60:.1f} min. Upstream calls are counted from the dstack "
+        "server's own DEBUG log, never from the proxy's metrics. The machine is shared "
+        "with other work, so absolute times are noisy; every comparison is interleaved "
+        "within the run. Raw data: [measurements.json](measurements.json).",
     )
+
+
+def measurements_md(data: Data) -> str:
+    sections = [
+        ("# Measurements", _header),
+        ("## Targets", _targets_table),
+        ("## 1. Flush policies", _policy_section),
+        ("## 2. Batching against N", _sweep_section),
+        ("## 3. Pass-through", _passthrough_section),
+        ("## 4. Memory", _memory_section),
+        ("## 5. Where the pass-through time goes", _profile_section),
+    ]
+    return "\n\n".join(f"{title}\n\n{body(data)}" for title, body in sections) + "\n"
 
 
 def readme_measured(data: Data) -> str:
@@ -321,23 +403,46 @@ def readme_measured(data: Data) -> str:
     n = max(r["callers"] for r in data["sweep"])
     d, p, b = (by[("stop", n, w)] for w in ("direct singles", "proxy singles", "direct batch"))
     pt = passthrough_figures(data)
-    lines = [
-        f"From one `make bench` run ({data['machine']['date']}, {data['machine']['cores']} "
-        f"cores, real dstack {data['machine']['dstack']} server; upstream calls counted from "
-        "its own log). Details: [docs/measurements.md](docs/measurements.md).",
-        "",
-        f"- {n} one-run stops at once: {d['upstream_calls']} calls and {d['wall_s']:.2f} s "
-        f"straight to dstack; {p['upstream_calls']} call(s) and {p['wall_s']:.2f} s through the "
-        f"proxy; one direct {n}-name stop takes {b['wall_s']:.2f} s.",
-        f"- Pass-through: {pt['proxy']['rps']:.0f} requests/s, {pt['proxy']['vs_bare']:.0%} "
-        f"of a bare aiohttp pass-through ({pt['bare aiohttp']['rps']:.0f}/s); nginx "
-        f"{pt['nginx']['rps']:.0f}/s.",
-        f"- Peak RSS holding {data['memory']['requests']} requests: "
-        f"{data['memory']['peak_rss_mb']:.0f} MB.",
-        "",
-        _targets_table(data),
-        "",
-        f"![upstream calls and wall time against N](docs/{BATCH_PLOT})",
-        "",
-    ]
-    return "\n".join(lines)
+    mem = _memory(data)
+    m = data["machine"]
+    return "\n".join(
+        [
+            _para(
+                f"From one `make bench` run ({m['date']}, {m['cores']} cores, a real dstack "
+                f"{m['dstack']} server; upstream calls counted from its own log). Details, "
+                "policies and method: [docs/measurements.md](docs/measurements.md).",
+            ),
+            "",
+            _para(
+                f"- {n} one-run stops at once: {_calls(d['upstream_calls'])}, "
+                f"{d['wall_s']:.2f} s straight to dstack; {_calls(p['upstream_calls'])}, "
+                f"{p['wall_s']:.2f} s through the proxy; one direct {n}-name stop "
+                f"{b['wall_s']:.2f} s.",
+                indent="  ",
+            ),
+            _para(
+                f"- Pass-through: {pt['proxy']['rps']:.0f} requests/s, "
+                f"{pt['proxy']['vs_bare']:.0%} of a bare aiohttp pass-through "
+                f"({pt['bare aiohttp']['rps']:.0f}/s) on the same core; nginx "
+                f"{pt['nginx']['rps']:.0f}/s.",
+                indent="  ",
+            ),
+            _para(
+                f"- Peak RSS holding {mem['proxy']['requests']} requests: "
+                f"{mem['proxy']['peak_rss_mb']:.0f} MB (bare aiohttp: "
+                f"{mem['bare aiohttp']['peak_rss_mb']:.0f} MB).",
+                indent="  ",
+            ),
+            "",
+            _targets_table(data),
+            "",
+            f"![upstream calls and wall time against N](docs/{BATCH_PLOT})",
+            "",
+            _para(
+                "Every caller still gets its own answer: when a batched call fails (say, a delete "
+                "naming one run that is still active), the proxy splits the callers in halves and "
+                "resends until each failing request stands alone with dstack's own answer to it.",
+            ),
+            "",
+        ]
+    )
