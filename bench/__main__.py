@@ -22,7 +22,7 @@ from tests.support.processes import ProxyProcess
 from tests.support.server import DstackServer
 
 from . import coalescing, hotspots, memory, passthrough, plots, policies, report
-from .tools import ROOT, machine
+from .tools import ROOT, load, machine
 from .wrk import POST_PATH
 
 DOCS = ROOT / "docs"
@@ -64,6 +64,7 @@ def measure(quick: bool) -> dict[str, Any]:
                 )
             data["sweep"] = [dataclasses.asdict(r) for r in rows]
     data["elapsed_s"] = time.monotonic() - started
+    data["machine"]["load_at_end"] = load()
     return data
 
 

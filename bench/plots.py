@@ -20,6 +20,11 @@ from .report import (
 )
 
 WAYS = ("direct singles", "proxy singles", "direct batch")
+STYLE = {  # distinct markers and lines: proxy and batch overlap where both make one call
+    "direct singles": {"marker": "o", "linestyle": "-"},
+    "proxy singles": {"marker": "s", "linestyle": "-", "markersize": 8},
+    "direct batch": {"marker": "x", "linestyle": "--"},
+}
 LABELS = {"direct singles": "direct, one request each", "proxy singles": "through the proxy"}
 
 
@@ -33,8 +38,8 @@ def batching(data: Data, path: Path) -> None:
         )
         n = [r["callers"] for r in rows]
         label = LABELS.get(way, "one direct request naming all N")
-        calls.plot(n, [r["upstream_calls"] for r in rows], marker="o", label=label)
-        wall.plot(n, [r["wall_s"] for r in rows], marker="o", label=label)
+        calls.plot(n, [r["upstream_calls"] for r in rows], label=label, **STYLE[way])
+        wall.plot(n, [r["wall_s"] for r in rows], label=label, **STYLE[way])
     calls.set(xlabel="N one-run stops at once", ylabel="upstream calls", yscale="log")
     wall.set(xlabel="N one-run stops at once", ylabel="wall time, s")
     calls.set_title("calls reaching dstack")
@@ -46,19 +51,28 @@ def batching(data: Data, path: Path) -> None:
 
 
 def policies(data: Data, path: Path) -> None:
-    """What each flush policy adds to a lone stop, p50 and p99, with the 1 ms target."""
-    lone = lone_figures(data)
-    names = [n for n in lone if n != "direct"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [lone[n]["added_p50"] for n in names], 0.4, label="p50")
-    ax.bar([i + 0.2 for i in x], [lone[n]["added_p99"] for n in names], 0.4, label="p99")
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="target: 1 ms at p50")
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xticks(list(x), names)
-    ax.set(ylabel="ms added over direct", title="a lone stop: latency the proxy adds")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    """What each flush policy adds to a lone stop: against the real server (p50 difference and
+    paired median: its own jitter is large), and against an instant upstream (p50, p99)."""
+    real, instant = lone_figures(data), lone_figures(data, "instant")
+    names = [n for n in real if n != "direct"]
+    x = list(range(len(names)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, figures, keys, title in (
+        (left, real, (("added_p50", "p50"), ("paired", "paired median")), "real dstack server"),
+        (right, instant, (("added_p50", "p50"), ("added_p99", "p99")), "instant upstream"),
+    ):
+        for k, (key, label) in enumerate(keys):
+            bars = ax.bar(
+                [i - 0.2 + 0.4 * k for i in x], [figures[n][key] for n in names], 0.4, label=label
+            )
+            ax.bar_label(bars, fmt="%+.1f")
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="target: 1 ms at p50")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(x, names)
+        ax.set(ylabel="ms added over direct", title=f"a lone stop, {title}")
+        ax.margins(y=0.3)  # room for the legend above the bars
+        ax.legend(loc="upper left", fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
 

@@ -87,11 +87,16 @@ def targets(data: Data) -> list[tuple[str, str, str, bool]]:
     for name, fig in data["policies"]["policies"].items():
         rows += [
             (
-                "a lone stop adds ≤ 1 ms at p50",
+                "a lone stop adds ≤ 1 ms at p50 (real server)",
                 name,
-                f"{lone[name]['added_p50']:+.1f} ms (instant upstream: "
-                f"{instant[name]['added_p50']:+.2f} ms)",
+                f"{lone[name]['added_p50']:+.1f} ms (paired median {lone[name]['paired']:+.1f})",
                 lone[name]["added_p50"] <= 1.0,
+            ),
+            (
+                "a lone stop adds ≤ 1 ms at p50 (instant upstream)",
+                name,
+                f"{instant[name]['added_p50']:+.2f} ms",
+                instant[name]["added_p50"] <= 1.0,
             ),
             (
                 "20 at once: ≤ 2 calls",
@@ -379,8 +384,9 @@ def _header(data: Data) -> str:
         f"server with SQLite on loopback, commit `{m['commit']}`; the whole run took "
         f"{data['elapsed_s'] / 60:.1f} min. Upstream calls are counted from the dstack "
         "server's own DEBUG log, never from the proxy's metrics. The machine is shared "
-        "with other work, so absolute times are noisy; every comparison is interleaved "
-        "within the run. Raw data: [measurements.json](measurements.json).",
+        f"with other work (load average {m['load']} at the start, {m['load_at_end']} at the "
+        "end), so absolute times are noisy; every comparison is interleaved within the run. "
+        "Raw data: [measurements.json](measurements.json).",
     )
 
 

@@ -81,4 +81,10 @@ def machine() -> dict[str, str]:
         "aiohttp": metadata.version("aiohttp"),
         "dstack": metadata.version("dstack"),
         "commit": commit or "unknown",
+        "load": load(),
     }
+
+
+def load() -> str:
+    """The 1-, 5- and 15-minute load averages: how busy the shared machine was."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -45,17 +45,22 @@ def wrk(
     script: Path | None = None,
     cpu: int | None = None,
 ) -> WrkResult:
-    """`wrk -t1 -c<connections> --latency` for `seconds` (pinned to `cpu` with taskset).
-
-    Raises:
-        RuntimeError: wrk saw a non-2xx answer or a socket error (the figure would lie).
-    """
+    """`wrk -t1 -c<connections> --latency` for `seconds` (pinned to `cpu` with taskset)."""
     args = [wrk_executable(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script is not None:
         args += ["-s", str(script)]
     if cpu is not None:
         args = ["taskset", "-c", str(cpu), *args]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    return parse(out, url)
+
+
+def parse(out: str, url: str = "") -> WrkResult:
+    """Requests/s, p50 and p99 (ms) from wrk's `--latency` summary.
+
+    Raises:
+        RuntimeError: wrk saw a non-2xx answer or a socket error (the figure would lie).
+    """
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"errors under load at {url}:\n{out}")
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
