@@ -24,7 +24,7 @@ from pathlib import Path
 from tests.support.processes import Process, ProxyProcess, find_free_port
 
 from . import nginx
-from .tools import pin
+from .tools import cpu_seconds, pin
 from .wrk import POST_PATH, POST_SCRIPT, WrkResult, wrk
 
 TARGETS = ("proxy", "bare aiohttp", "nginx")
@@ -37,6 +37,7 @@ class PassthroughResults:
     rounds: int
     pinned: bool
     throughput: dict[str, list[float]]  # requests/s per round; "direct" = wrk to the upstream
+    cpu_us: dict[str, list[float]]  # CPU time of the process per request, per round
     latency: dict[str, WrkResult]  # one connection, one request at a time
     download: dict[str, WrkResult]  # GET of 1 MiB, one connection
 
@@ -82,11 +83,22 @@ def run(workdir: Path, seconds: int, rounds: int) -> PassthroughResults:
         for url in urls.values():  # warm-up: connections, caches, first-call paths
             wrk(url + POST_PATH, 1, 32, script, cpu)
         throughput: dict[str, list[float]] = {t: [] for t in urls}
+        cpu_us: dict[str, list[float]] = {t: [] for t in urls}
+        pids = {"direct": upstream.pid, **{t: p.pid for t, p in suts.items()}}
         for round_ in range(rounds):
-            for t, url in urls.items():  # interleaved: drift in the machine hits every target
-                r = wrk(url + POST_PATH, seconds, 32, script, cpu)
+            # Interleaved, the order reversed every other round: drift hits every target alike.
+            order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+            for t in order:
+                before = cpu_seconds(pids[t])
+                r = wrk(urls[t] + POST_PATH, seconds, 32, script, cpu)
+                used = cpu_seconds(pids[t]) - before
                 throughput[t].append(r.requests_per_s)
-                print(f"round {round_ + 1}: {t}: {r.requests_per_s:.0f} requests/s", flush=True)
+                cpu_us[t].append(used * 1e6 / max(r.requests, 1))
+                print(
+                    f"round {round_ + 1}: {t}: {r.requests_per_s:.0f} requests/s, "
+                    f"{cpu_us[t][-1]:.0f} µs of CPU per request",
+                    flush=True,
+                )
         latency = {t: wrk(url + POST_PATH, seconds, 1, script, cpu) for t, url in urls.items()}
         download = {t: wrk(url + nginx.BLOB_PATH, seconds, 1, None, cpu) for t, url in urls.items()}
     for t in urls:
@@ -96,7 +108,7 @@ def run(workdir: Path, seconds: int, rounds: int) -> PassthroughResults:
             f"1 MiB: {download[t].requests_per_s:.0f}/s p50 {download[t].p50_ms:.2f} ms",
             flush=True,
         )
-    return PassthroughResults(seconds, rounds, pinned, throughput, latency, download)
+    return PassthroughResults(seconds, rounds, pinned, throughput, cpu_us, latency, download)
 
 
 def main() -> None:

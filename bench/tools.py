@@ -30,6 +30,12 @@ def pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(task), cpus)
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time `pid` has used so far, every thread included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def peak_rss_mb(pid: int) -> tuple[float, float]:
     """(VmHWM, VmRSS) of `pid` in MB (10^6 bytes): the peak resident set so far and now."""
     fields = {}

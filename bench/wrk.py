@@ -22,6 +22,7 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 @dataclass(frozen=True)
 class WrkResult:
     requests_per_s: float
+    requests: int
     p50_ms: float
     p99_ms: float
 
@@ -66,4 +67,7 @@ def parse(out: str, url: str = "") -> WrkResult:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
-    return WrkResult(float(rps.group(1)), _ms(out, "50"), _ms(out, "99"))
+    count = re.search(r"(\d+) requests in", out)
+    return WrkResult(
+        float(rps.group(1)), int(count.group(1)) if count else 0, _ms(out, "50"), _ms(out, "99")
+    )

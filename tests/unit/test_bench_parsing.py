@@ -29,6 +29,7 @@ Transfer/sec:    716.00KB
 def test_wrk_summary_in_milliseconds_whatever_the_unit() -> None:
     result = parse(WRK_OUT)
     assert result.requests_per_s == 4990.12
+    assert result.requests == 24950
     assert result.p50_ms == pytest.approx(0.612)
     assert result.p99_ms == pytest.approx(1200.0)
 
