@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proxy.config import Config
 from tests.support.processes import ProxyProcess
 from tests.support.server import DstackServer
 
@@ -41,6 +42,7 @@ def measure(quick: bool) -> dict[str, Any]:
         "wrk_seconds": 2 if quick else 3,
         "wrk_rounds": 1 if quick else 4,
         "post_path": POST_PATH,
+        "default_policy": str(getattr(Config(), "policy", "window")),
     }
     started = time.monotonic()
     data: dict[str, Any] = {"machine": machine(), "settings": settings}

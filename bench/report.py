@@ -263,7 +263,8 @@ def _sweep_section(data: Data) -> str:
             _para(
                 "N concurrent one-run `runs/stop` requests, then N one-run `runs/delete`, sent "
                 "three ways: straight to the server (direct singles), through the proxy (default "
-                "configuration) and as one request naming all N (direct batch); fresh runs for "
+                f"configuration, policy `{data['settings'].get('default_policy', 'window')}`) and "
+                "as one request naming all N (direct batch); fresh runs for "
                 f'each way, medians of {data["settings"]["sweep_rounds"]} round(s). "all ok" '
                 "means every caller got 200 and every run was `terminating`/`terminated` (stop) or "
                 "deleted right after; a **no** on a stop is the upstream stop race "
