@@ -1,6 +1,8 @@
 """Where the proxy's pass-through time goes: py-spy samples the proxy (default configuration,
-pinned like in passthrough.py) under the same wrk POST load, and the samples are summed by the
-package of the innermost frame (self time) and by concern anywhere on the stack (inclusive).
+pinned like in passthrough.py) under the same wrk POST load, then the bare aiohttp pass-through,
+and the samples are summed by the package of the innermost frame (self time) and by concern
+anywhere on the stack (inclusive); with each process's CPU time per request, the shares become
+microseconds per request, side by side.
 
     .venv/bin/python -m bench.hotspots [--seconds 10]
 """
@@ -8,7 +10,6 @@ package of the innermost frame (self time) and by concern anywhere on the stack 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -19,13 +20,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import ProxyProcess
+from tests.support.processes import Process, ProxyProcess
 
 from . import nginx
-from .passthrough import LOAD_CPU, SUT_CPU
-from .tools import pin
+from .passthrough import LOAD_CPU, SUT_CPU, BarePassthrough
+from .tools import cpu_seconds, pin
 from .wrk import POST_PATH, POST_SCRIPT, wrk
 
+Data = dict[str, Any]
 RATE = 250
 PACKAGES = (  # (label, path fragment), first match wins
     ("proxy (this project)", "proxy/"),
@@ -66,7 +68,7 @@ def _package(frame: str) -> str:
     return "other (interpreter, stdlib)"
 
 
-def summarise(raw: str) -> dict[str, Any]:
+def summarise(raw: str) -> Data:
     """Shares of samples from py-spy's raw (collapsed) output: self by package, inclusive by
     concern."""
     own: Counter[str] = Counter()
@@ -95,8 +97,29 @@ def summarise(raw: str) -> dict[str, Any]:
     }
 
 
-def run(workdir: Path, seconds: int) -> dict[str, Any] | None:
-    """Profile the proxy under load; None (and a note) when py-spy is missing."""
+def _profile(spy: str, proc: Process, url: str, script: Path, out: Path, seconds: int) -> Data:
+    """Sample `proc` under `seconds` of wrk load; the summary plus its CPU time per request."""
+    assert proc.pid is not None
+    pin(proc.pid, {SUT_CPU})
+    wrk(url + POST_PATH, 1, 32, script, LOAD_CPU)  # warm-up
+    command = [spy, "record", "-r", str(RATE), "-d", str(seconds), "-f", "raw", "-o", str(out)]
+    sampler = subprocess.Popen(
+        [*command, "--pid", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    before = cpu_seconds(proc.pid)
+    load = wrk(url + POST_PATH, seconds, 32, script, LOAD_CPU)
+    used = cpu_seconds(proc.pid) - before
+    sampler.wait(timeout=seconds + 30)
+    if not out.exists():
+        raise RuntimeError("py-spy wrote nothing (ptrace not permitted?)")
+    result = summarise(out.read_text())
+    result.update(requests_per_s=load.requests_per_s, cpu_us=used * 1e6 / max(load.requests, 1))
+    return result
+
+
+def run(workdir: Path, seconds: int) -> Data | None:
+    """Profile the proxy, then the bare aiohttp pass-through, under the same load; None (and a
+    note) when py-spy is missing or not permitted."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.access(spy, os.X_OK):
         print("py-spy not found (pip install py-spy): not profiled", flush=True)
@@ -104,41 +127,27 @@ def run(workdir: Path, seconds: int) -> dict[str, Any] | None:
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "post.lua"
     script.write_text(POST_SCRIPT)
-    out = workdir / "proxy.raw"
-    with contextlib.ExitStack() as stack:
-        upstream = stack.enter_context(nginx.fast_upstream(workdir / "upstream"))
-        proxy = stack.enter_context(ProxyProcess(upstream.url, workdir / "proxy.log"))
-        assert upstream.pid is not None and proxy.pid is not None
+    result: Data = {"rate": RATE, "seconds": seconds}
+    with nginx.fast_upstream(workdir / "upstream") as upstream:
+        assert upstream.pid is not None
         pin(upstream.pid, {LOAD_CPU})
-        pin(proxy.pid, {SUT_CPU})
-        wrk(proxy.url + POST_PATH, 1, 32, script, LOAD_CPU)  # warm-up
-        sampler = subprocess.Popen(
-            [
-                spy,
-                "record",
-                "-r",
-                str(RATE),
-                "-d",
-                str(seconds),
-                "-f",
-                "raw",
-                "-o",
-                str(out),
-                "--pid",
-                str(proxy.pid),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        load = wrk(proxy.url + POST_PATH, seconds, 32, script, LOAD_CPU)
-        sampler.wait(timeout=seconds + 30)
-    if not out.exists():
-        print("py-spy wrote nothing (ptrace not permitted?): not profiled", flush=True)
-        return None
-    result = summarise(out.read_text())
-    result.update(rate=RATE, seconds=seconds, requests_per_s=load.requests_per_s)
-    for label, share in result["self"]:
-        print(f"{share:6.1%}  {label}", flush=True)
+        for name in ("proxy", "bare aiohttp"):
+            proc: ProxyProcess | BarePassthrough = (
+                ProxyProcess(upstream.url, workdir / "proxy.log")
+                if name == "proxy"
+                else BarePassthrough(upstream.url, workdir / "bare.log")
+            )
+            with proc:
+                try:
+                    result[name] = _profile(
+                        spy, proc, proc.url, script, workdir / f"{proc.pid}.raw", seconds
+                    )
+                except RuntimeError as exc:
+                    print(f"{exc}: not profiled", flush=True)
+                    return None
+            print(f"{name}: {result[name]['cpu_us']:.0f} µs of CPU per request", flush=True)
+            for label, share in result[name]["self"]:
+                print(f"{share:6.1%}  {label}", flush=True)
     return result
 
 

@@ -373,24 +373,65 @@ def _memory_section(data: Data) -> str:
 def _profile_section(data: Data) -> str:
     prof = data.get("profile")
     if not prof:
-        return "Not profiled in this run."
-    lines = ["| where (leaf frame) | share of samples |", "|---|---|"]
-    lines += [f"| {name} | {share:.1%} |" for name, share in prof["self"]]
-    inclusive = ["| concern, anywhere on the stack | share of samples |", "|---|---|"]
-    inclusive += [f"| {name} | {share:.1%} |" for name, share in prof["inclusive"]]
-    functions = ["| the proxy's own function, inclusive | share of samples |", "|---|---|"]
-    functions += [f"| `{name}` | {share:.1%} |" for name, share in prof["proxy_functions"]]
+        return "Not profiled in this run (py-spy missing or not permitted)."
+    proxy, bare = prof["proxy"], prof["bare aiohttp"]
+    us = {  # µs of CPU per request spent with each package's frame innermost
+        name: {label: share * run["cpu_us"] for label, share in run["self"]}
+        for name, run in (("proxy", proxy), ("bare", bare))
+    }
+    labels = list(dict.fromkeys([*us["proxy"], *us["bare"]]))
+    labels.sort(key=lambda k: -(us["proxy"].get(k, 0) - us["bare"].get(k, 0)))
+    own = [
+        "| where (innermost frame) | proxy µs/request | bare aiohttp µs/request | difference |",
+        "|---|---|---|---|",
+    ]
+    for k in labels:
+        a, b = us["proxy"].get(k, 0.0), us["bare"].get(k, 0.0)
+        own.append(f"| {k} | {a:.0f} | {b:.0f} | {a - b:+.0f} |")
+    own.append(
+        f"| **total (CPU per request)** | **{proxy['cpu_us']:.0f}** | **{bare['cpu_us']:.0f}** "
+        f"| **{proxy['cpu_us'] - bare['cpu_us']:+.0f}** |"
+    )
+    inclusive = [
+        "| the proxy: concern anywhere on the stack | share | µs/request |",
+        "|---|---|---|",
+    ]
+    inclusive += [
+        f"| {name} | {share:.1%} | {share * proxy['cpu_us']:.0f} |"
+        for name, share in proxy["inclusive"]
+    ]
+    functions = ["| the proxy's own function, inclusive | share | µs/request |", "|---|---|---|"]
+    functions += [
+        f"| `{name}` | {share:.1%} | {share * proxy['cpu_us']:.0f} |"
+        for name, share in proxy["proxy_functions"]
+    ]
     return "\n".join(
         [
             _para(
-                f"py-spy sampled the proxy ({prof['samples']} samples at {prof['rate']} Hz) "
-                f"during {prof['seconds']} s of the same wrk POST load "
-                f"({prof['requests_per_s']:.0f} requests/s under the profiler). Self time by "
-                "package of the innermost frame (socket system calls count for the frame that "
-                "made them, mostly asyncio's):",
+                f"py-spy sampled each process at {prof['rate']} Hz during {prof['seconds']} s of "
+                f"the same wrk POST load, pinned as above: the proxy ({proxy['samples']} samples, "
+                f"{proxy['requests_per_s']:.0f} requests/s under the profiler) and the bare "
+                f"aiohttp pass-through ({bare['samples']} samples, {bare['requests_per_s']:.0f} "
+                "requests/s). Each share of samples is turned into microseconds with the "
+                "process's CPU time per request in that same run. Self time by package of the "
+                "innermost frame (socket system calls count for the frame that made them, mostly "
+                "asyncio's), largest difference first:",
             ),
             "",
-            *lines,
+            *own,
+            "",
+            _para(
+                f"Reading: the proxy spends {proxy['cpu_us'] - bare['cpu_us']:+.0f} µs of CPU per "
+                "request more than the bare pass-through; the largest differences are "
+                + ", ".join(
+                    f"{k} ({us['proxy'].get(k, 0) - us['bare'].get(k, 0):+.0f} µs)"
+                    for k in labels[:3]
+                )
+                + ". Logging, metrics and the header policy together take "
+                # The first three concerns (hotspots.CONCERNS): logging, metrics, header policy.
+                f"{sum(share for _, share in proxy['inclusive'][:3]) * proxy['cpu_us']:.0f} µs "
+                "(inclusive, below).",
+            ),
             "",
             *inclusive,
             "",
