@@ -3,7 +3,7 @@ header policy on), a bare aiohttp pass-through and nginx, each ONE process pinne
 core, in front of the same fast upstream (nginx answering from memory). wrk -t1 -c32 with a
 small JSON POST for requests/s, wrk -c1 for the unloaded latency, and a 1 MiB download.
 
-    .venv/bin/python -m bench.passthrough [--seconds 5] [--rounds 3]
+    .venv/bin/python -m bench.passthrough [--seconds 3] [--rounds 4]
 
 On two or more cores the system under test runs alone on core 1; wrk and the upstream share
 core 0, so the three are compared on equal CPU, none of it taken by the load generator.
@@ -113,8 +113,8 @@ def run(workdir: Path, seconds: int, rounds: int) -> PassthroughResults:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-passthrough-") as tmp:
         results = run(Path(tmp), args.seconds, args.rounds)

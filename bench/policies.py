@@ -2,7 +2,7 @@
 (`--policy window|idle|adaptive`): a lone stop's added latency, 20 stops at once, 20 stops over
 6 connections, and 100 at once, every shape on fresh runs, policies interleaved.
 
-    .venv/bin/python -m bench.policies [--pairs 60] [--rounds 2]
+    .venv/bin/python -m bench.policies [--pairs 60] [--rounds 3]
 
 A checkout without `--policy` is measured as it is (its built-in fixed window, labelled
 "window"); a policy the proxy refuses is listed as not available.
@@ -233,7 +233,7 @@ def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyR
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp, DstackServer() as server:
         results = run(server, Path(tmp), args.pairs, args.rounds)
