@@ -114,13 +114,16 @@ def lone_stops(server: DstackServer, proxies: dict[str, str], pairs: int) -> dic
 
 
 def lone_stops_instant(
-    fast_url: str, proxies: dict[str, str], count: int
+    fast: FastUpstream, proxies: dict[str, ProxyProcess], count: int
 ) -> dict[str, list[float]]:
     """The same against an upstream that answers at once: what the proxy itself adds, without
     the dstack server's own jitter."""
-    targets = {"direct": fast_url, **proxies}
-    names = {t: [f"i{i}" for i in range(count)] for t in targets}
-    return _interleaved(targets, "main", names, "bench", 0)
+    procs: dict[str, FastUpstream | ProxyProcess] = {"direct": fast, **proxies}
+    urls = {t: p.url for t, p in procs.items()}
+    warm = {t: [f"w{i}" for i in range(50)] for t in procs}
+    _interleaved(urls, "main", warm, "bench", 0)  # first-request costs (lazy imports, caches)
+    names = {t: [f"i{i}" for i in range(count)] for t in procs}
+    return _interleaved(urls, "main", names, "bench", 0)
 
 
 def _fast_100(fast_url: str, token: str) -> float:
@@ -190,14 +193,14 @@ def _start_proxies(
     log_dir: Path,
     wanted: tuple[str, ...],
     flag: bool,
-) -> dict[str, str]:
-    """One proxy per policy in front of `upstream`; {policy: url} for those that started."""
-    proxies: dict[str, str] = {}
+) -> dict[str, ProxyProcess]:
+    """One proxy per policy in front of `upstream`, for those that start."""
+    proxies: dict[str, ProxyProcess] = {}
     for policy in wanted:
         flags = ("--policy", policy) if flag else ()
         log = log_dir / f"proxy-{policy}.log"
         try:
-            proxies[policy] = stack.enter_context(ProxyProcess(upstream, log, *flags)).url
+            proxies[policy] = stack.enter_context(ProxyProcess(upstream, log, *flags))
         except ProcessStartError as exc:
             print(f"policy {policy} not available: {str(exc).splitlines()[-1]}", flush=True)
     return proxies
@@ -209,16 +212,21 @@ def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyR
     has_flag = "--policy" in proxy_flags()
     wanted = POLICIES if has_flag else ("window",)
     with contextlib.ExitStack() as stack:
-        proxies = _start_proxies(stack, server.url, workdir / "dstack", wanted, has_flag)
+        started = _start_proxies(stack, server.url, workdir / "dstack", wanted, has_flag)
+        proxies = {p: proc.url for p, proc in started.items()}
         fast = stack.enter_context(FastUpstream(workdir / "fast.log"))
         instant = _start_proxies(stack, fast.url, workdir / "instant", tuple(proxies), has_flag)
         lone = lone_stops(server, proxies, pairs)
-        lone_instant = lone_stops_instant(fast.url, instant, INSTANT_PAIRS)
+        lone_instant = lone_stops_instant(fast, instant, INSTANT_PAIRS)
         results = PolicyResults(
             direct_lone_ms=lone.pop("direct"),
             direct_instant_ms=lone_instant.pop("direct"),
             policies={
-                p: PolicyFigures(p, lone_ms=lone[p], lone_instant_ms=lone_instant[p])
+                p: PolicyFigures(
+                    p,
+                    lone_ms=lone[p],
+                    lone_instant_ms=lone_instant[p],
+                )
                 for p in proxies
             },
             direct_batch_100=[],
