@@ -409,7 +409,7 @@ def _profile_section(data: Data) -> str:
     ]
     for k in labels:
         a, b = us["proxy"].get(k, 0.0), us["bare"].get(k, 0.0)
-        own.append(f"| {k} | {a:.0f} | {b:.0f} | {a - b:+.0f} |")
+        own.append(f"| {k} | {a:.0f} | {b:.0f} | {round(a - b):+d} |")
     own.append(
         f"| **total (CPU per request)** | **{proxy['cpu_us']:.0f}** | **{bare['cpu_us']:.0f}** "
         f"| **{proxy['cpu_us'] - bare['cpu_us']:+.0f}** |"
