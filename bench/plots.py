@@ -56,7 +56,7 @@ def policies(data: Data, path: Path) -> None:
     real, instant = lone_figures(data), lone_figures(data, "instant")
     names = [n for n in real if n != "direct"]
     x = list(range(len(names)))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, figures, keys, title in (
         (left, real, (("added_p50", "p50"), ("paired", "paired median")), "real dstack server"),
         (right, instant, (("added_p50", "p50"), ("added_p99", "p99")), "instant upstream"),
@@ -70,8 +70,8 @@ def policies(data: Data, path: Path) -> None:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xticks(x, names)
         ax.set(ylabel="ms added over direct", title=f"a lone stop, {title}")
-        ax.margins(y=0.3)  # room for the legend above the bars
-        ax.legend(loc="upper left", fontsize="small")
+        ax.margins(y=0.15)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize="small")
         ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
