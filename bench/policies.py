@@ -31,14 +31,15 @@ from .workload import Measured, bodies_for, measure, post_all
 
 POLICIES = ("window", "idle", "adaptive")
 CHUNK = 10  # lone pairs per batch of fresh runs: keeps the server's pipeline small
-INSTANT_PAIRS = 300  # lone stops per target against the instant upstream
+INSTANT_PAIRS = 300  # lone stop pairs per policy against the instant upstream
 
 
 @dataclass
 class PolicyFigures:
     policy: str
     lone_ms: list[float] = field(default_factory=list)  # one lone stop through this proxy
-    lone_instant_ms: list[float] = field(default_factory=list)  # the same, instant upstream
+    direct_instant_ms: list[float] = field(default_factory=list)  # instant upstream, direct
+    lone_instant_ms: list[float] = field(default_factory=list)  # the same through this proxy
     at_once_20: list[Measured] = field(default_factory=list)
     six_connections_20: list[Measured] = field(default_factory=list)
     at_once_100: list[Measured] = field(default_factory=list)
@@ -47,7 +48,6 @@ class PolicyFigures:
 @dataclass
 class PolicyResults:
     direct_lone_ms: list[float]  # the same lone stop straight to the server, interleaved
-    direct_instant_ms: list[float]  # straight to the instant upstream
     policies: dict[str, PolicyFigures]
     direct_batch_100: list[Measured]  # one direct stop naming 100 runs
     fast_100_s: list[float]  # 100 one-run stops at once against a server that answers at once
@@ -114,16 +114,24 @@ def lone_stops(server: DstackServer, proxies: dict[str, str], pairs: int) -> dic
 
 
 def lone_stops_instant(
-    fast: FastUpstream, proxies: dict[str, ProxyProcess], count: int
-) -> dict[str, list[float]]:
-    """The same against an upstream that answers at once: what the proxy itself adds, without
-    the dstack server's own jitter."""
-    procs: dict[str, FastUpstream | ProxyProcess] = {"direct": fast, **proxies}
-    urls = {t: p.url for t, p in procs.items()}
-    warm = {t: [f"w{i}" for i in range(50)] for t in procs}
+    fast: FastUpstream, proxies: dict[str, ProxyProcess], count: int, passes: int = 3
+) -> dict[str, tuple[list[float], list[float]]]:
+    """The same against an upstream that answers at once, what the proxy itself adds without
+    the dstack server's jitter: per policy, (direct, proxied) pairs interleaved within that
+    policy's block, blocks in turn `passes` times. Blocks, because a process idle for a window
+    (20 ms) wakes up slower: interleaved with the window policy, every target would pay that."""
+    urls = {"direct": fast.url, **{p: proc.url for p, proc in proxies.items()}}
+    warm = {t: [f"w{i}" for i in range(50)] for t in urls}
     _interleaved(urls, "main", warm, "bench", 0)  # first-request costs (lazy imports, caches)
-    names = {t: [f"i{i}" for i in range(count)] for t in procs}
-    return _interleaved(urls, "main", names, "bench", 0)
+    out: dict[str, tuple[list[float], list[float]]] = {p: ([], []) for p in proxies}
+    for k in range(passes):
+        for policy in proxies:
+            names = {t: [f"i{k}-{i}" for i in range(count // passes)] for t in ("direct", policy)}
+            pair = {t: urls[t] for t in names}
+            samples = _interleaved(pair, "main", names, "bench", k)
+            out[policy][0].extend(samples["direct"])
+            out[policy][1].extend(samples[policy])
+    return out
 
 
 def _fast_100(fast_url: str, token: str) -> float:
@@ -220,12 +228,12 @@ def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyR
         lone_instant = lone_stops_instant(fast, instant, INSTANT_PAIRS)
         results = PolicyResults(
             direct_lone_ms=lone.pop("direct"),
-            direct_instant_ms=lone_instant.pop("direct"),
             policies={
                 p: PolicyFigures(
                     p,
                     lone_ms=lone[p],
-                    lone_instant_ms=lone_instant[p],
+                    direct_instant_ms=lone_instant[p][0],
+                    lone_instant_ms=lone_instant[p][1],
                 )
                 for p in proxies
             },

@@ -23,23 +23,27 @@ def _yes(ok: bool) -> str:
 def lone_figures(data: Data, upstream: str = "dstack") -> dict[str, dict[str, float]]:
     """p50/p99 of the lone stop per target, what each policy adds over direct (difference of
     the percentiles), and the median of the paired differences (adjacent in time).
-    `upstream`: "dstack" (the real server) or "instant" (an upstream that answers at once)."""
+
+    `upstream`: "dstack" (the real server; one direct series interleaved with every policy) or
+    "instant" (an upstream that answers at once; a direct series per policy, from its block).
+    """
     pol = data["policies"]
-    direct_key, key = (
-        ("direct_lone_ms", "lone_ms")
-        if upstream == "dstack"
-        else ("direct_instant_ms", "lone_instant_ms")
-    )
-    direct = pol[direct_key]
-    out = {"direct": {"p50": pct(direct, 50), "p99": pct(direct, 99), "n": len(direct)}}
-    for name, fig in pol["policies"].items():
-        s = fig[key]
+    figures = pol["policies"]
+    if upstream == "dstack":
+        key, direct_of = "lone_ms", {name: pol["direct_lone_ms"] for name in figures}
+    else:
+        key, direct_of = "lone_instant_ms", {n: f["direct_instant_ms"] for n, f in figures.items()}
+    every = [x for name in figures for x in direct_of[name]] if upstream != "dstack" else []
+    pooled = every or pol["direct_lone_ms"]
+    out = {"direct": {"p50": pct(pooled, 50), "p99": pct(pooled, 99), "n": len(pooled)}}
+    for name, fig in figures.items():
+        s, direct = fig[key], direct_of[name]
         out[name] = {
             "p50": pct(s, 50),
             "p99": pct(s, 99),
             "n": len(s),
-            "added_p50": pct(s, 50) - out["direct"]["p50"],
-            "added_p99": pct(s, 99) - out["direct"]["p99"],
+            "added_p50": pct(s, 50) - pct(direct, 50),
+            "added_p99": pct(s, 99) - pct(direct, 99),
             "paired": statistics.median(a - b for a, b in zip(s, direct, strict=True)),
         }
     return out
@@ -237,8 +241,10 @@ def _policy_section(data: Data) -> str:
                 "rotating order, on kept-alive connections. Added = the proxy's percentile minus "
                 "the direct one; the paired median is the median of (proxied - direct) over "
                 "requests adjacent in time. The same lone stop against an upstream that answers "
-                f"at once ({instant['direct']['n']} per target, direct figures in brackets) shows "
-                "what the proxy itself adds, without the dstack server's jitter.",
+                f"at once ({instant[next(iter(pol['policies']))]['n']} pairs per policy, direct "
+                "figures in brackets) shows what the proxy itself adds, without the dstack "
+                "server's jitter: pairs of one policy at a time, since a process idle for a "
+                "window wakes up slower and would slow every target interleaved with it.",
             ),
             "",
             _para(
