@@ -1,12 +1,13 @@
 """Pass-through at the floor of its stack: the proxy (default configuration: logging, metrics and
-header policy on), a bare aiohttp pass-through and nginx, each ONE process pinned to the same
-core, in front of the same fast upstream (nginx answering from memory). wrk -t1 -c32 with a
-small JSON POST for requests/s, wrk -c1 for the unloaded latency, and a 1 MiB download.
+header policy on; and once more with `--mode off`, no batchable-route matching), a bare aiohttp
+pass-through and nginx, each ONE process pinned to the same core, in front of the same fast
+upstream (nginx answering from memory). wrk -t1 -c32 with a small JSON POST for requests/s (and
+the process's CPU time per request), wrk -c1 for the unloaded latency, and a 1 MiB download.
 
     .venv/bin/python -m bench.passthrough [--seconds 3] [--rounds 4]
 
 On two or more cores the system under test runs alone on core 1; wrk and the upstream share
-core 0, so the three are compared on equal CPU, none of it taken by the load generator.
+core 0, so all are compared on equal CPU, none of it taken by the load generator.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from . import nginx
 from .tools import cpu_seconds, pin
 from .wrk import POST_PATH, POST_SCRIPT, WrkResult, wrk
 
-TARGETS = ("proxy", "bare aiohttp", "nginx")
 SUT_CPU, LOAD_CPU = 1, 0
 
 
@@ -70,6 +70,9 @@ def run(workdir: Path, seconds: int, rounds: int) -> PassthroughResults:
         upstream = stack.enter_context(nginx.fast_upstream(workdir / "upstream"))
         suts: dict[str, ProxyProcess | BarePassthrough | nginx.Nginx] = {
             "proxy": ProxyProcess(upstream.url, workdir / "proxy.log"),
+            "proxy, batching off": ProxyProcess(
+                upstream.url, workdir / "proxy-off.log", "--mode", "off"
+            ),
             "bare aiohttp": BarePassthrough(upstream.url, workdir / "bare.log"),
             "nginx": nginx.passthrough(workdir / "nginx", upstream.url),
         }

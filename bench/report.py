@@ -333,8 +333,9 @@ def _passthrough_section(data: Data) -> str:
         [
             _para(
                 "The same fast upstream (nginx answering `null` from memory, and 1 MiB at /blob) "
-                "behind three single-process pass-throughs: the proxy with its default "
-                "configuration (JSON logging at info, metrics, header policy), a bare aiohttp "
+                "behind single-process pass-throughs: the proxy with its default "
+                "configuration (JSON logging at info, metrics, header policy), the same with "
+                "`--mode off` (no batchable-route matching), a bare aiohttp "
                 "pass-through (`bench/bare_passthrough.py`: one shared ClientSession, body read "
                 "whole, no logging or metrics) and nginx (one process, kept-alive upstream "
                 "connections, 64 KiB buffers). The upstream is nginx because an aiohttp upstream "
