@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-long legacy bench lint clean
+.PHONY: demo test test-long legacy bench bench-tools lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,19 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile tests/deploy/*.Dockerfile
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.passthrough
-	$(BIN)/python -m bench.coalescing
+# Every measurement in one run (about 10-15 min): docs/measurements.md, docs/*.png, README.
+# Needs nginx and wrk from Debian: installed here when run as root.
+bench: $(STAMP) bench-tools
+	$(BIN)/python -m bench
+
+bench-tools:
+	@if ! command -v wrk >/dev/null || ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk; \
+	  else \
+	    echo "make bench needs nginx and wrk: sudo apt-get install nginx wrk"; exit 1; \
+	  fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) .venv-legacy .pytest_cache .hypothesis

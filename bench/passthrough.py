@@ -1,123 +1,127 @@
-"""What pass-through costs: added latency of a small POST through the proxy against a real dstack
-server, and requests per second against a fast upstream, direct and proxied, side by side in
-one run. Prints a table; figures, not assertions.
+"""Pass-through at the floor of its stack: the proxy (default configuration: logging, metrics and
+header policy on; and once more with `--mode off`, no batchable-route matching), a bare aiohttp
+pass-through and nginx, each ONE process pinned to the same core, in front of the same fast
+upstream (nginx answering from memory). wrk -t1 -c32 with a small JSON POST for requests/s (and
+the process's CPU time per request), wrk -c1 for the unloaded latency, and a 1 MiB download.
 
-    .venv/bin/python -m bench.passthrough [--requests 400] [--seconds 10]
+    .venv/bin/python -m bench.passthrough [--seconds 3] [--rounds 4]
+
+On two or more cores the system under test runs alone on core 1; wrk and the upstream share
+core 0, so all are compared on equal CPU, none of it taken by the load generator.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
+import contextlib
 import json
-import re
-import shutil
+import os
 import statistics
-import subprocess
+import sys
 import tempfile
-import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from tests.support.processes import FastUpstream, ProxyProcess
-from tests.support.server import DstackServer
+from tests.support.processes import Process, ProxyProcess, find_free_port
 
-SMALL_POST = "/api/users/get_my_user"
+from . import nginx
+from .tools import cpu_seconds, pin
+from .wrk import POST_PATH, POST_SCRIPT, WrkResult, wrk
 
-
-def _timed_posts(url: str, token: str, count: int) -> list[float]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        conn.request("POST", SMALL_POST, body=b"{}", headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        samples.append((time.perf_counter() - started) * 1000)
-        assert resp.status == 200, resp.status
-    conn.close()
-    return samples
+SUT_CPU, LOAD_CPU = 1, 0
 
 
-def _pct(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[int(q) - 1]
+@dataclass
+class PassthroughResults:
+    seconds: int
+    rounds: int
+    pinned: bool
+    throughput: dict[str, list[float]]  # requests/s per round; "direct" = wrk to the upstream
+    cpu_us: dict[str, list[float]]  # CPU time of the process per request, per round
+    latency: dict[str, WrkResult]  # one connection, one request at a time
+    download: dict[str, WrkResult]  # GET of 1 MiB, one connection
 
 
-def latency(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
-    """p50/p99 of a small POST, direct and via the proxy, interleaved in rounds of 50."""
-    with (
-        DstackServer() as server,
-        ProxyProcess(server.url, workdir / "proxy-latency.log", "--log-level", "warning") as proxy,
-    ):
-        direct: list[float] = []
-        proxied: list[float] = []
-        _timed_posts(server.url, server.admin_token, 20)  # warm-up
-        _timed_posts(proxy.url, server.admin_token, 20)
-        for _ in range(max(requests // 50, 1)):
-            direct += _timed_posts(server.url, server.admin_token, 50)
-            proxied += _timed_posts(proxy.url, server.admin_token, 50)
-    return {
-        name: {"p50": _pct(s, 50), "p99": _pct(s, 99)}
-        for name, s in (("direct", direct), ("proxy", proxied))
-    }
+class BarePassthrough(Process):
+    """`bare_passthrough.py` in front of `upstream`."""
+
+    def __init__(self, upstream: str, log: Path) -> None:
+        port = find_free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(
+            [sys.executable, "-m", "bench.bare_passthrough", upstream, str(port)],
+            f"{self.url}/healthcheck",
+            log,
+        )
 
 
-_WRK_SCRIPT = """wrk.method = "POST"
-wrk.body = '{"project_name": "main"}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench"
-"""
+def _pin(proc: Process, cpu: int) -> None:
+    assert proc.pid is not None
+    pin(proc.pid, {cpu})
 
 
-def throughput(seconds: int, workdir: Path) -> dict[str, float]:
-    """Requests per second against a fast upstream, direct and via the proxy (wrk, 32 conns)."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise SystemExit("wrk not found: apt-get install wrk")
+def run(workdir: Path, seconds: int, rounds: int) -> PassthroughResults:
+    pinned = (os.cpu_count() or 1) >= 2
+    cpu = LOAD_CPU if pinned else None
+    workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "post.lua"
-    script.write_text(_WRK_SCRIPT)
-    out = {}
-    with (
-        FastUpstream(workdir / "fast.log") as fast,
-        ProxyProcess(fast.url, workdir / "proxy-rps.log", "--log-level", "warning") as proxy,
-    ):
-        for name, base in (("direct", fast.url), ("proxy", proxy.url)):
-            result = subprocess.run(
-                [wrk, "-t1", "-c32", f"-d{seconds}s", "-s", str(script), base + "/api/runs/list"],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            out[name] = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
-            if "Non-2xx" in result.stdout or "Socket errors" in result.stdout:
-                raise SystemExit(f"errors under load:\n{result.stdout}")
-    return out
+    script.write_text(POST_SCRIPT)
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(nginx.fast_upstream(workdir / "upstream"))
+        suts: dict[str, ProxyProcess | BarePassthrough | nginx.Nginx] = {
+            "proxy": ProxyProcess(upstream.url, workdir / "proxy.log"),
+            "proxy, batching off": ProxyProcess(
+                upstream.url, workdir / "proxy-off.log", "--mode", "off"
+            ),
+            "bare aiohttp": BarePassthrough(upstream.url, workdir / "bare.log"),
+            "nginx": nginx.passthrough(workdir / "nginx", upstream.url),
+        }
+        for proc in suts.values():
+            stack.enter_context(proc)
+        if pinned:
+            _pin(upstream, LOAD_CPU)
+            for proc in suts.values():
+                _pin(proc, SUT_CPU)
+        urls = {"direct": upstream.url, **{t: p.url for t, p in suts.items()}}
+        for url in urls.values():  # warm-up: connections, caches, first-call paths
+            wrk(url + POST_PATH, 1, 32, script, cpu)
+        throughput: dict[str, list[float]] = {t: [] for t in urls}
+        cpu_us: dict[str, list[float]] = {t: [] for t in urls}
+        pids = {"direct": upstream.pid, **{t: p.pid for t, p in suts.items()}}
+        for round_ in range(rounds):
+            # Interleaved, the order reversed every other round: drift hits every target alike.
+            order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+            for t in order:
+                before = cpu_seconds(pids[t])
+                r = wrk(urls[t] + POST_PATH, seconds, 32, script, cpu)
+                used = cpu_seconds(pids[t]) - before
+                throughput[t].append(r.requests_per_s)
+                cpu_us[t].append(used * 1e6 / max(r.requests, 1))
+                print(
+                    f"round {round_ + 1}: {t}: {r.requests_per_s:.0f} requests/s, "
+                    f"{cpu_us[t][-1]:.0f} µs of CPU per request",
+                    flush=True,
+                )
+        latency = {t: wrk(url + POST_PATH, seconds, 1, script, cpu) for t, url in urls.items()}
+        download = {t: wrk(url + nginx.BLOB_PATH, seconds, 1, None, cpu) for t, url in urls.items()}
+    for t in urls:
+        print(
+            f"{t}: median {statistics.median(throughput[t]):.0f} requests/s; "
+            f"p50 {latency[t].p50_ms:.3f} ms p99 {latency[t].p99_ms:.3f} ms; "
+            f"1 MiB: {download[t].requests_per_s:.0f}/s p50 {download[t].p50_ms:.2f} ms",
+            flush=True,
+        )
+    return PassthroughResults(seconds, rounds, pinned, throughput, cpu_us, latency, download)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-passthrough-") as tmp:
-        lat = latency(args.requests, Path(tmp))
-        rps = throughput(args.seconds, Path(tmp))
-    print(f"\nSmall POST {SMALL_POST} to a real dstack server, {args.requests} sequential each way")
-    print("| path | p50 ms | p99 ms |\n|---|---|---|")
-    for name in ("direct", "proxy"):
-        print(f"| {name} | {lat[name]['p50']:.2f} | {lat[name]['p99']:.2f} |")
-    print(
-        f"| added by the proxy | {lat['proxy']['p50'] - lat['direct']['p50']:+.2f} "
-        f"| {lat['proxy']['p99'] - lat['direct']['p99']:+.2f} |"
-    )
-    print(f"\nPass-through throughput against a fast upstream (wrk -c32, {args.seconds} s)")
-    print("| path | requests/s |\n|---|---|")
-    for name in ("direct", "proxy"):
-        print(f"| {name} | {rps[name]:.0f} |")
-    print(f"| proxy / direct | {rps['proxy'] / rps['direct']:.2f} |")
-    print(json.dumps({"latency_ms": lat, "requests_per_second": rps}))
+        results = run(Path(tmp), args.seconds, args.rounds)
+    print(json.dumps(asdict(results)))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Literal
 import aiohttp
 import orjson
 
+from tests.support.bursts import Answer, burst
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
 
@@ -28,48 +29,67 @@ class Measured:
     ok: bool  # every caller got 200 and every run changed as asked
 
 
-async def _post_all(base: str, path: str, bodies: list[dict[str, object]], token: str) -> list[int]:
+async def post_all(
+    base: str,
+    path: str,
+    bodies: list[dict[str, object]],
+    token: str,
+    connections: int | None = None,
+) -> list[Answer]:
+    """Send every body; all at once on a connection each (`connections=None`, what an HTTP/2
+    front delivers), or over at most `connections` kept-alive connections, each waiting for its
+    answer before sending the next (what an HTTP/1.1 browser does)."""
+    if connections is None:
+        return await burst(base, path, bodies, token)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=True)
-    ) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
 
-        async def one(body: dict[str, object]) -> int:
+        async def one(body: dict[str, object]) -> Answer:
             async with session.post(base + path, data=orjson.dumps(body), headers=headers) as r:
-                await r.read()
-                return r.status
+                return r.status, await r.read()
 
         return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
 def post_one(base: str, path: str, body: dict[str, object], token: str) -> int:
     """One POST, its status; the answer is read whole."""
-    return asyncio.run(_post_all(base, path, [body], token))[0]
+    return asyncio.run(post_all(base, path, [body], token))[0][0]
 
 
-def _bodies(way: Way, op: str, names: list[str]) -> list[dict[str, object]]:
+def bodies_for(way: Way, op: str, names: list[str]) -> list[dict[str, object]]:
     groups = [names] if way == "direct batch" else [[n] for n in names]
     extra = {"abort": False} if op == "stop" else {}
     return [{"runs_names": g, **extra} for g in groups]
 
 
 def measure(
-    server: DstackServer, proxy_url: str, way: Way, op: str, project: str, names: list[str]
+    server: DstackServer,
+    proxy_url: str,
+    way: Way,
+    op: str,
+    project: str,
+    names: list[str],
+    connections: int | None = None,
 ) -> Measured:
-    """Send the stops or deletes for `names` the given way; count the server's calls."""
+    """Send the stops or deletes for `names` the given way (all at once, or over at most
+    `connections` connections); count the server's calls."""
     base = proxy_url if way == "proxy singles" else server.url
     mark = server.log_mark()
     started = time.perf_counter()
-    statuses = asyncio.run(
-        _post_all(
-            base, f"/api/project/{project}/runs/{op}", _bodies(way, op, names), server.admin_token
+    answers = asyncio.run(
+        post_all(
+            base,
+            f"/api/project/{project}/runs/{op}",
+            bodies_for(way, op, names),
+            server.admin_token,
+            connections,
         )
     )
     wall = time.perf_counter() - started
     calls = server.count_requests(f"/runs/{op}", since=mark)
     states = run_states(server, project, include_deleted=True)
     wanted = {"deleted"} if op == "delete" else {"terminating", "terminated"}
-    ok = set(statuses) == {200} and all(states.get(n) in wanted for n in names)
+    ok = {status for status, _ in answers} == {200} and all(states.get(n) in wanted for n in names)
     return Measured(way, op, len(names), calls, wall, ok)
 
 

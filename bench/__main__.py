@@ -1,0 +1,100 @@
+"""`make bench`: every measurement in one run, against a real dstack server and a fast upstream;
+writes docs/measurements.md, docs/measurements.json, the PNG plots in docs/ and the README's
+"Measured" section.
+
+    .venv/bin/python -m bench [--quick] [--report-only]
+
+--report-only redraws the documents from docs/measurements.json without measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from proxy.config import Config
+from tests.support.processes import ProxyProcess
+from tests.support.server import DstackServer
+
+from . import coalescing, hotspots, memory, passthrough, plots, policies, report
+from .tools import ROOT, load, machine
+from .wrk import POST_PATH
+
+DOCS = ROOT / "docs"
+JSON = DOCS / "measurements.json"
+# Hand-written sections of docs/measurements.md (other benchmarks' readings) go below this line;
+# make bench rewrites everything above it.
+KEEP = "<!-- Hand-written below this line; make bench keeps it. -->"
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    settings = {
+        "pairs": 20 if quick else 60,
+        "policy_rounds": 1 if quick else 3,
+        "sweep_sizes": [10, 100] if quick else [10, 40, 100],
+        "sweep_rounds": 1,
+        "wrk_seconds": 2 if quick else 3,
+        "wrk_rounds": 1 if quick else 4,
+        "post_path": POST_PATH,
+        "default_policy": str(getattr(Config(), "policy", "window")),
+    }
+    started = time.monotonic()
+    data: dict[str, Any] = {"machine": machine(), "settings": settings}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        print("== pass-through (wrk) ==", flush=True)
+        data["passthrough"] = dataclasses.asdict(
+            passthrough.run(work / "pt", settings["wrk_seconds"], settings["wrk_rounds"])
+        )
+        print("== where the pass-through time goes (py-spy) ==", flush=True)
+        data["profile"] = hotspots.run(work / "profile", 8)
+        print("== memory: 10 000 requests held, by the proxy and by bare aiohttp ==", flush=True)
+        data["memory"] = [dataclasses.asdict(r) for r in memory.run(work / "mem", 100, 100)]
+        print("== a real dstack server (about 20 s to start) ==", flush=True)
+        with DstackServer() as server:
+            print("== flush policies ==", flush=True)
+            data["policies"] = dataclasses.asdict(
+                policies.run(server, work / "pol", settings["pairs"], settings["policy_rounds"])
+            )
+            print("== batching against N ==", flush=True)
+            with ProxyProcess(server.url, work / "sweep-proxy.log") as proxy:
+                rows = coalescing.sweep(
+                    server, proxy.url, settings["sweep_sizes"], settings["sweep_rounds"]
+                )
+            data["sweep"] = [dataclasses.asdict(r) for r in rows]
+    data["elapsed_s"] = time.monotonic() - started
+    data["machine"]["load_at_end"] = load()
+    return data
+
+
+def write(data: dict[str, Any]) -> None:
+    JSON.write_text(json.dumps(data, indent=1) + "\n")
+    md = DOCS / "measurements.md"
+    old = md.read_text() if md.exists() else ""
+    kept = old[old.index(KEEP) :] if KEEP in old else KEEP + "\n"
+    md.write_text(report.measurements_md(data) + "\n" + kept)
+    plots.draw_all(data, DOCS)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    section = re.compile(r"(## Measured\n\n).*?(?=\n## )", re.DOTALL)
+    readme.write_text(section.sub(lambda m: m.group(1) + report.readme_measured(data), text))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples: a smoke run")
+    parser.add_argument("--report-only", action="store_true", help="redraw from the JSON")
+    args = parser.parse_args()
+    data = json.loads(JSON.read_text()) if args.report_only else measure(args.quick)
+    write(data)
+    print(report.measurements_md(data).split("## 1.")[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The PNG plots in docs/, drawn with matplotlib from one run's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt
+
+from .report import (
+    BATCH_PLOT,
+    PASSTHROUGH_PLOT,
+    POLICY_PLOT,
+    Data,
+    lone_figures,
+    passthrough_figures,
+)
+
+WAYS = ("direct singles", "proxy singles", "direct batch")
+STYLE = {  # distinct markers and lines: proxy and batch overlap where both make one call
+    "direct singles": {"marker": "o", "linestyle": "-"},
+    "proxy singles": {"marker": "s", "linestyle": "-", "markersize": 8},
+    "direct batch": {"marker": "x", "linestyle": "--"},
+}
+LABELS = {"direct singles": "direct, one request each", "proxy singles": "through the proxy"}
+
+
+def batching(data: Data, path: Path) -> None:
+    """Upstream calls and wall time against N for the stops: direct vs proxy vs one batch."""
+    fig, (calls, wall) = plt.subplots(1, 2, figsize=(10, 4))
+    for way in WAYS:
+        rows = sorted(
+            (r for r in data["sweep"] if r["op"] == "stop" and r["way"] == way),
+            key=lambda r: r["callers"],
+        )
+        n = [r["callers"] for r in rows]
+        label = LABELS.get(way, "one direct request naming all N")
+        calls.plot(n, [r["upstream_calls"] for r in rows], label=label, **STYLE[way])
+        wall.plot(n, [r["wall_s"] for r in rows], label=label, **STYLE[way])
+    calls.set(xlabel="N one-run stops at once", ylabel="upstream calls", yscale="log")
+    wall.set(xlabel="N one-run stops at once", ylabel="wall time, s")
+    calls.set_title("calls reaching dstack")
+    wall.set_title("until every caller has its answer")
+    wall.legend()
+    for ax in (calls, wall):
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def policies(data: Data, path: Path) -> None:
+    """What each flush policy adds to a lone stop: against the real server (p50 difference and
+    paired median: its own jitter is large), and against an instant upstream (p50, p99)."""
+    real, instant = lone_figures(data), lone_figures(data, "instant")
+    names = [n for n in real if n != "direct"]
+    x = list(range(len(names)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, figures, keys, title in (
+        (left, real, (("added_p50", "p50"), ("paired", "paired median")), "real dstack server"),
+        (right, instant, (("added_p50", "p50"), ("added_p99", "p99")), "instant upstream"),
+    ):
+        for k, (key, label) in enumerate(keys):
+            bars = ax.bar(
+                [i - 0.2 + 0.4 * k for i in x], [figures[n][key] for n in names], 0.4, label=label
+            )
+            ax.bar_label(bars, fmt="%+.1f")
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="target: 1 ms at p50")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(x, names)
+        ax.set(ylabel="ms added over direct", title=f"a lone stop, {title}")
+        ax.margins(y=0.15)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def passthrough(data: Data, path: Path) -> None:
+    """Each pass-through against the same fast upstream: requests/s under wrk, and requests per
+    CPU-second of its process (what the shared machine's noise hardly touches)."""
+    fig_data = passthrough_figures(data)
+    names = [n for n in fig_data if n != "direct"]
+    fig, (wall, cpu) = plt.subplots(1, 2, figsize=(10, 4))
+    bars = wall.bar(names, [fig_data[n]["rps"] for n in names])
+    wall.bar_label(bars, fmt="%.0f")
+    wall.set(ylabel="requests/s", title="wrk -t1 -c32, small POST (median of rounds)")
+    bars = cpu.bar(names, [1e6 / fig_data[n]["cpu_us"] for n in names], color="tab:green")
+    cpu.bar_label(bars, fmt="%.0f")
+    cpu.set(ylabel="requests per CPU-second", title="the same, per CPU-second of the process")
+    for ax in (wall, cpu):
+        ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def draw_all(data: Data, docs: Path) -> list[Path]:
+    paths = [docs / BATCH_PLOT, docs / POLICY_PLOT, docs / PASSTHROUGH_PLOT]
+    for draw, path in zip((batching, policies, passthrough), paths, strict=True):
+        draw(data, path)
+    return paths
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""Small helpers every benchmark shares: percentiles, CPU pinning, the machine's description,
+the proxy's own metrics, and what the proxy's command line supports."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pct(samples: list[float], q: float) -> float:
+    """The q-th percentile (0 < q < 100) of `samples`, inclusive method."""
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[round(q) - 1]
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of process `pid` to `cpus` (threads started later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task), cpus)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time `pid` has used so far, every thread included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(VmHWM, VmRSS) of `pid` in MB (10^6 bytes): the peak resident set so far and now."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            fields[name] = int(value.split()[0]) * 1024 / 1e6  # kB (KiB)
+    return fields["VmHWM"], fields["VmRSS"]
+
+
+def metric(admin_url: str, name: str) -> float:
+    """Sum of every sample of the Prometheus metric `name` on the proxy's admin /metrics."""
+    text = urllib.request.urlopen(f"{admin_url}/metrics", timeout=10).read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def proxy_flags() -> set[str]:
+    """The long options `python -m proxy --help` lists (what this checkout supports)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    return set(re.findall(r"--[a-z][a-z-]+", out))
+
+
+def machine() -> dict[str, str]:
+    """Date, cores, CPU, versions and git commit: the header of every table."""
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": metadata.version("aiohttp"),
+        "dstack": metadata.version("dstack"),
+        "commit": commit or "unknown",
+        "load": load(),
+    }
+
+
+def load() -> str:
+    """The 1-, 5- and 15-minute load averages: how busy the shared machine was."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -1,0 +1,71 @@
+"""The benchmark's readers of other tools' output (wrk, py-spy): wrong figures would go
+unnoticed in docs/measurements.md, so they are checked here. No timing is asserted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.hotspots import summarise
+from bench.wrk import parse
+
+WRK_OUT = """Running 5s test @ http://127.0.0.1:8080/api/runs/list
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.43ms    2.10ms  40.01ms   90.00%
+    Req/Sec     5.01k   300.00     5.50k    70.00%
+  Latency Distribution
+     50%  612.00us
+     75%    7.00ms
+     90%    8.00ms
+     99%    1.20s
+  24950 requests in 5.00s, 3.50MB read
+Requests/sec:   4990.12
+Transfer/sec:    716.00KB
+"""
+
+
+def test_wrk_summary_in_milliseconds_whatever_the_unit() -> None:
+    result = parse(WRK_OUT)
+    assert result.requests_per_s == 4990.12
+    assert result.requests == 24950
+    assert result.p50_ms == pytest.approx(0.612)
+    assert result.p99_ms == pytest.approx(1200.0)
+
+
+def test_wrk_errors_refuse_the_figure() -> None:
+    with pytest.raises(RuntimeError, match="errors under load"):
+        parse(WRK_OUT.replace("Requests/sec", "  Non-2xx or 3xx responses: 7\nRequests/sec"))
+    with pytest.raises(RuntimeError, match="no Requests/sec"):
+        parse("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_wrk_without_latency_lines_gives_nan_not_zero() -> None:
+    out = "\n".join(ln for ln in WRK_OUT.splitlines() if "%" not in ln)
+    assert math.isnan(parse(out).p50_ms)
+
+
+def test_py_spy_samples_by_package_and_concern() -> None:
+    root = "_run_once (asyncio/base_events.py:1922);Handle._run (asyncio/events.py:80)"
+    raw = "\n".join(
+        [
+            f"{root};forward (proxy/forwarding.py:50);ClientSession._request "
+            "(/v/lib/aiohttp/client.py:700) 6",
+            f"{root};forward (proxy/forwarding.py:50);log (proxy/x.py:3);"
+            "BoundLogger.info (structlog/_native.py:10) 3",
+            f"{root} 1",
+        ]
+    )
+    result = summarise(raw)
+    assert result["samples"] == 10
+    assert dict(result["self"]) == {
+        "aiohttp client (client*, connector)": 0.6,
+        "structlog": 0.3,
+        "asyncio (event loop, sockets)": 0.1,
+    }
+    concerns = dict(result["inclusive"])
+    assert concerns["the upstream call (aiohttp client)"] == 0.6
+    assert concerns["logging (structlog, logging)"] == 0.3
+    assert concerns["metrics (prometheus_client)"] == 0
+    assert dict(result["proxy_functions"]) == {"forward": 0.9, "log": 0.3}
