@@ -1,7 +1,7 @@
 """The proxy's own errors and the one place that turns them into answers.
 
 Each error carries the status the client gets; `error_response` renders it in dstack's own error
-shape (`{"detail": [{"msg", "code"}]}`, docs/dstack-api.md, Error shapes), so clients that show
+shape (`{"detail": [{"msg", "code"}]}`, docs/dstack-api.md, Errors), so clients that show
 dstack's errors show these too, marked with `X-Proxy-Error` so operators can tell them apart.
 """
 
