@@ -3,6 +3,8 @@ admin listener. Labels stay bounded: route classes and endpoint names, never pro
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -96,6 +98,12 @@ class Metrics:
         self.keys = Gauge(
             "proxy_batch_keys", "Keys with a batch waiting or a flight in the air", registry=r
         )
+        self.tasks = Gauge(
+            "proxy_event_loop_tasks",
+            "Tasks alive on the proxy's event loop; growth under steady traffic is a leak",
+            registry=r,
+        )
+        self.tasks.set_function(_live_tasks)
         self.shadow_batches = Counter(
             "proxy_shadow_batches_total",
             "Batches shadow mode would have formed",
@@ -111,3 +119,11 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _live_tasks() -> int:
+    # Read at scrape time, which happens on the loop (the admin listener shares it).
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # rendered outside a running loop: nothing to count
+        return 0

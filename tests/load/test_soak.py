@@ -1,7 +1,8 @@
 """A soak of mixed traffic through the proxy as its own process: batched stops (members and an
 outsider), pass-through reads and uploads, requests the batcher bypasses, and clients that
 leave mid-request. Every answer must be right, and after a warm-up nothing may grow: open file
-descriptors (sockets included), threads, resident memory. The figures are printed.
+descriptors (sockets included), threads, event-loop tasks, resident memory. The figures are
+printed.
 
 CI runs it for 20 s; `COALESCER_LONG=1` runs 5 minutes (or `COALESCER_SOAK_SECONDS`)."""
 
@@ -28,7 +29,8 @@ DENIED = b'{"detail":[{"msg":"Access denied","code":null}]}'
 UPLOAD = b"u" * (64 << 10)
 # Growth from the warm-up sample to the end one that fails the test. A leak of one descriptor,
 # thread or kilobyte per request would exceed these many times over.
-FD_SLACK, THREAD_SLACK, RSS_SLACK_KIB = 10, 4, 8 << 10
+FD_SLACK, THREAD_SLACK, TASK_SLACK, RSS_SLACK_KIB = 10, 4, 10, 8 << 10
+TASKS = "proxy_event_loop_tasks"
 
 
 async def _one(session: aiohttp.ClientSession, base: str, n: int) -> str:
@@ -89,7 +91,8 @@ async def _traffic(base: str, until: float, counter: itertools.count[int]) -> Co
 def _quiet_sample(proxy: ProxyProcess) -> dict[str, int]:
     time.sleep(1.0)  # let closed connections go; the pool keeps its idle ones up to 4 s
     assert proxy.pid is not None
-    return proc_status(proxy.pid)
+    tasks = read_metrics(proxy.admin_url)[TASKS]  # the scrape itself is one of them
+    return {**proc_status(proxy.pid), "tasks": int(tasks)}
 
 
 def test_mixed_traffic_soak_answers_right_and_grows_nothing(tmp_path: Path) -> None:
@@ -107,14 +110,15 @@ def test_mixed_traffic_soak_answers_right_and_grows_nothing(tmp_path: Path) -> N
     total = first + rest
     print(
         f"\nsoak {SECONDS:.0f} s, {sum(total.values())} requests {dict(total)}:\n"
-        f"  after warm-up: fds {warm['fds']}, threads {warm['Threads']}, "
+        f"  after warm-up: fds {warm['fds']}, threads {warm['Threads']}, tasks {warm['tasks']}, "
         f"RSS {warm['VmRSS'] / 1024:.1f} MiB\n"
-        f"  at the end:    fds {end['fds']}, threads {end['Threads']}, "
+        f"  at the end:    fds {end['fds']}, threads {end['Threads']}, tasks {end['tasks']}, "
         f"RSS {end['VmRSS'] / 1024:.1f} MiB (peak {end['VmHWM'] / 1024:.1f} MiB)"
     )
     assert set(rest) == {"stop", "outsider", "read", "upload", "bypass", "leave"}
     assert end["fds"] <= warm["fds"] + FD_SLACK
     assert end["Threads"] <= warm["Threads"] + THREAD_SLACK
+    assert end["tasks"] <= warm["tasks"] + TASK_SLACK
     assert end["VmRSS"] <= warm["VmRSS"] + RSS_SLACK_KIB
     assert after[PENDING] == 0
     assert after[KEYS] == 0
