@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.api import create_project
+from tests.support.modes import examples
 from tests.support.processes import ProxyProcess
 from tests.support.rawhttp import Chunk, RawAnswer, exchange
 from tests.support.runs import create_active_runs, stop_runs_until_finished
@@ -354,7 +354,7 @@ async def _post_both(
 
 
 @settings(
-    max_examples=500 if os.environ.get("COALESCER_LONG") == "1" else 60,
+    max_examples=examples(ci=60, long=500),
     deadline=None,
     database=None,
     derandomize=True,  # the same sample on every run, so CI never hangs on a new draw

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 
 from tests.support.api import add_member, create_project, create_user
 from tests.support.bursts import stop_events
+from tests.support.modes import examples
 from tests.support.processes import ProxyProcess
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
@@ -110,7 +110,7 @@ async def _burst_then_direct(
 
 
 @settings(
-    max_examples=40 if os.environ.get("COALESCER_LONG") == "1" else 8,
+    max_examples=examples(ci=8, long=40),
     deadline=None,
     database=None,
     derandomize=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.modes import examples
 from tests.support.processes import ProxyProcess, SlowUpstream
 from tests.support.rawhttp import exchange
 
@@ -123,7 +123,7 @@ def _project(path: str) -> str:
 
 
 @settings(
-    max_examples=400 if os.environ.get("COALESCER_LONG") == "1" else 40,
+    max_examples=examples(ci=40, long=400),
     deadline=None,
     database=None,
     derandomize=True,

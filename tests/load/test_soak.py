@@ -20,9 +20,9 @@ import aiohttp
 import orjson
 
 from tests.support.metrics import KEYS, PENDING, read_metrics
+from tests.support.modes import LONG
 from tests.support.processes import ProxyProcess, SlowUpstream, proc_status
 
-LONG = os.environ.get("COALESCER_LONG") == "1"
 SECONDS = float(os.environ.get("COALESCER_SOAK_SECONDS", "300" if LONG else "20"))
 WORKERS = 40
 DENIED = b'{"detail":[{"msg":"Access denied","code":null}]}'
