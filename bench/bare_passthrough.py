@@ -2,11 +2,12 @@
 the answer read whole and returned. No logging, metrics, header policy or limits: the floor
 that the proxy's own pass-through is measured against (docs/measurements.md).
 
-    python -m bench.bare_passthrough UPSTREAM_ORIGIN PORT
+    python -m bench.bare_passthrough UPSTREAM_ORIGIN PORT [asyncio|uvloop]
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 
@@ -51,7 +52,14 @@ def make_app(origin: str) -> web.Application:
 
 def main() -> None:
     origin, port = sys.argv[1], int(sys.argv[2])
-    web.run_app(make_app(origin), host="127.0.0.1", port=port, access_log=None, print=None)
+    loop = asyncio.new_event_loop()
+    if sys.argv[3:] == ["uvloop"]:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(
+        make_app(origin), host="127.0.0.1", port=port, access_log=None, print=None, loop=loop
+    )
 
 
 if __name__ == "__main__":

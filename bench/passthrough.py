@@ -45,11 +45,11 @@ class PassthroughResults:
 class BarePassthrough(Process):
     """`bare_passthrough.py` in front of `upstream`."""
 
-    def __init__(self, upstream: str, log: Path) -> None:
+    def __init__(self, upstream: str, log: Path, loop: str = "asyncio") -> None:
         port = find_free_port()
         self.url = f"http://127.0.0.1:{port}"
         super().__init__(
-            [sys.executable, "-m", "bench.bare_passthrough", upstream, str(port)],
+            [sys.executable, "-m", "bench.bare_passthrough", upstream, str(port), loop],
             f"{self.url}/healthcheck",
             log,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import ConfigError, load_config
 from .logs import configure_logging
@@ -20,11 +20,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_format, config.log_level)
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            runner.run(serve(config))
     except OSError as exc:  # e.g. the port is taken
         print(f"dstack-coalescer: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop, or asyncio's own. uvloop costs less CPU and memory per request
+    (docs/measurements.md); asyncio's is there for platforms without uvloop wheels."""
+    if name == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Final
 
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 from prometheus_client import Counter
+from yarl import URL
 
 from .batcher import Batcher
 from .calls import HttpSend, make_batch_session
@@ -22,7 +22,7 @@ from .forwarding import Forwarder, forward
 from .intake import Intake, ReplyBatcher
 from .keys import CONFIG_KEY, FORWARDER_KEY, INTAKE_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
 from .limits import Limits
-from .logs import REQUEST, new_request_id
+from .logs import REQUEST, new_request_serial
 from .metrics import Metrics
 from .state import State
 from .upstream import ALLOWED_METHODS, check_target
@@ -48,14 +48,14 @@ def make_app(
     not closed (tests)."""
     metrics, state = Metrics(), State()
     metrics.in_flight.set_function(lambda: state.in_progress)
-    app = web.Application(middlewares=[_entry(metrics, state)])
+    app = web.Application()
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[STATE_KEY] = state
     app.cleanup_ctx.append(_session_context(session))
     app.cleanup_ctx.append(_intake_context(batch_session))
     app.on_shutdown.append(_drain)
-    app.router.add_route("*", "/{tail:.*}", route)
+    app.router.register_resource(_EveryTarget(_entry(metrics, state)))
     return app
 
 
@@ -161,21 +161,57 @@ async def _drain(app: web.Application) -> None:
         log.warning("drain_incomplete", in_progress=state.in_progress)
 
 
-def _entry(metrics: Metrics, state: State) -> Middleware:
-    """What every request goes through, even one whose target no route can take (`*`,
+class _EveryTarget(web.AbstractResource):
+    """The app's one resource: every request goes to `handler`, whatever its target. A route
+    pattern would leave targets that are not paths (`*`, `host:port`) to aiohttp's plain-text
+    404, and a middleware to see them costs several microseconds per request
+    (docs/measurements.md); the handler refuses such targets itself."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__()
+        self._route = web.ResourceRoute(hdrs.METH_ANY, handler, self)
+
+    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
+        return web.UrlMappingMatchInfo({}, self._route), set()
+
+    @property
+    def canonical(self) -> str:
+        return "/"  # indexed at the root, which every target's lookup reaches last
+
+    def raw_match(self, path: str) -> bool:
+        return True
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL("/")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("the proxy app is never a sub-application")
+
+    def get_info(self) -> Any:  # aiohttp types it with a private TypedDict
+        return {"path": "/"}
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[web.AbstractRoute]:
+        return iter((self._route,))
+
+
+def _entry(metrics: Metrics, state: State) -> Handler:
+    """What every request goes through, even one whose target no route could take (`*`,
     `host:port`): refuse targets that could reach another host, bound it by the drain
-    deadline, name it in log events, count its answer. Built once per app with what it needs
-    at hand, and kept cheap: it runs for every request (docs/measurements.md)."""
+    deadline, name it in log events, count its answer; then `route` it. Built once per app
+    with what it needs at hand, and kept cheap: it runs for every request
+    (docs/measurements.md)."""
     answers: dict[tuple[str, int], Counter] = {}  # prometheus children, by (route, status)
 
-    @web.middleware
-    async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = REQUEST.set((new_request_id(), request.method, request.raw_path))
+    async def entry(request: web.Request) -> web.StreamResponse:
+        token = REQUEST.set((new_request_serial(), request.method, request.raw_path))
         task = state.enter()
         try:
             try:
                 check_target(request)
-                response = await handler(request)
+                response = await route(request)
             except ProxyError as exc:
                 log.info("request_refused", reason=str(exc))
                 allow = {"Allow": ", ".join(sorted(ALLOWED_METHODS))} if exc.status == 405 else None

@@ -76,6 +76,7 @@ class Config:
         default=(), metadata={"help": "peers whose X-Forwarded-* are believed"}
     )
     log_format: str = field(default="json", metadata={"help": "json or console"})
+    event_loop: str = field(default="uvloop", metadata={"help": "uvloop or asyncio"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
     endpoints: tuple[EndpointSpec, ...] = field(
         default=DEFAULT_ENDPOINTS, metadata={"help": "batchable endpoint table (file only)"}

@@ -29,10 +29,10 @@ HOP_BY_HOP_HEADERS: Final = frozenset(
     )
 )
 
-# Not hop-by-hop, but never copied to the upstream: aiohttp's server already answered Expect
+# Hop-by-hop, and more never copied to the upstream: aiohttp's server already answered Expect
 # (100 Continue), Host is set from the configured upstream, and the forwarding headers are
 # rebuilt by `forwarding_headers`.
-_REQUEST_ONLY_DROPPED: Final = frozenset(
+_REQUEST_DROPPED: Final = HOP_BY_HOP_HEADERS | frozenset(
     h.lower()
     for h in (
         hdrs.EXPECT,
@@ -46,7 +46,7 @@ _REQUEST_ONLY_DROPPED: Final = frozenset(
 )
 
 # ... and, when the body sent is not the one the client framed, its length and encoding.
-_REWRITTEN_BODY_DROPPED: Final = _REQUEST_ONLY_DROPPED | {"content-length", "content-encoding"}
+_REWRITTEN_BODY_DROPPED: Final = _REQUEST_DROPPED | {"content-length", "content-encoding"}
 
 # Headers that only describe a WebSocket handshake; each leg negotiates its own.
 WEBSOCKET_HANDSHAKE_HEADERS: Final = frozenset(
@@ -82,10 +82,13 @@ def strip_hop_by_hop(headers: HeadersIn, *, also: Iterable[str] = ()) -> CIMulti
 
 
 def hop_by_hop_stripped(headers: HeadersIn, *, also: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """`strip_hop_by_hop` as a list of pairs (cheaper, for a response built from it). A
-    frozenset of lower-case names in `also` is used as it is (the per-request path does that)."""
-    extra = also if isinstance(also, frozenset) else frozenset(h.lower() for h in also)
-    dropped = HOP_BY_HOP_HEADERS | extra if extra else HOP_BY_HOP_HEADERS
+    """`strip_hop_by_hop` as a list of pairs (cheaper, for a response built from it)."""
+    dropped = HOP_BY_HOP_HEADERS.union(h.lower() for h in also) if also else HOP_BY_HOP_HEADERS
+    return _without(headers, dropped)
+
+
+def _without(headers: HeadersIn, dropped: frozenset[str]) -> list[tuple[str, str]]:
+    """`headers` but those named (lower-case) in `dropped` or in `Connection`."""
     if hdrs.CONNECTION in headers:
         dropped = dropped | connection_tokens(headers)
     return [(name, value) for name, value in headers.items() if name.lower() not in dropped]
@@ -98,37 +101,41 @@ def upstream_request_headers(
     scheme: str,
     trusted_peer: bool = False,
     body_rewritten: bool = False,
-) -> CIMultiDict[str]:
-    """Headers to send upstream for a client request.
+) -> list[tuple[str, str]]:
+    """Headers to send upstream for a client request, as pairs: aiohttp's client copies
+    whatever it is given into its own multidict, so nothing is gained by building one here.
 
     `body_rewritten` means the body bytes sent upstream differ from the ones the client framed
     (aiohttp's server decoded a `Content-Encoding`), so the length and encoding no longer hold.
     """
-    also = _REWRITTEN_BODY_DROPPED if body_rewritten else _REQUEST_ONLY_DROPPED
-    out = strip_hop_by_hop(headers, also=also)
-    out.extend(forwarding_headers(headers, remote=remote, scheme=scheme, trusted_peer=trusted_peer))
+    out = _without(headers, _REWRITTEN_BODY_DROPPED if body_rewritten else _REQUEST_DROPPED)
+    out += forwarding_headers(headers, remote=remote, scheme=scheme, trusted_peer=trusted_peer)
     return out
 
 
 def forwarding_headers(
     headers: HeadersIn, *, remote: str | None, scheme: str, trusted_peer: bool
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """`X-Forwarded-For/-Proto/-Host` for this hop.
 
     Client-supplied values are believed only from a configured trusted peer (another proxy in
     front of this one); otherwise a new chain starts here, so clients cannot forge their address.
     """
-    out: CIMultiDict[str] = CIMultiDict()
-    # Repeated header lines are one comma-joined list (RFC 9110 §5.3).
-    chain = ", ".join(headers.getall(hdrs.X_FORWARDED_FOR, ())) if trusted_peer else None
-    if remote:
-        out[hdrs.X_FORWARDED_FOR] = f"{chain}, {remote}" if chain else remote
-    out[hdrs.X_FORWARDED_PROTO] = (
-        headers.get(hdrs.X_FORWARDED_PROTO, scheme) if trusted_peer else scheme
-    )
-    host = (headers.get(hdrs.X_FORWARDED_HOST) if trusted_peer else None) or headers.get(hdrs.HOST)
+    out: list[tuple[str, str]] = []
+    if trusted_peer:
+        # Repeated header lines are one comma-joined list (RFC 9110 §5.3).
+        chain = ", ".join(headers.getall(hdrs.X_FORWARDED_FOR, ()))
+        if remote:
+            out.append((hdrs.X_FORWARDED_FOR, f"{chain}, {remote}" if chain else remote))
+        out.append((hdrs.X_FORWARDED_PROTO, headers.get(hdrs.X_FORWARDED_PROTO, scheme)))
+        host = headers.get(hdrs.X_FORWARDED_HOST) or headers.get(hdrs.HOST)
+    else:
+        if remote:
+            out.append((hdrs.X_FORWARDED_FOR, remote))
+        out.append((hdrs.X_FORWARDED_PROTO, scheme))
+        host = headers.get(hdrs.HOST)
     if host:
-        out[hdrs.X_FORWARDED_HOST] = host
+        out.append((hdrs.X_FORWARDED_HOST, host))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Final, Protocol
 
 import structlog
 from aiohttp import hdrs, web
-from multidict import MultiMapping
+from multidict import CIMultiDict, MultiMapping
 
 from .batcher import Batcher, BatcherClosed
 from .batches import BatchKey, BatchTarget, Member, UpstreamReply
@@ -159,7 +159,8 @@ class Intake:
         return render(reply)
 
     def _target(self, request: web.Request, spec: EndpointSpec) -> BatchTarget:
-        url, headers = request_target(request, self._config, rewritten=True)
+        url, pairs = request_target(request, self._config, rewritten=True)
+        headers = CIMultiDict(pairs)
         headers[hdrs.CONTENT_TYPE] = "application/json"
         headers[hdrs.ACCEPT_ENCODING] = "identity"
         return BatchTarget(spec, url, headers)

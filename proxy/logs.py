@@ -19,22 +19,23 @@ _SECRET_KEYS: Final = frozenset(
 )
 
 
-# (request id, method, path) of the request being handled. One ContextVar set and reset per
+# (serial, method, path) of the request being handled. One ContextVar set and reset per
 # request: structlog's bind/clear_contextvars cost more than the rest of the logging together.
-REQUEST: Final[ContextVar[tuple[str, str, str] | None]] = ContextVar("request", default=None)
-_PREFIX: Final = secrets.token_hex(4)  # unique per process; the counter makes ids unique in it
-_SERIAL: Final = itertools.count(1)
+# The id is written out only when an event is logged: most requests log nothing.
+REQUEST: Final[ContextVar[tuple[int, str, str] | None]] = ContextVar("request", default=None)
+_PREFIX: Final = secrets.token_hex(4)  # unique per process; the serial makes ids unique in it
+new_request_serial: Final = itertools.count(1).__next__
 
 
-def new_request_id() -> str:
+def request_id(serial: int) -> str:
     """A request id unique across processes and restarts (not a secret: just cheap)."""
-    return f"{_PREFIX}{next(_SERIAL):08x}"
+    return f"{_PREFIX}{serial:08x}"
 
 
 def add_request(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Name the request an event belongs to, if it belongs to one."""
     if (request := REQUEST.get()) is not None:
-        event.setdefault("request_id", request[0])
+        event.setdefault("request_id", request_id(request[0]))
         event.setdefault("method", request[1])
         event.setdefault("path", request[2])
     return event

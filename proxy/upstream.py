@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Final
 
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config
@@ -22,7 +21,8 @@ def check_target(request: web.Request) -> None:
     than ALLOWED_METHODS (405), and targets that are not a plain path starting with exactly one
     `/` (absolute- or authority-form, `*`, `//host`) or that hold a backslash (400).
 
-    The middleware calls this for every request, so `upstream_url` can trust its input."""
+    The entry handler (app.py) calls this for every request, so `upstream_url` can trust its
+    input."""
     if request.method not in ALLOWED_METHODS:
         raise MethodNotAllowed(f"method {request.method} not allowed")
     raw = request.raw_path
@@ -42,9 +42,10 @@ def upstream_url(origin: str, raw_path: str) -> URL:
 
 def request_target(
     request: web.Request, config: Config, *, rewritten: bool = False
-) -> tuple[URL, CIMultiDict[str]]:
-    """URL and headers for sending `request` to the configured upstream. `rewritten`: the body
-    sent is not the one the client framed, so its length and encoding headers are dropped."""
+) -> tuple[URL, list[tuple[str, str]]]:
+    """URL and headers (as pairs) for sending `request` to the configured upstream.
+    `rewritten`: the body sent is not the one the client framed, so its length and encoding
+    headers are dropped."""
     url = upstream_url(config.upstream, request.raw_path)
     headers = upstream_request_headers(
         request.headers,

@@ -14,6 +14,7 @@ from .policy import Policy
 
 MODES: Final = ("on", "off", "shadow")
 LOG_FORMATS: Final = ("json", "console")
+EVENT_LOOPS: Final = ("uvloop", "asyncio")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
@@ -128,6 +129,7 @@ PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "drain_seconds": _positive_float,
     "trusted_proxies": _addresses,
     "log_format": _choice(LOG_FORMATS),
+    "event_loop": _choice(EVENT_LOOPS),
     "log_level": _choice(LOG_LEVELS),
     "endpoints": parse_table,
 }

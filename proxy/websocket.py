@@ -40,9 +40,8 @@ def is_websocket_upgrade(request: web.Request) -> bool:
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
     """Open the upstream leg first, so the client is accepted only with what the upstream chose."""
     config = request.app[CONFIG_KEY]
-    url, headers = request_target(request, config)
-    for name in WEBSOCKET_HANDSHAKE_HEADERS:
-        headers.popall(name, None)
+    url, pairs = request_target(request, config)
+    headers = [(n, v) for n, v in pairs if n.lower() not in WEBSOCKET_HANDSHAKE_HEADERS]
     protocols = [
         p.strip()
         for v in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
@@ -70,12 +69,12 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _relay_refusal(request: web.Request) -> web.StreamResponse:
-    url, headers = request_target(request, request.app[CONFIG_KEY])
-    headers.extend((h, request.headers[h]) for h in (hdrs.UPGRADE, hdrs.CONNECTION))
+    url, pairs = request_target(request, request.app[CONFIG_KEY])
+    pairs += [(h, request.headers[h]) for h in (hdrs.UPGRADE, hdrs.CONNECTION)]
     try:
         async with request.app[SESSION_KEY].get(
             url,
-            headers=headers,
+            headers=pairs,
             allow_redirects=False,
             auto_decompress=False,
         ) as resp:

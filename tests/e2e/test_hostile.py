@@ -145,7 +145,8 @@ CASES = [
     ),
     # Request targets and methods.
     Case("absolute-form target", post("http://127.0.0.1:1" + STOP, STOP_X), Own400),
-    Case("CONNECT", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", 405),
+    # aiohttp reads every CONNECT target as an authority, no path: its router answers 404.
+    Case("CONNECT", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", 404),
     Case(
         "asterisk target",
         b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",

@@ -197,7 +197,6 @@ async def test_absolute_form_target_never_reaches_another_host(
     [
         (b"GET //other-host/x HTTP/1.1", 400, b"bad_request_target"),
         (b"GET /a\\b HTTP/1.1", 400, b"bad_request_target"),
-        (b"CONNECT other-host:443 HTTP/1.1", 405, b"method_not_allowed"),
         (b"TRACE / HTTP/1.1", 405, b"method_not_allowed"),
         (b"OPTIONS * HTTP/1.1", 400, b"bad_request_target"),
     ],
@@ -216,6 +215,24 @@ async def test_odd_targets_and_methods_are_refused(
     assert orjson.loads(body)["detail"][0]["code"] == code.decode()
     if status == 405:
         assert b"Allow: DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT" in head.split(b"\r\n")
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("target", [b"other-host:443", b"/x"])
+async def test_connect_is_refused_before_routing(
+    proxy: Client, fake: FakeUpstream, target: bytes
+) -> None:
+    """aiohttp reads every CONNECT target as an authority (`host:port`), with no path at all,
+    so its router refuses it before the proxy's handler runs (app.py, _EveryTarget): its own
+    plain 404, and nothing is sent upstream."""
+    request = b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert body == b"404: Not Found"
     assert fake.calls == []
 
 

@@ -35,7 +35,7 @@ def to_upstream(
         trusted_peer=trusted_peer,
         body_rewritten=body_rewritten,
     )
-    return list(out.items())
+    return out
 
 
 def to_client(pairs: Pairs) -> Pairs:
