@@ -10,7 +10,6 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
-from prometheus_client import Counter
 from yarl import URL
 
 from .batcher import Batcher
@@ -67,7 +66,7 @@ async def route(request: web.Request) -> web.StreamResponse:
     intake = request.app[INTAKE_KEY]
     if (match := intake.match(request)) is not None:
         return await intake.handle(request, *match)
-    return await forward(request)
+    return await request.app[FORWARDER_KEY].forward(request)
 
 
 def make_passthrough_session(config: Config) -> aiohttp.ClientSession:
@@ -203,7 +202,7 @@ def _entry(metrics: Metrics, state: State) -> Handler:
     deadline, name it in log events, count its answer; then `route` it. Built once per app
     with what it needs at hand, and kept cheap: it runs for every request
     (docs/measurements.md)."""
-    answers: dict[tuple[str, int], Counter] = {}  # prometheus children, by (route, status)
+    count = metrics.requests.inc
 
     async def entry(request: web.Request) -> web.StreamResponse:
         token = REQUEST.set((new_request_serial(), request.method, request.raw_path))
@@ -224,10 +223,7 @@ def _entry(metrics: Metrics, state: State) -> Handler:
                 response = error_response(
                     UpstreamTimeout("the proxy shut down before the upstream answered")
                 )
-            key = (_route_class(request, response), response.status)
-            if (counter := answers.get(key)) is None:
-                counter = answers[key] = metrics.requests.labels(key[0], str(key[1]))
-            counter.inc()
+            count(_route_class(request, response), str(response.status))
             return response
         finally:
             state.leave(task)

@@ -65,7 +65,7 @@ class Forwarder:
         except ConnectionError:  # the client left mid-upload: nothing goes upstream
             self._client_left()
             return web.Response(status=400)
-        if not await self._slots.take(self._config.connect_timeout):
+        if not (self._slots.take_now() or await self._slots.take(self._config.connect_timeout)):
             return self._fail(UpstreamBusy("every upstream connection is in use; try again"))
         try:
             started = time.perf_counter()
@@ -155,13 +155,14 @@ class Forwarder:
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> list[tuple[str, str]]:
         headers = hop_by_hop_stripped(upstream.headers)
-        for i, (name, value) in enumerate(headers):
-            if name.lower() in _LOCATIONS:
-                client_origin = f"{request.scheme}://{request.host}"
-                location = rewrite_location(
-                    value, upstream_origin=self._config.upstream, client_origin=client_origin
-                )
-                headers[i] = (name, location)
+        if hdrs.LOCATION in upstream.headers or hdrs.CONTENT_LOCATION in upstream.headers:
+            client_origin = f"{request.scheme}://{request.host}"
+            for i, (name, value) in enumerate(headers):
+                if name.lower() in _LOCATIONS:
+                    location = rewrite_location(
+                        value, upstream_origin=self._config.upstream, client_origin=client_origin
+                    )
+                    headers[i] = (name, location)
         return headers
 
     def _fail(self, error: ProxyError) -> web.Response:

@@ -89,6 +89,8 @@ class Intake:
         self._passthrough = passthrough
         self._state = state
         self._specs = config.enabled_endpoints if config.mode != "off" else ()
+        # Every path `match` could accept starts with one of these (one C call rules most out).
+        self._prefixes = tuple({spec.prefix for spec in self._specs})
         self._secret = secrets.token_bytes(32)  # per process: fingerprints never leave memory
         self._serials = itertools.count(1)  # distinct members where repeats are not harmless
         self._shadow = Shadow(config, limits, metrics) if config.mode == "shadow" else None
@@ -101,7 +103,7 @@ class Intake:
 
     def match(self, request: web.Request) -> tuple[EndpointSpec, str] | None:
         """The endpoint and normalised project if the request targets a batchable path."""
-        if request.method != hdrs.METH_POST:
+        if request.method != hdrs.METH_POST or not request.raw_path.startswith(self._prefixes):
             return None
         path = request.raw_path.partition("?")[0]
         for spec in self._specs:

@@ -4,9 +4,13 @@ admin listener. Labels stay bounded: route classes and endpoint names, never pro
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -19,22 +23,22 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "proxy_requests_total",
             "Client requests answered, by route class and status",
-            ["route", "status"],
-            registry=r,
+            ("route", "status"),
         )
+        r.register(self.requests)
         self.in_flight = Gauge(
             "proxy_requests_in_flight", "Client requests being handled", registry=r
         )
-        self.upstream_latency = Histogram(
+        self.upstream_latency = LoopHistogram(
             "proxy_upstream_latency_seconds",
             "Upstream time to response headers",
-            ["kind"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "kind",
+            _LATENCY_BUCKETS,
         )
+        r.register(self.upstream_latency)
         self.upstream_errors = Counter(
             "proxy_upstream_errors_total", "Upstream failures by kind", ["kind", "code"], registry=r
         )
@@ -119,6 +123,67 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LoopCounter(Collector):
+    """A labelled counter for what every request counts: plain numbers, no lock. The event
+    loop's thread is the only one that counts or renders (the admin listener shares the loop),
+    and prometheus_client's own Counter takes a lock on every increment (docs/measurements.md)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._name, self._doc, self._labels = name, documentation, tuple(labels)
+        self.values: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *labels: str) -> None:
+        self.values[labels] = self.values.get(labels, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        for labels, value in self.values.items():
+            family.add_metric(labels, value)
+        yield family
+
+
+class LoopHistogram(Collector):
+    """A histogram with one label, lock-free for the same reason as `LoopCounter`; each child
+    keeps a count per bucket (cumulated when rendered) and a sum."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: Sequence[float]):
+        self._name, self._doc, self._label = name, documentation, label
+        self._bounds = tuple(buckets)
+        self._children: dict[str, _HistogramChild] = {}
+
+    def labels(self, value: str) -> _HistogramChild:
+        if (child := self._children.get(value)) is None:
+            child = self._children[value] = _HistogramChild(self._bounds)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=(self._label,))
+        for value, child in self._children.items():
+            running, buckets = 0, []
+            for bound, count in zip((*self._bounds, float("inf")), child.counts, strict=True):
+                running += count
+                buckets.append((_bound(bound), running))
+            family.add_metric((value,), buckets, child.sum)
+        yield family
+
+
+class _HistogramChild:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1  # buckets are "less or equal"
+        self.sum += value
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 def _live_tasks() -> int:

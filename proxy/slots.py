@@ -13,10 +13,16 @@ class Slots:
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def take(self, timeout: float) -> bool:
-        """Take a slot, waiting at most `timeout` seconds for one; False if none came."""
+    def take_now(self) -> bool:
+        """Take a free slot if there is one, without waiting (and without a coroutine)."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
+            return True
+        return False
+
+    async def take(self, timeout: float) -> bool:
+        """Take a slot, waiting at most `timeout` seconds for one; False if none came."""
+        if self.take_now():
             return True
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
