@@ -133,7 +133,9 @@ def run(workdir: Path, seconds: int) -> Data | None:
         pin(upstream.pid, {LOAD_CPU})
         for name in ("proxy", "bare aiohttp"):
             proc: ProxyProcess | BarePassthrough = (
-                ProxyProcess(upstream.url, workdir / "proxy.log")
+                # On asyncio's loop, like the bare one: py-spy sees whole Python stacks there,
+                # and the proxy's own functions cost the same on either loop.
+                ProxyProcess(upstream.url, workdir / "proxy.log", "--event-loop", "asyncio")
                 if name == "proxy"
                 else BarePassthrough(upstream.url, workdir / "bare.log")
             )

@@ -1,6 +1,7 @@
 """Pass-through at the floor of its stack: the proxy (default configuration: logging, metrics and
-header policy on; and once more with `--mode off`, no batchable-route matching), a bare aiohttp
-pass-through and nginx, each ONE process pinned to the same core, in front of the same fast
+header policy on, uvloop; once more on asyncio's loop, and once with `--mode off`, no
+batchable-route matching), a bare aiohttp pass-through (on asyncio's loop, the reference, and on
+uvloop) and nginx, each ONE process pinned to the same core, in front of the same fast
 upstream (nginx answering from memory). wrk -t1 -c32 with a small JSON POST for requests/s (and
 the process's CPU time per request), wrk -c1 for the unloaded latency, and a 1 MiB download.
 
@@ -70,10 +71,16 @@ def run(workdir: Path, seconds: int, rounds: int) -> PassthroughResults:
         upstream = stack.enter_context(nginx.fast_upstream(workdir / "upstream"))
         suts: dict[str, ProxyProcess | BarePassthrough | nginx.Nginx] = {
             "proxy": ProxyProcess(upstream.url, workdir / "proxy.log"),
+            "proxy on asyncio": ProxyProcess(
+                upstream.url, workdir / "proxy-asyncio.log", "--event-loop", "asyncio"
+            ),
             "proxy, batching off": ProxyProcess(
                 upstream.url, workdir / "proxy-off.log", "--mode", "off"
             ),
             "bare aiohttp": BarePassthrough(upstream.url, workdir / "bare.log"),
+            "bare aiohttp on uvloop": BarePassthrough(
+                upstream.url, workdir / "bare-uvloop.log", "uvloop"
+            ),
             "nginx": nginx.passthrough(workdir / "nginx", upstream.url),
         }
         for proc in suts.values():

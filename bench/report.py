@@ -334,10 +334,13 @@ def _passthrough_section(data: Data) -> str:
             _para(
                 "The same fast upstream (nginx answering `null` from memory, and 1 MiB at /blob) "
                 "behind single-process pass-throughs: the proxy with its default "
-                "configuration (JSON logging at info, metrics, header policy), the same with "
+                "configuration (JSON logging at info, metrics, header policy, uvloop), the same "
+                "on asyncio's own event loop (`--event-loop asyncio`), the same with "
                 "`--mode off` (no batchable-route matching), a bare aiohttp "
                 "pass-through (`bench/bare_passthrough.py`: one shared ClientSession, body read "
-                "whole, no logging or metrics) and nginx (one process, kept-alive upstream "
+                "whole, no logging or metrics; on asyncio's loop, as aiohttp runs by default: "
+                "the reference of the target; and on uvloop) and nginx (one process, kept-alive "
+                "upstream "
                 "connections, 64 KiB buffers). The upstream is nginx because an aiohttp upstream "
                 "tops out near the pass-throughs' own rate and would hide their differences. "
                 + pinning,
@@ -355,6 +358,17 @@ def _passthrough_section(data: Data) -> str:
             ),
             "",
             *lines,
+            "",
+            _para(
+                "Against the bare pass-through on uvloop too, the proxy (on uvloop) makes "
+                f"{fig['proxy']['rps'] / fig['bare aiohttp on uvloop']['rps']:.0%} of its "
+                "requests/s and "
+                f"{fig['bare aiohttp on uvloop']['cpu_us'] / fig['proxy']['cpu_us']:.0%} of its "
+                "requests per CPU-second: what the proxy's own work (header policy, logging, "
+                "metrics, drain bookkeeping, batchable-route matching) costs on the same loop.",
+            )
+            if "bare aiohttp on uvloop" in fig
+            else "",
             "",
             f"![pass-through requests per second]({PASSTHROUGH_PLOT})",
         ]
@@ -438,7 +452,9 @@ def _profile_section(data: Data) -> str:
         [
             _para(
                 f"py-spy sampled each process at {prof['rate']} Hz during {prof['seconds']} s of "
-                f"the same wrk POST load, pinned as above: the proxy ({proxy['samples']} samples, "
+                f"the same wrk POST load, pinned as above, both on asyncio's event loop (py-spy "
+                "cannot follow coroutines resumed from uvloop's C code, and the proxy's own "
+                f"functions cost the same on either loop): the proxy ({proxy['samples']} samples, "
                 f"{proxy['requests_per_s']:.0f} requests/s under the profiler) and the bare "
                 f"aiohttp pass-through ({bare['samples']} samples, {bare['requests_per_s']:.0f} "
                 "requests/s). Each share of samples is turned into microseconds with the "

@@ -19,9 +19,9 @@ for everyone costs 3. At most MAX_CONCURRENT_CALLS calls of one batch run at onc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -40,6 +40,7 @@ from .batches import (
     rounds_of,
 )
 from .errors import UpstreamBusy, UpstreamError, classify
+from .logs import PROCESS_ID
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,12 @@ MAX_CONCURRENT_CALLS: Final = 4  # per batch, while splitting: gentle on SQLite'
 Send = Callable[[BatchTarget, Sequence[str | int], SharedFields, str], Awaitable[Outcome]]
 """One upstream call: target, the names it carries, the shared body fields, and a call id."""
 Resolve = Callable[[Member, UpstreamReply | BaseException], None]
+_BATCH_SERIALS: Final = itertools.count(1)
+
+
+def new_batch_id() -> str:
+    """Unique across processes and restarts, like request ids, and as cheap."""
+    return f"{PROCESS_ID}b{next(_BATCH_SERIALS):07x}"
 
 
 class Flight:
@@ -66,7 +73,7 @@ class Flight:
     ) -> None:
         self._send, self._target, self._shared, self._resolve = send, target, shared, resolve
         self._max_names = max_names
-        self._call_id = call_id or uuid.uuid4().hex[:16]
+        self._call_id = call_id or new_batch_id()
         self._gate = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self._budget = 0  # calls still allowed; kept >= _open, so every caller can be answered
         self._open = 0  # callers whose answer no call under way is sure to give
@@ -83,7 +90,10 @@ class Flight:
         self._budget = 1 + n + 2 * math.ceil(math.log2(max(n, 1))) + extra
         self._open = n
         for planned in groups:  # a later round only after every answer of the earlier one
-            await asyncio.gather(*(self._group(g) for g in planned))
+            if len(planned) == 1:  # the common case, without a task per group
+                await self._group(planned[0])
+            else:
+                await asyncio.gather(*(self._group(g) for g in planned))
 
     async def _group(self, members: Sequence[Member]) -> None:
         if len(members) > 1 and self._budget - 1 < self._open:
@@ -185,7 +195,7 @@ class Dispatcher:
         self, batch: ClosedBatch[BatchKey, Member, BatchTarget], resolve: Resolve
     ) -> None:
         started = time.perf_counter()
-        batch_id = uuid.uuid4().hex[:16]
+        batch_id = new_batch_id()
         flight = Flight(
             self._send,
             batch.context,
