@@ -18,6 +18,7 @@ from .config import Config
 from .dispatching import Dispatcher
 from .errors import ProxyError, UpstreamTimeout, error_response
 from .forwarding import Forwarder, forward
+from .headers import SKIP_AUTO_HEADERS
 from .intake import Intake, ReplyBatcher
 from .keys import CONFIG_KEY, FORWARDER_KEY, INTAKE_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
 from .limits import Limits
@@ -29,7 +30,6 @@ from .websocket import handle_websocket, is_websocket_upgrade
 
 log = structlog.get_logger(__name__)
 
-SKIP_AUTO_HEADERS: Final = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Of drain_seconds, the last part is kept for writing the last answers and closing sockets;
@@ -125,7 +125,11 @@ def _intake_context(
         )
         metrics.keys.set_function(lambda: batcher.keys)
         limits = Limits(config.max_pending, config.max_pending_per_key, config.max_pending_bytes)
-        app[INTAKE_KEY] = Intake(config, batcher, limits, metrics, forward, app[STATE_KEY])
+        # A request sent alone (its key idle) goes as it came, on the batch calls' session.
+        alone = Forwarder(session, config, metrics, kind="alone", pooled=False)
+        app[INTAKE_KEY] = Intake(
+            config, batcher, limits, metrics, forward, app[STATE_KEY], send_alone=alone.forward
+        )
         yield
         if given is None:
             await session.close()

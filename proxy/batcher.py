@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from .clock import Clock, LoopClock
@@ -42,7 +42,8 @@ class Batcher(Generic[K, T, R, C]):
     during a flight wait for it (group commit). At `max_size` members a batch is due and later
     members start the next one. A batch still waiting `max_wait` after its first member (behind
     a slow flight) is never sent: its submitters get `expire(batch)`. Flushes run in tasks of
-    their own, so a cancelled submitter never cancels the shared call.
+    their own, so a cancelled submitter never cancels the shared call. A caller may also `lead`
+    an idle key: make the key's flight itself, while later members wait for it.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Batcher(Generic[K, T, R, C]):
         self._keys: dict[K, KeyQueue[K, T, R, C]] = {}
         # Running flushes and the futures each will resolve; awaited (or abandoned) by aclose().
         self._tasks: dict[asyncio.Task[None], dict[T, asyncio.Future[R | BaseException]]] = {}
+        self._leads: set[asyncio.Future[None]] = set()  # flights made by callers (`lead`)
         self._pending = 0  # submitters still waiting for an answer
         self._closed = False
 
@@ -94,6 +96,26 @@ class Batcher(Generic[K, T, R, C]):
             raise result
         return result
 
+    def lead(self, key: K) -> Callable[[], None] | None:
+        """Claim `key`'s flight for a call the caller makes itself, when the key is idle and the
+        policy would send a new batch at once anyway: a lone request then goes as it came, with
+        none of the batching work, while members arriving meanwhile wait for it as for any
+        flight. Returns the function to call once that call is over, or None (submit instead).
+        """
+        if self._closed or key in self._keys or self._policy.waits_window(key, self._clock.now()):
+            return None
+        state = self._keys[key] = KeyQueue(flying=True)
+        landed = asyncio.get_running_loop().create_future()
+        self._leads.add(landed)
+
+        def land() -> None:
+            if not landed.done():
+                landed.set_result(None)
+                self._leads.discard(landed)
+                self._landed(key, state)
+
+        return land
+
     async def aclose(
         self, deadline: float | None = None, abandon: BaseException | None = None
     ) -> None:
@@ -109,9 +131,9 @@ class Batcher(Generic[K, T, R, C]):
                 batch.due = FlushReason.CLOSE
             self._advance(state)
         loop = asyncio.get_running_loop()  # real time: this bounds a real shutdown
-        while self._tasks and (deadline is None or loop.time() < deadline):
+        while (self._tasks or self._leads) and (deadline is None or loop.time() < deadline):
             left = None if deadline is None else deadline - loop.time()
-            await asyncio.wait(list(self._tasks), timeout=left)
+            await asyncio.wait([*self._tasks, *self._leads], timeout=left)
         error = abandon or TimeoutError("batcher closed before the answer")
         for futures in self._tasks.values():
             settle(futures, error)
@@ -215,19 +237,21 @@ class Batcher(Generic[K, T, R, C]):
             for member, future in futures.items():
                 if not future.done():
                     future.set_result(LookupError(f"flush gave no result for {member!r}"))
-            state.flying = False
-            head = state.waiting[0] if state.waiting else None
-            if head is None or head.due is FlushReason.CLOSE:
-                pass
-            elif head.due is not FlushReason.FULL and self._policy.lingers(
-                head.key, self._clock.now()
-            ):
-                # The callers just answered tend to send their next request at once (an
-                # HTTP/1.1 browser reuses its connection): one window gathers them too, so the
-                # burst's rounds stay in step instead of alternating lone and gathered calls.
-                head.due = None
-                self._start_window(head)
-            elif head.due is not None:
-                head.due = FlushReason.AFTER_FLIGHT
-            self._advance(state)
-            self._forget_key(closed.key, state)
+            self._landed(closed.key, state)
+
+    def _landed(self, key: K, state: KeyQueue[K, T, R, C]) -> None:
+        """The key's flight is over: its next batch may leave."""
+        state.flying = False
+        head = state.waiting[0] if state.waiting else None
+        if head is None or head.due is FlushReason.CLOSE:
+            pass
+        elif head.due is not FlushReason.FULL and self._policy.lingers(key, self._clock.now()):
+            # The callers just answered tend to send their next request at once (an HTTP/1.1
+            # browser reuses its connection): one window gathers them too, so the burst's
+            # rounds stay in step instead of alternating lone and gathered calls.
+            head.due = None
+            self._start_window(head)
+        elif head.due is not None:
+            head.due = FlushReason.AFTER_FLIGHT
+        self._advance(state)
+        self._forget_key(key, state)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import aiohttp
 import structlog
-from aiohttp import hdrs
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -16,6 +15,7 @@ from .batches import BatchTarget, Outcome, SharedFields, UpstreamReply
 from .config import Config
 from .endpoints import render_body
 from .errors import UpstreamError, classify
+from .headers import SKIP_AUTO_HEADERS
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -28,10 +28,12 @@ def make_batch_session(config: Config) -> aiohttp.ClientSession:
     batch), and a cap below the number of keys in flight would run them less concurrently than
     the callers would have. Timeouts count from connecting, never the wait for a pooled
     connection: connect within `connect_timeout`, then the answer within `batch_timeout`.
+    Requests sent alone (intake.py) use it too, passed through as they came.
     """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
         cookie_jar=aiohttp.DummyCookieJar(),  # never replay one user's cookies to the next
+        skip_auto_headers=SKIP_AUTO_HEADERS,
         trust_env=False,
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.batch_timeout
@@ -52,7 +54,6 @@ async def post_json(
                 headers=headers,
                 allow_redirects=False,
                 auto_decompress=True,  # the proxy reads this body itself
-                skip_auto_headers=(hdrs.USER_AGENT,),
             ) as resp:
                 return UpstreamReply(resp.status, resp.headers, await resp.read())
         except aiohttp.ClientConnectorError as exc:

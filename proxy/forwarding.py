@@ -46,15 +46,27 @@ async def forward(request: web.Request, *, prefix: bytes = b"") -> web.StreamRes
 
 
 class Forwarder:
-    """Pass-through for one app: its session, connection slots and response-buffer budget."""
+    """Pass-through for one app: its session, connection slots and response-buffer budget.
 
-    def __init__(self, session: aiohttp.ClientSession, config: Config, metrics: Metrics) -> None:
+    `kind` labels its metrics. The one for requests sent alone on a batchable path (intake.py)
+    has no slot limit, like batch calls: one flight per key bounds them already."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: Config,
+        metrics: Metrics,
+        *,
+        kind: str = "passthrough",
+        pooled: bool = True,
+    ) -> None:
         self._session = session
         self._config = config
-        self._slots = Slots(config.pool_size)
+        self._slots = Slots(config.pool_size if pooled else None)
         self._budget = config.buffer_budget_bytes  # bytes still free for whole responses
-        self._latency = metrics.upstream_latency.labels("passthrough")
-        self._disconnects = metrics.disconnects.labels("passthrough")
+        self._kind = kind
+        self._latency = metrics.upstream_latency.labels(kind)
+        self._disconnects = metrics.disconnects.labels(kind)
         self._errors = metrics.upstream_errors
 
     async def forward(self, request: web.Request, prefix: bytes = b"") -> web.StreamResponse:
@@ -166,7 +178,7 @@ class Forwarder:
         return headers
 
     def _fail(self, error: ProxyError) -> web.Response:
-        self._errors.labels("passthrough", error.code).inc()
+        self._errors.labels(self._kind, error.code).inc()
         log.warning("upstream_failed", error=error.code, detail=str(error))
         return error_response(error)
 

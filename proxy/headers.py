@@ -62,6 +62,10 @@ WEBSOCKET_HANDSHAKE_HEADERS: Final = frozenset(
 
 HeadersIn = CIMultiDictProxy[str] | CIMultiDict[str]
 
+# Headers aiohttp's client would invent when a request lacks them; the proxy's sessions skip
+# them, so the upstream gets what the client sent (and never gzip a client did not ask for).
+SKIP_AUTO_HEADERS: Final = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
+
 
 def connection_tokens(headers: HeadersIn) -> frozenset[str]:
     """Header names listed in every `Connection` header (RFC 9110 §7.6.1), lower-cased."""

@@ -1,12 +1,9 @@
-"""The batchable route: whether a request fits its endpoint exactly, its key, its admission to a
-batch, and the caller's own answer. When in any doubt, the request passes through untouched."""
+"""The batchable route: a request that fits its endpoint exactly (fit.py) is admitted to a batch,
+or leads its idle key, and gets its own answer. When in any doubt, it passes through untouched."""
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import hashlib
-import hmac
 import itertools
 import secrets
 from collections.abc import Awaitable
@@ -14,14 +11,15 @@ from typing import Final, Protocol
 
 import structlog
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 
 from .batcher import Batcher, BatcherClosed
 from .batches import BatchKey, BatchTarget, Member, UpstreamReply
 from .config import Config
-from .endpoints import EndpointSpec, ParsedBody, match_project, parse_body
+from .endpoints import EndpointSpec, match_project, parse_body
 from .errors import UpstreamError, UpstreamTimeout, error_response
-from .headers import client_response_headers, connection_tokens
+from .fit import BypassReason, batch_key, precheck, read_capped
+from .headers import client_response_headers
 from .limits import Limits
 from .metrics import Metrics
 from .shadow import Shadow
@@ -30,35 +28,11 @@ from .upstream import request_target
 
 log = structlog.get_logger(__name__)
 
-# Headers besides the credential that dstack reads and that can change its answer: requests
-# that differ in them never share a call (docs/dstack-api.md, API versions).
-READ_HEADERS: Final = ("X-API-Version",)
-CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
-BODY_READ_TIMEOUT: Final = 10.0
-_JSON_CHARSETS: Final = frozenset({None, "utf-8", "utf8"})
-_PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
 # A batch call's reply is read whole and decoded, then rendered anew for each caller: its length
 # and encoding describe that upstream message, and a cookie on it was set for no one caller.
 _REPLY_DROPPED: Final = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.SET_COOKIE)
 
 ReplyBatcher = Batcher[BatchKey, Member, UpstreamReply, BatchTarget]
-
-
-class BypassReason(enum.StrEnum):
-    """Why a request on a batchable path went through singly (the bypass metric's label)."""
-
-    CLOSED = "closed"  # draining, or the batcher already closed
-    QUERY = "query"
-    CONTENT_TYPE = "content_type"
-    CONTENT_ENCODING = "content_encoding"
-    CREDENTIALS = "credentials"  # not exactly one Authorization, or more than one Cookie
-    HEADERS = "headers"  # a repeated read header, or a Connection header naming headers
-    TOO_LARGE = "too_large"
-    SLOW_BODY = "slow_body"
-    BODY = "body"  # not exactly the endpoint's fields, JSON types and a non-empty list
-    PENDING_LIMIT = "pending_limit"
-    KEY_LIMIT = "key_limit"
-    BYTES_LIMIT = "bytes_limit"
 
 
 class Passthrough(Protocol):
@@ -71,7 +45,10 @@ class Passthrough(Protocol):
 
 class Intake:
     """The batchable route of one app. Requests that fit go to `batcher` (in shadow mode: are
-    observed, then go through), the rest to `passthrough`; it closes `batcher` on shutdown."""
+    observed, then go through), the rest to `passthrough`; it closes `batcher` on shutdown.
+    One that finds its key idle, when the policy would send it at once anyway, leads the key:
+    `send_alone` passes it through unchanged as the key's flight (docs/design.md, Flush
+    policy)."""
 
     def __init__(
         self,
@@ -81,12 +58,16 @@ class Intake:
         metrics: Metrics,
         passthrough: Passthrough,
         state: State,
+        *,
+        send_alone: Passthrough | None = None,
     ) -> None:
         self._config = config
         self._batcher = batcher
         self._limits = limits
         self._metrics = metrics
         self._passthrough = passthrough
+        self._send_alone = send_alone
+        self._alone = metrics.bypasses.labels(BypassReason.ALONE.value)
         self._state = state
         self._specs = config.enabled_endpoints if config.mode != "off" else ()
         # Every path `match` could accept starts with one of these (one C call rules most out).
@@ -128,6 +109,12 @@ class Intake:
         if self._shadow is not None:
             self._shadow.observe(key, member, len(body))
             return await self._passthrough(request, prefix=body)
+        if self._send_alone is not None and (land := self._batcher.lead(key)) is not None:
+            self._alone.inc()
+            try:
+                return await self._send_alone(request, prefix=body)
+            finally:
+                land()
         return await self._batch(request, key, member, self._target(request, spec), body)
 
     async def aclose(self, timeout: float | None = None) -> None:
@@ -172,77 +159,6 @@ class Intake:
     ) -> web.StreamResponse:
         self._metrics.bypasses.labels(reason.value).inc()
         return await self._passthrough(request, prefix=body)
-
-
-def precheck(request: web.BaseRequest, max_body_bytes: int) -> BypassReason | None:
-    """Why the request line or headers rule out batching, if they do (the body comes later)."""
-    headers = request.headers
-    if "?" in request.raw_path:
-        return BypassReason.QUERY
-    if hdrs.CONTENT_TYPE in headers and (
-        request.content_type != "application/json" or request.charset not in _JSON_CHARSETS
-    ):
-        return BypassReason.CONTENT_TYPE
-    if hdrs.CONTENT_ENCODING in headers:
-        return BypassReason.CONTENT_ENCODING
-    if len(headers.getall(hdrs.AUTHORIZATION, ())) != 1 or len(headers.getall(hdrs.COOKIE, ())) > 1:
-        return BypassReason.CREDENTIALS
-    if any(len(headers.getall(h, ())) > 1 for h in READ_HEADERS):
-        return BypassReason.HEADERS
-    if connection_tokens(headers) - _PLAIN_CONNECTION:
-        # It would strip a header the key was built with from the batch call (Authorization).
-        return BypassReason.HEADERS
-    if (request.content_length or 0) > max_body_bytes:
-        return BypassReason.TOO_LARGE
-    return None
-
-
-def batch_key(
-    spec: EndpointSpec,
-    project: str,
-    parsed: ParsedBody,
-    headers: MultiMapping[str],
-    secret: bytes,
-) -> BatchKey:
-    """The key of a request that passed the prechecks: everything that can change dstack's
-    answer besides the names, the credential only as a keyed fingerprint."""
-    return BatchKey(
-        endpoint=spec.name,
-        project=project,
-        principal=fingerprint(headers, secret),
-        # None for an absent header: dstack skips the version check then, while an empty
-        # value is a 400, so the two must never share a call.
-        read_headers=tuple((h.lower(), headers.get(h)) for h in READ_HEADERS),
-        shared_fields=parsed.shared_fields,
-    )
-
-
-def fingerprint(headers: MultiMapping[str], secret: bytes) -> str:
-    """HMAC-SHA256 of the credential headers under `secret`: equal only for equal credentials,
-    and no use to anyone who reads it without the secret."""
-    mac = hmac.new(secret, digestmod=hashlib.sha256)
-    for name in CREDENTIAL_HEADERS:
-        value = headers.get(name, "").encode("utf-8", "surrogateescape")
-        mac.update(name.encode() + b"\0" + value + b"\0")
-    return mac.hexdigest()
-
-
-async def read_capped(request: web.Request, cap: int) -> tuple[bytes, BypassReason | None]:
-    """Up to cap+1 bytes of body, and why the rest is unread (None: it was all read). A body
-    over the cap or slower than BODY_READ_TIMEOUT is then streamed through as it comes."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT):
-            while size <= cap:
-                chunk = await request.content.readany()
-                if not chunk:
-                    return b"".join(chunks), None
-                chunks.append(chunk)
-                size += len(chunk)
-    except TimeoutError:
-        return b"".join(chunks), BypassReason.SLOW_BODY
-    return b"".join(chunks), BypassReason.TOO_LARGE
 
 
 def render(reply: UpstreamReply) -> web.Response:

@@ -130,15 +130,20 @@ class LoopCounter(Collector):
     loop's thread is the only one that counts or renders (the admin listener shares the loop),
     and prometheus_client's own Counter takes a lock on every increment (docs/measurements.md)."""
 
+    type = "counter"
+
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self._name, self._doc, self._labels = name, documentation, tuple(labels)
+        self._name, self._doc, self.labelnames = name, documentation, tuple(labels)
         self.values: dict[tuple[str, ...], int] = {}
 
     def inc(self, *labels: str) -> None:
         self.values[labels] = self.values.get(labels, 0) + 1
 
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._doc, labels=self.labelnames)
+
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        family = CounterMetricFamily(self._name, self._doc, labels=self.labelnames)
         for labels, value in self.values.items():
             family.add_metric(labels, value)
         yield family
@@ -148,8 +153,10 @@ class LoopHistogram(Collector):
     """A histogram with one label, lock-free for the same reason as `LoopCounter`; each child
     keeps a count per bucket (cumulated when rendered) and a sum."""
 
+    type = "histogram"
+
     def __init__(self, name: str, documentation: str, label: str, buckets: Sequence[float]):
-        self._name, self._doc, self._label = name, documentation, label
+        self._name, self._doc, self.labelnames = name, documentation, (label,)
         self._bounds = tuple(buckets)
         self._children: dict[str, _HistogramChild] = {}
 
@@ -158,8 +165,11 @@ class LoopHistogram(Collector):
             child = self._children[value] = _HistogramChild(self._bounds)
         return child
 
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=self.labelnames)
+
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self._name, self._doc, labels=(self._label,))
+        family = HistogramMetricFamily(self._name, self._doc, labels=self.labelnames)
         for value, child in self._children.items():
             running, buckets = 0, []
             for bound, count in zip((*self._bounds, float("inf")), child.counts, strict=True):

@@ -9,12 +9,16 @@ from collections import deque
 
 
 class Slots:
-    def __init__(self, size: int) -> None:
-        self._free = size
+    def __init__(self, size: int | None) -> None:
+        """`size` slots, or as many as are asked for when None."""
+        self._free = size if size is not None else -1
+        self._unbounded = size is None
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     def take_now(self) -> bool:
         """Take a free slot if there is one, without waiting (and without a coroutine)."""
+        if self._unbounded:
+            return True
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
@@ -44,6 +48,8 @@ class Slots:
 
     def give(self) -> None:
         """Give a slot back, to the longest waiter if there is one."""
+        if self._unbounded:
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

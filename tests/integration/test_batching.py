@@ -284,6 +284,58 @@ async def test_flight_in_progress_collects_the_next_batch(
     assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a", "b"], ["c", "d", "e"]]
 
 
+async def test_a_lone_request_on_an_idle_key_goes_as_it_came(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    """Policy adaptive (the default): a request whose key is idle is the key's flight itself,
+    passed through unchanged; those arriving meanwhile are batched behind it."""
+    proxy = await make_proxy(policy="adaptive", window_ms=10)
+    fake.gate = asyncio.Event()
+    odd = b'{ "abort": false,   "runs_names": ["lone"] }'
+    headers = {**MEMBER, "Content-Type": "application/json", "User-Agent": "legacy-ui"}
+    lone = asyncio.ensure_future(proxy.post(STOP, data=odd, headers=headers))
+    while len(fake.runs_calls()) < 1:
+        await asyncio.sleep(0.01)
+    followers = asyncio.ensure_future(_stop_all(proxy, ["b", "c", "d"]))
+    await asyncio.sleep(0.1)  # well past the window: held behind the lone request's call
+    assert len(fake.runs_calls()) == 1
+    fake.gate.set()
+    resp = await lone
+    assert (resp.status, await resp.read()) == (200, b"null")
+    assert await followers == [(200, b"null")] * 3
+    first, second = fake.runs_calls()
+    assert first.body == odd  # byte for byte: never parsed and rendered again
+    assert first.headers["user-agent"] == ["legacy-ui"]
+    assert "x-request-id" not in first.headers  # a pass-through adds none
+    assert second.json == {"runs_names": ["b", "c", "d"], "abort": False}
+    assert metric(proxy, BYPASSES, reason="alone") == 1
+    assert metric(proxy, BATCHED, endpoint="runs/stop") == 3
+
+
+async def test_a_lone_request_whose_client_leaves_is_still_sent_and_frees_its_key(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(policy="adaptive", window_ms=10)
+    fake.gate = asyncio.Event()
+    body = b'{"runs_names": ["leaver"], "abort": false}'
+    _, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(
+        b"POST " + STOP.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer member\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    await writer.drain()
+    while len(fake.runs_calls()) < 1:
+        await asyncio.sleep(0.01)
+    writer.close()  # gone while its call is in the air
+    await writer.wait_closed()
+    stayer = asyncio.ensure_future(_stop_all(proxy, ["stayer"]))
+    await asyncio.sleep(0.05)
+    fake.gate.set()
+    assert await stayer == [(200, b"null")]
+    assert [c.json["runs_names"] for c in fake.runs_calls()] == [["leaver"], ["stayer"]]
+
+
 class _FailOnceResolver(aiohttp.abc.AbstractResolver):
     """Resolves `localhost` to loopback, but fails the first look-up: a connection that could
     not even be opened, so nothing reached the upstream."""

@@ -21,7 +21,8 @@ from proxy.batches import BatchKey, BatchTarget, Member, UpstreamReply
 from proxy.config import Config
 from proxy.endpoints import DEFAULT_ENDPOINTS, ParsedBody
 from proxy.errors import UpstreamTimeout
-from proxy.intake import BypassReason, Intake, batch_key, fingerprint, precheck, render
+from proxy.fit import BypassReason, batch_key, fingerprint, precheck
+from proxy.intake import Intake, render
 from proxy.limits import Limits
 from proxy.metrics import Metrics
 from proxy.state import State
@@ -102,6 +103,7 @@ def test_bypass_reasons_keep_the_metric_label_values() -> None:
             "pending_limit",
             "key_limit",
             "bytes_limit",
+            "alone",
         ]
     )
 
@@ -285,7 +287,7 @@ async def test_a_body_that_does_not_fit_goes_through_with_what_was_read(
 
 
 async def test_a_slow_body_goes_through_with_what_arrived(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("proxy.intake.BODY_READ_TIMEOUT", 0.01)
+    monkeypatch.setattr("proxy.fit.BODY_READ_TIMEOUT", 0.01)
     r = rig()
     assert await handle(r, b'{"runs_names": ', complete=False) == 299
     assert r.passed == [b'{"runs_names": ']

@@ -22,11 +22,31 @@ Closed = ClosedBatch[str, str, None]
 
 
 class Upstream:
-    """A flush that takes CALL seconds of the manual clock and records every batch."""
+    """A flush that takes CALL seconds of the manual clock and records every batch; and the
+    calls callers made themselves, leading an idle key (`alone`)."""
 
     def __init__(self, clock: ManualClock, call: float = CALL) -> None:
         self.clock, self.call = clock, call
         self.batches: list[Closed] = []
+        self.alone: list[str] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches) + len(self.alone)
+
+    async def ask(self, batcher: Batcher[str, str, str, None], key: str, member: str) -> str:
+        """What intake.py does: lead the key if it may (one call of its own), else submit."""
+        land = batcher.lead(key)
+        if land is None:
+            return await batcher.submit(key, member, None)
+        self.alone.append(member)
+        try:
+            done = asyncio.get_running_loop().create_future()
+            self.clock.call_later(self.call, lambda: done.set_result(None))
+            await done
+            return "ok"
+        finally:
+            land()
 
     async def flush(
         self, batch: Closed, resolve: Callable[[str, str | BaseException], None]
@@ -63,45 +83,112 @@ async def run_until(clock: ManualClock, done: Callable[[], bool], limit: float =
         await settle()
 
 
-async def twenty_at_once(policy: Policy, call: float = CALL) -> Upstream:
+async def twenty_at_once(policy: Policy, call: float = CALL, lead: bool = False) -> Upstream:
     clock, upstream, batcher = make(policy, call)
-    callers = [asyncio.ensure_future(batcher.submit("k", f"r{i}", None)) for i in range(20)]
+    ask = upstream.ask if lead else lambda b, k, m: b.submit(k, m, None)
+    callers = [asyncio.ensure_future(ask(batcher, "k", f"r{i}")) for i in range(20)]
     await settle()
     await run_until(clock, lambda: all(c.done() for c in callers))
     assert [c.result() for c in callers] == ["ok"] * 20
     return upstream
 
 
-async def six_connections(policy: Policy, call: float = CALL, stops: int = 20) -> Upstream:
+async def six_connections(
+    policy: Policy, call: float = CALL, stops: int = 20, lead: bool = False
+) -> Upstream:
     clock, upstream, batcher = make(policy, call)
     names = iter(f"r{i}" for i in range(stops))
+    ask = upstream.ask if lead else lambda b, k, m: b.submit(k, m, None)
 
     async def connection() -> None:
         for name in names:  # the next request only once this one's answer is in
-            assert await batcher.submit("k", name, None) == "ok"
+            assert await ask(batcher, "k", name) == "ok"
 
     conns = [asyncio.ensure_future(connection()) for _ in range(6)]
     await settle()
     await run_until(clock, lambda: all(c.done() for c in conns))
-    assert sum(len(b.members) for b in upstream.batches) == stops
+    assert sum(len(b.members) for b in upstream.batches) + len(upstream.alone) == stops
     return upstream
 
 
+@pytest.mark.parametrize("lead", [False, True], ids=["submitted", "idle keys led"])
 @pytest.mark.parametrize("call", [CALL, 0.045], ids=["call shorter than the window", "longer"])
 @pytest.mark.parametrize(
     ("policy", "at_once", "six"),
     [(Policy.WINDOW, 1, 4), (Policy.IDLE, 2, 8), (Policy.ADAPTIVE, 2, 5)],
 )
 async def test_calls_each_policy_makes_for_the_merge_target_shapes(
-    policy: Policy, at_once: int, six: int, call: float
+    policy: Policy, at_once: int, six: int, call: float, lead: bool
 ) -> None:
     # Targets: 20 at once in <= 2 calls; the 6-connection shape in <= 5. Idle misses the second:
     # a lone request leaves, the rest gather behind it, and the lone one's next request arrives
     # just after they have left, so lone and gathered calls alternate. Adaptive lingers one
     # window after each flight on a bursty key, so that next request joins them (a dstack stop
     # of one active run took 40-50 ms here: longer than the window).
-    assert len((await twenty_at_once(policy, call)).batches) == at_once
-    assert len((await six_connections(policy, call)).batches) == six
+    # Leading an idle key (intake.py sends the lone request as it came) changes no count: the
+    # leader's own call is the flight the others gather behind.
+    assert (await twenty_at_once(policy, call, lead)).calls == at_once
+    assert (await six_connections(policy, call, lead=lead)).calls == six
+
+
+@pytest.mark.parametrize("policy", [Policy.IDLE, Policy.ADAPTIVE])
+async def test_a_leader_is_the_keys_flight_and_the_rest_gather_behind_it(policy: Policy) -> None:
+    clock, upstream, batcher = make(policy)
+    land = batcher.lead("k")
+    assert land is not None
+    assert batcher.lead("k") is None  # one flight per key: the leader's
+    assert batcher.keys == 1
+    later = [asyncio.ensure_future(batcher.submit("k", n, None)) for n in "bc"]
+    await settle()
+    clock.advance(0.5)  # however long the leader's call takes, nothing else leaves
+    await settle()
+    assert upstream.batches == []
+    land()
+    land()  # a second landing changes nothing
+    await settle()
+    if policy == Policy.ADAPTIVE:  # it saw company: one window more, for follow-ups
+        assert upstream.batches == []
+        clock.advance(WINDOW)
+        await settle()
+    (batch,) = upstream.batches
+    assert batch.members == ["b", "c"]
+    assert (batch.reason, batch.closed_at) == (
+        (FlushReason.AFTER_FLIGHT, 0.5)
+        if policy == Policy.IDLE
+        else (FlushReason.WINDOW, pytest.approx(0.5 + WINDOW))
+    )
+    await run_until(clock, lambda: all(c.done() for c in later))
+    assert [c.result() for c in later] == ["ok", "ok"]
+    assert batcher.keys == 0 and batcher.lead("other") is not None
+
+
+async def test_window_and_a_bursty_key_are_never_led() -> None:
+    _, _, window = make(Policy.WINDOW)
+    assert window.lead("k") is None
+    clock, _, adaptive = make(Policy.ADAPTIVE)
+    first = asyncio.ensure_future(adaptive.submit("k", "a", None))
+    second = asyncio.ensure_future(adaptive.submit("k", "b", None))  # company
+    await settle()
+    await run_until(clock, lambda: first.done() and second.done())
+    assert adaptive.lead("k") is None  # had company within BURST_MEMORY: a window instead
+    clock.advance(BURST_MEMORY)
+    assert adaptive.lead("k") is not None
+
+
+async def test_closing_waits_for_a_leader_then_sends_what_gathered_behind_it() -> None:
+    clock, upstream, batcher = make(Policy.IDLE)
+    land = batcher.lead("k")
+    assert land is not None
+    follower = asyncio.ensure_future(batcher.submit("k", "b", None))
+    await settle()
+    closing = asyncio.ensure_future(batcher.aclose())
+    await settle()
+    assert not closing.done() and upstream.batches == []
+    assert batcher.lead("x") is None  # closed: nobody leads any more
+    land()
+    await run_until(clock, lambda: closing.done())
+    assert follower.result() == "ok"
+    assert [(b.members, b.reason) for b in upstream.batches] == [(["b"], FlushReason.CLOSE)]
 
 
 async def test_window_makes_a_lone_request_wait_its_window() -> None:
