@@ -9,7 +9,8 @@ import hashlib
 import hmac
 import itertools
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final, Protocol
 
 import structlog
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 # Headers besides the credential that dstack reads and that can change its answer: requests
 # that differ in them never share a call (docs/dstack-api.md, API versions).
 READ_HEADERS: Final = ("X-API-Version",)
+_READ_HEADERS_LOWER: Final = tuple(h.lower() for h in READ_HEADERS)
 CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
 BODY_READ_TIMEOUT: Final = 10.0
 _JSON_CHARSETS: Final = frozenset({None, "utf-8", "utf8"})
@@ -128,7 +130,8 @@ class Intake:
         if self._shadow is not None:
             self._shadow.observe(key, member, len(body))
             return await self._passthrough(request, prefix=body)
-        return await self._batch(request, key, member, self._target(request, spec), body)
+        # The target is built only if this request opens a batch: joiners would hold one each.
+        return await self._batch(request, key, member, partial(self._target, request, spec), body)
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Flush every open batch now and wait for the flights (SIGTERM); callers still
@@ -141,7 +144,12 @@ class Intake:
             await self._shadow.aclose(timeout)
 
     async def _batch(
-        self, request: web.Request, key: BatchKey, member: Member, target: BatchTarget, body: bytes
+        self,
+        request: web.Request,
+        key: BatchKey,
+        member: Member,
+        target: Callable[[], BatchTarget],
+        body: bytes,
     ) -> web.StreamResponse:
         if refused := self._limits.admit(key, len(body)):
             return await self._bypass(request, BypassReason(refused), body)
@@ -212,7 +220,7 @@ def batch_key(
         principal=fingerprint(headers, secret),
         # None for an absent header: dstack skips the version check then, while an empty
         # value is a 400, so the two must never share a call.
-        read_headers=tuple((h.lower(), headers.get(h)) for h in READ_HEADERS),
+        read_headers=tuple((h, headers.get(h)) for h in _READ_HEADERS_LOWER),
         shared_fields=parsed.shared_fields,
     )
 

@@ -65,7 +65,7 @@ async def run_until(clock: ManualClock, done: Callable[[], bool], limit: float =
 
 async def twenty_at_once(policy: Policy, call: float = CALL) -> Upstream:
     clock, upstream, batcher = make(policy, call)
-    callers = [asyncio.ensure_future(batcher.submit("k", f"r{i}", None)) for i in range(20)]
+    callers = [asyncio.ensure_future(batcher.submit("k", f"r{i}", lambda: None)) for i in range(20)]
     await settle()
     await run_until(clock, lambda: all(c.done() for c in callers))
     assert [c.result() for c in callers] == ["ok"] * 20
@@ -78,7 +78,7 @@ async def six_connections(policy: Policy, call: float = CALL, stops: int = 20) -
 
     async def connection() -> None:
         for name in names:  # the next request only once this one's answer is in
-            assert await batcher.submit("k", name, None) == "ok"
+            assert await batcher.submit("k", name, lambda: None) == "ok"
 
     conns = [asyncio.ensure_future(connection()) for _ in range(6)]
     await settle()
@@ -106,7 +106,7 @@ async def test_calls_each_policy_makes_for_the_merge_target_shapes(
 
 async def test_window_makes_a_lone_request_wait_its_window() -> None:
     clock, upstream, batcher = make(Policy.WINDOW)
-    lone = asyncio.ensure_future(batcher.submit("k", "a", None))
+    lone = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     assert upstream.batches == []
     await run_until(clock, lone.done)
@@ -117,7 +117,7 @@ async def test_window_makes_a_lone_request_wait_its_window() -> None:
 @pytest.mark.parametrize("policy", [Policy.IDLE, Policy.ADAPTIVE])
 async def test_a_lone_request_on_an_idle_key_is_sent_at_once(policy: Policy) -> None:
     clock, upstream, batcher = make(policy)
-    lone = asyncio.ensure_future(batcher.submit("k", "a", None))
+    lone = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     (batch,) = upstream.batches
     assert (batch.reason, batch.opened_at, batch.closed_at) == (FlushReason.IDLE, 0, 0)
@@ -126,10 +126,10 @@ async def test_a_lone_request_on_an_idle_key_is_sent_at_once(policy: Policy) -> 
 
 async def test_idle_gathers_during_a_flight_and_sends_the_moment_it_returns() -> None:
     clock, upstream, batcher = make(Policy.IDLE)
-    first = asyncio.ensure_future(batcher.submit("k", "a", None))
+    first = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     clock.advance(0.001)
-    later = [asyncio.ensure_future(batcher.submit("k", n, None)) for n in "bc"]
+    later = [asyncio.ensure_future(batcher.submit("k", n, lambda: None)) for n in "bc"]
     await settle()
     await run_until(clock, lambda: first.done())
     await settle()
@@ -143,10 +143,10 @@ async def test_idle_gathers_during_a_flight_and_sends_the_moment_it_returns() ->
 
 async def test_adaptive_uses_the_window_after_company_and_forgets_it_after_quiet() -> None:
     clock, upstream, batcher = make(Policy.ADAPTIVE)
-    first = asyncio.ensure_future(batcher.submit("k", "a", None))
+    first = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     clock.advance(0.001)
-    second = asyncio.ensure_future(batcher.submit("k", "b", None))  # company: a burst
+    second = asyncio.ensure_future(batcher.submit("k", "b", lambda: None))  # company: a burst
     await settle()
     await run_until(clock, second.done)
     assert first.done()
@@ -155,14 +155,14 @@ async def test_adaptive_uses_the_window_after_company_and_forgets_it_after_quiet
     assert upstream.batches[1].closed_at == pytest.approx(CALL + WINDOW)
 
     clock.advance(0.1)  # still within BURST_MEMORY: a new request waits a window
-    third = asyncio.ensure_future(batcher.submit("k", "c", None))
+    third = asyncio.ensure_future(batcher.submit("k", "c", lambda: None))
     await settle()
     assert len(upstream.batches) == 2
     await run_until(clock, third.done)
     assert upstream.batches[2].reason == FlushReason.WINDOW
 
     clock.advance(BURST_MEMORY)  # quiet for a while: alone again, sent at once
-    fourth = asyncio.ensure_future(batcher.submit("k", "d", None))
+    fourth = asyncio.ensure_future(batcher.submit("k", "d", lambda: None))
     await settle()
     assert upstream.batches[3].reason == FlushReason.IDLE
     await run_until(clock, fourth.done, limit=10)
