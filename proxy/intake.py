@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
-import hmac
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable
@@ -15,12 +13,19 @@ from typing import Final, Protocol
 
 import structlog
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 
 from .batcher import Batcher, BatcherClosed
-from .batches import BatchKey, BatchTarget, Member, UpstreamReply
+from .batches import (
+    READ_HEADERS,
+    BatchKey,
+    BatchTarget,
+    Member,
+    UpstreamReply,
+    batch_key,
+)
 from .config import Config
-from .endpoints import EndpointSpec, ParsedBody, match_project, parse_body
+from .endpoints import EndpointSpec, match_project, parse_body
 from .errors import UpstreamError, UpstreamTimeout, error_response
 from .headers import client_response_headers, connection_tokens
 from .limits import Limits
@@ -31,11 +36,6 @@ from .upstream import request_target
 
 log = structlog.get_logger(__name__)
 
-# Headers besides the credential that dstack reads and that can change its answer: requests
-# that differ in them never share a call (docs/dstack-api.md, API versions).
-READ_HEADERS: Final = ("X-API-Version",)
-_READ_HEADERS_LOWER: Final = tuple(h.lower() for h in READ_HEADERS)
-CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
 BODY_READ_TIMEOUT: Final = 10.0
 _JSON_CHARSETS: Final = frozenset({None, "utf-8", "utf8"})
 _PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
@@ -203,36 +203,6 @@ def precheck(request: web.BaseRequest, max_body_bytes: int) -> BypassReason | No
     if (request.content_length or 0) > max_body_bytes:
         return BypassReason.TOO_LARGE
     return None
-
-
-def batch_key(
-    spec: EndpointSpec,
-    project: str,
-    parsed: ParsedBody,
-    headers: MultiMapping[str],
-    secret: bytes,
-) -> BatchKey:
-    """The key of a request that passed the prechecks: everything that can change dstack's
-    answer besides the names, the credential only as a keyed fingerprint."""
-    return BatchKey(
-        endpoint=spec.name,
-        project=project,
-        principal=fingerprint(headers, secret),
-        # None for an absent header: dstack skips the version check then, while an empty
-        # value is a 400, so the two must never share a call.
-        read_headers=tuple((h, headers.get(h)) for h in _READ_HEADERS_LOWER),
-        shared_fields=parsed.shared_fields,
-    )
-
-
-def fingerprint(headers: MultiMapping[str], secret: bytes) -> str:
-    """HMAC-SHA256 of the credential headers under `secret`: equal only for equal credentials,
-    and no use to anyone who reads it without the secret."""
-    mac = hmac.new(secret, digestmod=hashlib.sha256)
-    for name in CREDENTIAL_HEADERS:
-        value = headers.get(name, "").encode("utf-8", "surrogateescape")
-        mac.update(name.encode() + b"\0" + value + b"\0")
-    return mac.hexdigest()
 
 
 async def read_capped(request: web.Request, cap: int) -> tuple[bytes, BypassReason | None]:
