@@ -87,6 +87,7 @@ class Batcher(Generic[K, T, R, C]):
         if self._closed:
             raise BatcherClosed("batcher is closed")
         future = self._enqueue(key, member, context)
+        del context  # not kept for as long as the member waits: thousands may be waiting
         self._pending += 1
         try:
             # This submitter's own future: cancelling it leaves the others' alone.

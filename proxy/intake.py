@@ -7,7 +7,7 @@ import asyncio
 import enum
 import itertools
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from functools import partial
 from typing import Final, Protocol
 
@@ -130,8 +130,7 @@ class Intake:
         if self._shadow is not None:
             self._shadow.observe(key, member, len(body))
             return await self._passthrough(request, prefix=body)
-        # The target is built only if this request opens a batch: joiners would hold one each.
-        return await self._batch(request, key, member, partial(self._target, request, spec), body)
+        return await self._batch(request, key, member, spec, body)
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Flush every open batch now and wait for the flights (SIGTERM); callers still
@@ -148,13 +147,14 @@ class Intake:
         request: web.Request,
         key: BatchKey,
         member: Member,
-        target: Callable[[], BatchTarget],
+        spec: EndpointSpec,
         body: bytes,
     ) -> web.StreamResponse:
         if refused := self._limits.admit(key, len(body)):
             return await self._bypass(request, BypassReason(refused), body)
         try:
-            reply = await self._batcher.submit(key, member, target)
+            # The target is built only if this request opens a batch: joiners would hold one each.
+            reply = await self._batcher.submit(key, member, partial(self._target, request, spec))
         except asyncio.CancelledError:  # the client left, with handler_cancellation on
             self._metrics.disconnects.labels("batched").inc()  # its names still go upstream
             raise
