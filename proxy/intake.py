@@ -13,6 +13,7 @@ from typing import Final, Protocol
 
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.helpers import parse_content_type
 from multidict import CIMultiDict
 
 from .batcher import Batcher, BatcherClosed
@@ -187,9 +188,7 @@ def precheck(request: web.BaseRequest, max_body_bytes: int) -> BypassReason | No
     headers = request.headers
     if "?" in request.raw_path:
         return BypassReason.QUERY
-    if hdrs.CONTENT_TYPE in headers and (
-        request.content_type != "application/json" or request.charset not in _JSON_CHARSETS
-    ):
+    if (content_type := headers.get(hdrs.CONTENT_TYPE)) is not None and not _is_json(content_type):
         return BypassReason.CONTENT_TYPE
     if hdrs.CONTENT_ENCODING in headers:
         return BypassReason.CONTENT_ENCODING
@@ -221,6 +220,13 @@ async def read_capped(request: web.Request, cap: int) -> tuple[bytes, BypassReas
     except TimeoutError:
         return b"".join(chunks), BypassReason.SLOW_BODY
     return b"".join(chunks), BypassReason.TOO_LARGE
+
+
+def _is_json(content_type: str) -> bool:
+    """Parsed as `request.content_type` and `.charset` would be, by the same cached function,
+    without the copy of the parameters that those keep on each request while it is held."""
+    media_type, params = parse_content_type(content_type)
+    return media_type == "application/json" and params.get("charset") in _JSON_CHARSETS
 
 
 def render(reply: UpstreamReply) -> web.Response:
