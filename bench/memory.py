@@ -2,11 +2,14 @@
 projects, in front of an upstream that answers only when told to (`slow_upstream.py`); then the
 same for the bare aiohttp pass-through, the floor of the stack.
 
-    .venv/bin/python -m bench.memory [--projects 100] [--per-project 100]
+    .venv/bin/python -m bench.memory [--projects 100] [--per-project 100] [--loops uvloop,asyncio]
 
 The proxy runs its default configuration except `--batch-timeout 300 --max-wait-ms 300000`, so
 that calls held on purpose neither time out nor are refused while the last clients connect.
-Every request is then answered, and must come back 200 `null`.
+Every request is then answered, and must come back 200 `null`. Both run on each event loop of
+`--loops` in turn (both by default); a run on another loop than the process's default (the
+proxy's: uvloop; aiohttp's: asyncio) is reported as, e.g., "proxy on asyncio", as in the
+pass-through benchmark.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from .passthrough import BarePassthrough
 from .tools import metric, peak_rss_mb
 
 TARGETS = ("proxy", "bare aiohttp")
+LOOPS = ("uvloop", "asyncio")
+DEFAULT_LOOP = {"proxy": "uvloop", "bare aiohttp": "asyncio"}
 HOLD_FLAGS = ("--batch-timeout", "300", "--max-wait-ms", "300000")
 CONNECTING = 200  # connections opened at once: stays inside the listen backlog
 
@@ -113,14 +118,16 @@ def _client_sockets(pid: int, before: int) -> Callable[[], int]:
     return lambda: len(os.listdir(f"/proc/{pid}/fd")) - before
 
 
-def measure(workdir: Path, target: str, projects: int, each: int) -> MemoryResults:
-    """Hold `projects * each` requests in the proxy, or in the bare pass-through."""
+def measure(workdir: Path, target: str, projects: int, each: int, loop: str) -> MemoryResults:
+    """Hold `projects * each` requests in the proxy, or in the bare pass-through, on `loop`."""
     with contextlib.ExitStack() as stack:
-        upstream = stack.enter_context(SlowUpstream(workdir / f"slow-{target}.log"))
+        upstream = stack.enter_context(SlowUpstream(workdir / f"slow-{target}-{loop}.log"))
         server = stack.enter_context(
-            ProxyProcess(upstream.url, workdir / "proxy.log", *HOLD_FLAGS)
+            ProxyProcess(
+                upstream.url, workdir / f"proxy-{loop}.log", *HOLD_FLAGS, "--event-loop", loop
+            )
             if target == "proxy"
-            else BarePassthrough(upstream.url, workdir / "bare.log")
+            else BarePassthrough(upstream.url, workdir / f"bare-{loop}.log", loop)
         )
         assert server.pid is not None
         held = (
@@ -133,11 +140,12 @@ def measure(workdir: Path, target: str, projects: int, each: int) -> MemoryResul
             _hold(server.url, held, server.pid, upstream, projects, each)
         )
         peak, _ = peak_rss_mb(server.pid)
+    name = target if loop == DEFAULT_LOOP[target] else f"{target} on {loop}"
     result = MemoryResults(
-        target, projects * each, projects, holding, calls, idle, held_rss, peak, ok, seconds
+        name, projects * each, projects, holding, calls, idle, held_rss, peak, ok, seconds
     )
     print(
-        f"{target}: {result.held} of {result.requests} held ({result.upstream_calls} upstream "
+        f"{name}: {result.held} of {result.requests} held ({result.upstream_calls} upstream "
         f"calls); peak RSS {result.peak_rss_mb:.1f} MB (idle {result.idle_rss_mb:.1f}, "
         f"holding {result.held_rss_mb:.1f}); {result.answered_ok} answered 200 null",
         flush=True,
@@ -145,23 +153,30 @@ def measure(workdir: Path, target: str, projects: int, each: int) -> MemoryResul
     return result
 
 
-def run(workdir: Path, projects: int, each: int) -> list[MemoryResults]:
-    """The proxy, then the bare aiohttp pass-through (the floor of the stack), each holding."""
+def run(
+    workdir: Path, projects: int, each: int, loops: tuple[str, ...] = LOOPS
+) -> list[MemoryResults]:
+    """The proxy, then the bare aiohttp pass-through (the floor of the stack), each holding;
+    on each of `loops` in turn."""
     workdir.mkdir(parents=True, exist_ok=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * projects * each + 1000
     if soft < need:  # the children inherit it: one socket per client in each
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-    return [measure(workdir, t, projects, each) for t in TARGETS]
+    return [measure(workdir, t, projects, each, loop) for loop in loops for t in TARGETS]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--projects", type=int, default=100)
     parser.add_argument("--per-project", type=int, default=100)
+    parser.add_argument("--loops", default=",".join(LOOPS), help="comma-separated event loops")
     args = parser.parse_args()
+    loops = tuple(args.loops.split(","))
+    if unknown := set(loops) - set(LOOPS):
+        parser.error(f"unknown loop(s): {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        results = run(Path(tmp), args.projects, args.per_project)
+        results = run(Path(tmp), args.projects, args.per_project, loops)
     print(json.dumps([asdict(r) for r in results]))
 
 

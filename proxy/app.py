@@ -58,15 +58,16 @@ def make_app(
     return app
 
 
-async def route(request: web.Request) -> web.StreamResponse:
+def route(request: web.Request) -> Awaitable[web.StreamResponse]:
     """Where a request goes: batched if it fits a batchable endpoint exactly, else passed
-    through."""
+    through. Not a coroutine itself: the caller awaits the handler's own, so a request held for
+    long keeps one frame less (thousands may be held)."""
     if is_websocket_upgrade(request):
-        return await handle_websocket(request)
+        return handle_websocket(request)
     intake = request.app[INTAKE_KEY]
     if (match := intake.match(request)) is not None:
-        return await intake.handle(request, *match)
-    return await request.app[FORWARDER_KEY].forward(request)
+        return intake.handle(request, *match)
+    return request.app[FORWARDER_KEY].forward(request)
 
 
 def make_passthrough_session(config: Config) -> aiohttp.ClientSession:

@@ -18,7 +18,9 @@ from .waiting import (
     ExpireFn,
     FlushFn,
     KeyQueue,
+    Waiters,
     WaitingBatch,
+    deliver,
     drop,
     settle,
 )
@@ -65,7 +67,7 @@ class Batcher(Generic[K, T, R, C]):
         # A key is present while it has a waiting batch or a flight, removed when it has neither.
         self._keys: dict[K, KeyQueue[K, T, R, C]] = {}
         # Running flushes and the futures each will resolve; awaited (or abandoned) by aclose().
-        self._tasks: dict[asyncio.Task[None], dict[T, asyncio.Future[R | BaseException]]] = {}
+        self._tasks: dict[asyncio.Task[None], Waiters[T, R]] = {}
         self._leads: set[asyncio.Future[None]] = set()  # flights made by callers (`lead`)
         self._pending = 0  # submitters still waiting for an answer
         self._closed = False
@@ -80,16 +82,18 @@ class Batcher(Generic[K, T, R, C]):
         """Keys with a batch waiting or a flight in the air (a gauge)."""
         return len(self._keys)
 
-    async def submit(self, key: K, member: T, context: C) -> R:
-        """Add `member` to `key`'s batch and wait for its result (or raise its error). `context`
-        travels with a batch this member opens (for the flush; never compared)."""
+    async def submit(self, key: K, member: T, context: Callable[[], C]) -> R:
+        """Add `member` to `key`'s batch and wait for its result (or raise its error). If this
+        member opens a batch, `context()` is what travels with it (for the flush; never
+        compared): called then only, so a member that joins a batch builds none."""
         if self._closed:
             raise BatcherClosed("batcher is closed")
         future = self._enqueue(key, member, context)
+        del context  # not kept for as long as the member waits: thousands may be waiting
         self._pending += 1
         try:
-            # shield: cancelling one waiter must not cancel a future that others share.
-            result = await asyncio.shield(future)
+            # This submitter's own future: cancelling it leaves the others' alone.
+            result = await future
         finally:
             self._pending -= 1
         if isinstance(result, BaseException):
@@ -97,11 +101,9 @@ class Batcher(Generic[K, T, R, C]):
         return result
 
     def lead(self, key: K) -> Callable[[], None] | None:
-        """Claim `key`'s flight for a call the caller makes itself, when the key is idle and the
-        policy would send a new batch at once anyway: a lone request then goes as it came, with
-        none of the batching work, while members arriving meanwhile wait for it as for any
-        flight. Returns the function to call once that call is over, or None (submit instead).
-        """
+        """Claim idle `key`'s flight for a call the caller makes itself, if the policy would send
+        at once anyway; members arriving meanwhile wait for it as for any flight. Returns the
+        function to call once that call is over, or None (submit instead)."""
         if self._closed or key in self._keys or self._policy.waits_window(key, self._clock.now()):
             return None
         state = self._keys[key] = KeyQueue(flying=True)
@@ -142,7 +144,9 @@ class Batcher(Generic[K, T, R, C]):
                 drop(state.waiting.popleft(), error)
             self._forget_key(key, state)
 
-    def _enqueue(self, key: K, member: T, context: C) -> asyncio.Future[R | BaseException]:
+    def _enqueue(
+        self, key: K, member: T, context: Callable[[], C]
+    ) -> asyncio.Future[R | BaseException]:
         now = self._clock.now()
         state = self._keys.get(key)
         if state is None:
@@ -151,12 +155,8 @@ class Batcher(Generic[K, T, R, C]):
             self._policy.had_company(key, now)
         batch = state.waiting[-1] if state.waiting else None
         if batch is None or (len(batch.futures) >= self._max_size and member not in batch.futures):
-            batch = self._open(key, state, context, now)
-        future = batch.futures.get(member)
-        if future is None:
-            future = batch.futures[member] = asyncio.get_running_loop().create_future()
-        batch.waiters += 1
-        batch.last_at = now
+            batch = self._open(key, state, context(), now)
+        future = batch.add(member, now)
         if len(batch.futures) >= self._max_size and batch.due is None:
             batch.due = FlushReason.FULL
         self._advance(state)
@@ -220,12 +220,11 @@ class Batcher(Generic[K, T, R, C]):
         self,
         state: KeyQueue[K, T, R, C],
         closed: ClosedBatch[K, T, C],
-        futures: dict[T, asyncio.Future[R | BaseException]],
+        futures: Waiters[T, R],
     ) -> None:
         def resolve(member: T, result: R | BaseException) -> None:
-            future = futures.get(member)
-            if future is not None and not future.done():
-                future.set_result(result)
+            if (waiting := futures.get(member)) is not None:
+                deliver(waiting, result)
 
         try:
             await self._flush(closed, resolve)
@@ -234,9 +233,8 @@ class Batcher(Generic[K, T, R, C]):
             if not isinstance(exc, Exception):
                 raise
         finally:
-            for member, future in futures.items():
-                if not future.done():
-                    future.set_result(LookupError(f"flush gave no result for {member!r}"))
+            for member, waiting in futures.items():
+                deliver(waiting, LookupError(f"flush gave no result for {member!r}"))
             self._landed(closed.key, state)
 
     def _landed(self, key: K, state: KeyQueue[K, T, R, C]) -> None:
@@ -244,7 +242,7 @@ class Batcher(Generic[K, T, R, C]):
         state.flying = False
         head = state.waiting[0] if state.waiting else None
         if head is None or head.due is FlushReason.CLOSE:
-            pass
+            pass  # nothing waits, or it leaves at once
         elif head.due is not FlushReason.FULL and self._policy.lingers(key, self._clock.now()):
             # The callers just answered tend to send their next request at once (an HTTP/1.1
             # browser reuses its connection): one window gathers them too, so the burst's

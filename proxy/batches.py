@@ -1,22 +1,33 @@
-"""What a batch is: its key (identity only), its target (where and how it is sent, passed beside
-the batch), its members and how they group into calls, and what one upstream call gives back."""
+"""What a batch is: its key (identity only) and how a request's key is built, its target (where
+and how it is sent, passed beside the batch), its members and how they group into calls, and
+what one upstream call gives back."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from yarl import URL
 
-from .endpoints import EndpointSpec
+from .endpoints import EndpointSpec, ParsedBody
 from .errors import UpstreamError
 
 Names: TypeAlias = tuple[str, ...] | tuple[int, ...]
 """The item names one caller's request carries, as sent."""
 
 SharedFields: TypeAlias = tuple[tuple[str, object], ...]
+
+# Headers besides the credential that dstack reads and that can change its answer: requests
+# that differ in them never share a call (docs/dstack-api.md, API versions).
+READ_HEADERS: Final = ("X-API-Version",)
+_READ_HEADERS_LOWER: Final = tuple(h.lower() for h in READ_HEADERS)
+_NO_READ_HEADERS: Final = tuple((h, None) for h in _READ_HEADERS_LOWER)
+CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
 
 
 class Member(NamedTuple):
@@ -95,3 +106,39 @@ def chunks(members: Sequence[Member], max_names: int | None) -> list[list[Member
             out.append([member])
             names = set(member.names)
     return out
+
+
+def batch_key(
+    spec: EndpointSpec,
+    project: str,
+    parsed: ParsedBody,
+    headers: MultiMapping[str],
+    secret: bytes,
+) -> BatchKey:
+    """The key of a request that passed the prechecks: everything that can change dstack's
+    answer besides the names, the credential only as a keyed fingerprint."""
+    return BatchKey(
+        endpoint=spec.name,
+        project=project,
+        principal=fingerprint(headers, secret),
+        # None for an absent header: dstack skips the version check then, while an empty
+        # value is a 400, so the two must never share a call.
+        read_headers=_read_headers(headers),
+        shared_fields=parsed.shared_fields,
+    )
+
+
+def _read_headers(headers: MultiMapping[str]) -> tuple[tuple[str, str | None], ...]:
+    read = tuple((h, headers.get(h)) for h in _READ_HEADERS_LOWER)
+    # Most requests send none of them: they share one tuple instead of each holding its own.
+    return _NO_READ_HEADERS if read == _NO_READ_HEADERS else read
+
+
+def fingerprint(headers: MultiMapping[str], secret: bytes) -> str:
+    """HMAC-SHA256 of the credential headers under `secret`: equal only for equal credentials,
+    and no use to anyone who reads it without the secret."""
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
+    for name in CREDENTIAL_HEADERS:
+        value = headers.get(name, "").encode("utf-8", "surrogateescape")
+        mac.update(name.encode() + b"\0" + value + b"\0")
+    return mac.hexdigest()

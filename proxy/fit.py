@@ -1,26 +1,19 @@
-"""Whether a request on a batchable path fits a batch: its request line and headers, its body
-read within bounds, and its key. Pure but for the body read; every "no" has a reason, the label
-of `proxy_batch_bypass_total`."""
+"""Whether a request on a batchable path fits a batch: its request line and headers, and its body
+read within bounds (its key is built in batches.py). Every "no" has a reason, the label of
+`proxy_batch_bypass_total`."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
-import hmac
 from typing import Final
 
 from aiohttp import hdrs, web
-from multidict import MultiMapping
+from aiohttp.helpers import parse_content_type
 
-from .batches import BatchKey
-from .endpoints import EndpointSpec, ParsedBody
+from .batches import READ_HEADERS
 from .headers import connection_tokens
 
-# Headers besides the credential that dstack reads and that can change its answer: requests
-# that differ in them never share a call (docs/dstack-api.md, API versions).
-READ_HEADERS: Final = ("X-API-Version",)
-CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
 BODY_READ_TIMEOUT: Final = 10.0
 JSON_CHARSETS: Final = frozenset({None, "utf-8", "utf8"})
 PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
@@ -51,9 +44,7 @@ def precheck(request: web.BaseRequest, max_body_bytes: int) -> BypassReason | No
     headers = request.headers
     if "?" in request.raw_path:
         return BypassReason.QUERY
-    if hdrs.CONTENT_TYPE in headers and (
-        request.content_type != "application/json" or request.charset not in JSON_CHARSETS
-    ):
+    if (content_type := headers.get(hdrs.CONTENT_TYPE)) is not None and not _is_json(content_type):
         return BypassReason.CONTENT_TYPE
     if hdrs.CONTENT_ENCODING in headers:
         return BypassReason.CONTENT_ENCODING
@@ -67,36 +58,6 @@ def precheck(request: web.BaseRequest, max_body_bytes: int) -> BypassReason | No
     if (request.content_length or 0) > max_body_bytes:
         return BypassReason.TOO_LARGE
     return None
-
-
-def batch_key(
-    spec: EndpointSpec,
-    project: str,
-    parsed: ParsedBody,
-    headers: MultiMapping[str],
-    secret: bytes,
-) -> BatchKey:
-    """The key of a request that passed the prechecks: everything that can change dstack's
-    answer besides the names, the credential only as a keyed fingerprint."""
-    return BatchKey(
-        endpoint=spec.name,
-        project=project,
-        principal=fingerprint(headers, secret),
-        # None for an absent header: dstack skips the version check then, while an empty
-        # value is a 400, so the two must never share a call.
-        read_headers=tuple((h.lower(), headers.get(h)) for h in READ_HEADERS),
-        shared_fields=parsed.shared_fields,
-    )
-
-
-def fingerprint(headers: MultiMapping[str], secret: bytes) -> str:
-    """HMAC-SHA256 of the credential headers under `secret`: equal only for equal credentials,
-    and no use to anyone who reads it without the secret."""
-    mac = hmac.new(secret, digestmod=hashlib.sha256)
-    for name in CREDENTIAL_HEADERS:
-        value = headers.get(name, "").encode("utf-8", "surrogateescape")
-        mac.update(name.encode() + b"\0" + value + b"\0")
-    return mac.hexdigest()
 
 
 async def read_capped(request: web.Request, cap: int) -> tuple[bytes, BypassReason | None]:
@@ -115,3 +76,10 @@ async def read_capped(request: web.Request, cap: int) -> tuple[bytes, BypassReas
     except TimeoutError:
         return b"".join(chunks), BypassReason.SLOW_BODY
     return b"".join(chunks), BypassReason.TOO_LARGE
+
+
+def _is_json(content_type: str) -> bool:
+    """Parsed as `request.content_type` and `.charset` would be, by the same cached function,
+    without the copy of the parameters that those keep on each request while it is held."""
+    media_type, params = parse_content_type(content_type)
+    return media_type == "application/json" and params.get("charset") in JSON_CHARSETS

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import secrets
 from collections.abc import Awaitable
+from functools import partial
 from typing import Final, Protocol
 
 import structlog
@@ -14,11 +15,17 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .batcher import Batcher, BatcherClosed
-from .batches import BatchKey, BatchTarget, Member, UpstreamReply
+from .batches import (
+    BatchKey,
+    BatchTarget,
+    Member,
+    UpstreamReply,
+    batch_key,
+)
 from .config import Config
 from .endpoints import EndpointSpec, match_project, parse_body
 from .errors import UpstreamError, UpstreamTimeout, error_response
-from .fit import BypassReason, batch_key, precheck, read_capped
+from .fit import BypassReason, precheck, read_capped
 from .headers import client_response_headers
 from .limits import Limits
 from .metrics import Metrics
@@ -115,7 +122,7 @@ class Intake:
                 return await self._send_alone(request, prefix=body)
             finally:
                 land()
-        return await self._batch(request, key, member, self._target(request, spec), body)
+        return await self._batch(request, key, member, spec, body)
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Flush every open batch now and wait for the flights (SIGTERM); callers still
@@ -128,12 +135,18 @@ class Intake:
             await self._shadow.aclose(timeout)
 
     async def _batch(
-        self, request: web.Request, key: BatchKey, member: Member, target: BatchTarget, body: bytes
+        self,
+        request: web.Request,
+        key: BatchKey,
+        member: Member,
+        spec: EndpointSpec,
+        body: bytes,
     ) -> web.StreamResponse:
         if refused := self._limits.admit(key, len(body)):
             return await self._bypass(request, BypassReason(refused), body)
         try:
-            reply = await self._batcher.submit(key, member, target)
+            # The target is built only if this request opens a batch: joiners would hold one each.
+            reply = await self._batcher.submit(key, member, partial(self._target, request, spec))
         except asyncio.CancelledError:  # the client left, with handler_cancellation on
             self._metrics.disconnects.labels("batched").inc()  # its names still go upstream
             raise

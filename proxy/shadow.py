@@ -58,7 +58,7 @@ class Shadow:
     async def _submit(self, key: BatchKey, member: Member, size: int) -> None:
         try:
             with contextlib.suppress(BatcherClosed):  # shutting down: nothing left to observe
-                await self._batcher.submit(key, member, None)
+                await self._batcher.submit(key, member, _no_context)
         finally:
             self._limits.release(key, size)
 
@@ -76,3 +76,7 @@ class Shadow:
         )
         for member in batch.members:
             resolve(member, None)
+
+
+def _no_context() -> None:
+    return None

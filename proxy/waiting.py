@@ -39,18 +39,34 @@ FlushFn = Callable[[ClosedBatch[K, T, C], Resolve[T, R]], Awaitable[None]]
 ExpireFn = Callable[[ClosedBatch[K, T, C]], BaseException]
 
 
+Waiters = dict[T, list[asyncio.Future[R | BaseException]]]
+"""Distinct members in arrival order, each with the futures of the submitters waiting for it: one
+future per submitter, so cancelling one never cancels another's (no `asyncio.shield`, which
+costs each held request an extra future and two callbacks)."""
+
+
 @dataclass(eq=False, slots=True)
 class WaitingBatch(Generic[K, T, R, C]):
     key: K
     context: C
     opened_at: float
     last_at: float
-    # Distinct members in arrival order; duplicates share one future.
-    futures: dict[T, asyncio.Future[R | BaseException]] = field(default_factory=dict)
+    futures: Waiters[T, R] = field(default_factory=dict)
     waiters: int = 0
     due: FlushReason | None = None  # set once it may leave; it leaves when the key has no flight
     timers: list[Timer] = field(default_factory=list)  # cancelled when it leaves
     window: Timer | None = None  # the running window, restarted when it lingers
+
+    def add(self, member: T, now: float) -> asyncio.Future[R | BaseException]:
+        """A future of its own for a new submitter of `member` (equal members share a slot)."""
+        future: asyncio.Future[R | BaseException] = asyncio.get_running_loop().create_future()
+        if (waiting := self.futures.get(member)) is None:
+            self.futures[member] = [future]
+        else:
+            waiting.append(future)
+        self.waiters += 1
+        self.last_at = now
+        return future
 
     def closed(self, reason: FlushReason, now: float) -> ClosedBatch[K, T, C]:
         at = (self.opened_at, self.last_at, now)
@@ -69,7 +85,13 @@ def drop(batch: WaitingBatch[K, T, R, C], error: BaseException) -> None:
     settle(batch.futures, error)
 
 
-def settle(futures: dict[T, asyncio.Future[R | BaseException]], error: BaseException) -> None:
-    for future in futures.values():
+def settle(futures: Waiters[T, R], error: BaseException) -> None:
+    for waiting in futures.values():
+        deliver(waiting, error)
+
+
+def deliver(waiting: list[asyncio.Future[R | BaseException]], result: R | BaseException) -> None:
+    """Give `result` to every submitter still waiting (a cancelled one is done already)."""
+    for future in waiting:
         if not future.done():
-            future.set_result(error)
+            future.set_result(result)

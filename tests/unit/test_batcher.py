@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Protocol
 
 import pytest
@@ -97,7 +98,7 @@ async def submit(
     batcher: Batcher[str, str, str, str], key: str, *members: str
 ) -> list[asyncio.Task[str]]:
     """Submit each member as its own caller; the context is `ctx-<member>`."""
-    tasks = [asyncio.create_task(batcher.submit(key, m, f"ctx-{m}")) for m in members]
+    tasks = [asyncio.create_task(batcher.submit(key, m, partial(str, f"ctx-{m}"))) for m in members]
     await settle()
     return tasks
 
@@ -602,8 +603,8 @@ async def test_each_member_is_answered_the_moment_the_flush_resolves_it(
     batcher: Batcher[str, str, str, str] = Batcher(
         flush, window=0, max_size=10, max_wait=1, expire=Expired, clock=clock
     )
-    fast = asyncio.create_task(batcher.submit("k", "fast", ""))
-    slow = asyncio.create_task(batcher.submit("k", "slow", ""))
+    fast = asyncio.create_task(batcher.submit("k", "fast", str))
+    slow = asyncio.create_task(batcher.submit("k", "slow", str))
     await settle()
     clock.advance(0)
     await settle()

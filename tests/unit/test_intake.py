@@ -17,11 +17,11 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.batcher import Batcher, ClosedBatch
-from proxy.batches import BatchKey, BatchTarget, Member, UpstreamReply
+from proxy.batches import BatchKey, BatchTarget, Member, UpstreamReply, batch_key, fingerprint
 from proxy.config import Config
 from proxy.endpoints import DEFAULT_ENDPOINTS, ParsedBody
 from proxy.errors import UpstreamTimeout
-from proxy.fit import BypassReason, batch_key, fingerprint, precheck
+from proxy.fit import BypassReason, precheck
 from proxy.intake import Intake, render
 from proxy.limits import Limits
 from proxy.metrics import Metrics

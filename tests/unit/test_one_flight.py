@@ -78,7 +78,9 @@ async def test_full_batches_naming_one_secret_fly_one_after_the_other_in_arrival
     lists = [("s1",), ("s2",), ("s1", "s3"), ("s3",), ("s1",)]
     callers = []
     for serial, names in enumerate(lists, 1):  # batches [1 2] [3 4] [5], each full or due
-        callers.append(asyncio.ensure_future(batcher.submit(KEY, Member(names, serial), TARGET)))
+        callers.append(
+            asyncio.ensure_future(batcher.submit(KEY, Member(names, serial), lambda: TARGET))
+        )
         await settle()
     clock.advance(WINDOW)
     await settle()
@@ -105,11 +107,11 @@ async def test_full_batches_naming_one_secret_fly_one_after_the_other_in_arrival
 async def test_callers_behind_a_stuck_flight_get_503_at_max_wait_and_are_never_sent() -> None:
     clock, upstream = ManualClock(), Secrets({"s1", "s2"})
     batcher = make(upstream, clock, max_size=10, policy=Policy.IDLE)
-    first = asyncio.ensure_future(batcher.submit(KEY, Member(("s1",), 1), TARGET))
+    first = asyncio.ensure_future(batcher.submit(KEY, Member(("s1",), 1), lambda: TARGET))
     await settle()
     assert upstream.calls == [["s1"]]  # idle key: sent at once
     later = [
-        asyncio.ensure_future(batcher.submit(KEY, Member(names, serial), TARGET))
+        asyncio.ensure_future(batcher.submit(KEY, Member(names, serial), lambda: TARGET))
         for serial, names in ((2, ("s1",)), (3, ("s2",)))
     ]
     await settle()

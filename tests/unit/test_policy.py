@@ -38,7 +38,7 @@ class Upstream:
         """What intake.py does: lead the key if it may (one call of its own), else submit."""
         land = batcher.lead(key)
         if land is None:
-            return await batcher.submit(key, member, None)
+            return await batcher.submit(key, member, lambda: None)
         self.alone.append(member)
         try:
             done = asyncio.get_running_loop().create_future()
@@ -85,7 +85,7 @@ async def run_until(clock: ManualClock, done: Callable[[], bool], limit: float =
 
 async def twenty_at_once(policy: Policy, call: float = CALL, lead: bool = False) -> Upstream:
     clock, upstream, batcher = make(policy, call)
-    ask = upstream.ask if lead else lambda b, k, m: b.submit(k, m, None)
+    ask = upstream.ask if lead else lambda b, k, m: b.submit(k, m, lambda: None)
     callers = [asyncio.ensure_future(ask(batcher, "k", f"r{i}")) for i in range(20)]
     await settle()
     await run_until(clock, lambda: all(c.done() for c in callers))
@@ -98,7 +98,7 @@ async def six_connections(
 ) -> Upstream:
     clock, upstream, batcher = make(policy, call)
     names = iter(f"r{i}" for i in range(stops))
-    ask = upstream.ask if lead else lambda b, k, m: b.submit(k, m, None)
+    ask = upstream.ask if lead else lambda b, k, m: b.submit(k, m, lambda: None)
 
     async def connection() -> None:
         for name in names:  # the next request only once this one's answer is in
@@ -138,7 +138,7 @@ async def test_a_leader_is_the_keys_flight_and_the_rest_gather_behind_it(policy:
     assert land is not None
     assert batcher.lead("k") is None  # one flight per key: the leader's
     assert batcher.keys == 1
-    later = [asyncio.ensure_future(batcher.submit("k", n, None)) for n in "bc"]
+    later = [asyncio.ensure_future(batcher.submit("k", n, lambda: None)) for n in "bc"]
     await settle()
     clock.advance(0.5)  # however long the leader's call takes, nothing else leaves
     await settle()
@@ -166,8 +166,8 @@ async def test_window_and_a_bursty_key_are_never_led() -> None:
     _, _, window = make(Policy.WINDOW)
     assert window.lead("k") is None
     clock, _, adaptive = make(Policy.ADAPTIVE)
-    first = asyncio.ensure_future(adaptive.submit("k", "a", None))
-    second = asyncio.ensure_future(adaptive.submit("k", "b", None))  # company
+    first = asyncio.ensure_future(adaptive.submit("k", "a", lambda: None))
+    second = asyncio.ensure_future(adaptive.submit("k", "b", lambda: None))  # company
     await settle()
     await run_until(clock, lambda: first.done() and second.done())
     assert adaptive.lead("k") is None  # had company within BURST_MEMORY: a window instead
@@ -179,7 +179,7 @@ async def test_closing_waits_for_a_leader_then_sends_what_gathered_behind_it() -
     clock, upstream, batcher = make(Policy.IDLE)
     land = batcher.lead("k")
     assert land is not None
-    follower = asyncio.ensure_future(batcher.submit("k", "b", None))
+    follower = asyncio.ensure_future(batcher.submit("k", "b", lambda: None))
     await settle()
     closing = asyncio.ensure_future(batcher.aclose())
     await settle()
@@ -193,7 +193,7 @@ async def test_closing_waits_for_a_leader_then_sends_what_gathered_behind_it() -
 
 async def test_window_makes_a_lone_request_wait_its_window() -> None:
     clock, upstream, batcher = make(Policy.WINDOW)
-    lone = asyncio.ensure_future(batcher.submit("k", "a", None))
+    lone = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     assert upstream.batches == []
     await run_until(clock, lone.done)
@@ -204,7 +204,7 @@ async def test_window_makes_a_lone_request_wait_its_window() -> None:
 @pytest.mark.parametrize("policy", [Policy.IDLE, Policy.ADAPTIVE])
 async def test_a_lone_request_on_an_idle_key_is_sent_at_once(policy: Policy) -> None:
     clock, upstream, batcher = make(policy)
-    lone = asyncio.ensure_future(batcher.submit("k", "a", None))
+    lone = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     (batch,) = upstream.batches
     assert (batch.reason, batch.opened_at, batch.closed_at) == (FlushReason.IDLE, 0, 0)
@@ -213,10 +213,10 @@ async def test_a_lone_request_on_an_idle_key_is_sent_at_once(policy: Policy) -> 
 
 async def test_idle_gathers_during_a_flight_and_sends_the_moment_it_returns() -> None:
     clock, upstream, batcher = make(Policy.IDLE)
-    first = asyncio.ensure_future(batcher.submit("k", "a", None))
+    first = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     clock.advance(0.001)
-    later = [asyncio.ensure_future(batcher.submit("k", n, None)) for n in "bc"]
+    later = [asyncio.ensure_future(batcher.submit("k", n, lambda: None)) for n in "bc"]
     await settle()
     await run_until(clock, lambda: first.done())
     await settle()
@@ -230,10 +230,10 @@ async def test_idle_gathers_during_a_flight_and_sends_the_moment_it_returns() ->
 
 async def test_adaptive_uses_the_window_after_company_and_forgets_it_after_quiet() -> None:
     clock, upstream, batcher = make(Policy.ADAPTIVE)
-    first = asyncio.ensure_future(batcher.submit("k", "a", None))
+    first = asyncio.ensure_future(batcher.submit("k", "a", lambda: None))
     await settle()
     clock.advance(0.001)
-    second = asyncio.ensure_future(batcher.submit("k", "b", None))  # company: a burst
+    second = asyncio.ensure_future(batcher.submit("k", "b", lambda: None))  # company: a burst
     await settle()
     await run_until(clock, second.done)
     assert first.done()
@@ -242,14 +242,14 @@ async def test_adaptive_uses_the_window_after_company_and_forgets_it_after_quiet
     assert upstream.batches[1].closed_at == pytest.approx(CALL + WINDOW)
 
     clock.advance(0.1)  # still within BURST_MEMORY: a new request waits a window
-    third = asyncio.ensure_future(batcher.submit("k", "c", None))
+    third = asyncio.ensure_future(batcher.submit("k", "c", lambda: None))
     await settle()
     assert len(upstream.batches) == 2
     await run_until(clock, third.done)
     assert upstream.batches[2].reason == FlushReason.WINDOW
 
     clock.advance(BURST_MEMORY)  # quiet for a while: alone again, sent at once
-    fourth = asyncio.ensure_future(batcher.submit("k", "d", None))
+    fourth = asyncio.ensure_future(batcher.submit("k", "d", lambda: None))
     await settle()
     assert upstream.batches[3].reason == FlushReason.IDLE
     await run_until(clock, fourth.done, limit=10)
