@@ -35,7 +35,7 @@ KEEP = "<!-- Hand-written below this line; make bench keeps it. -->"
 
 def measure(quick: bool) -> dict[str, Any]:
     settings = {
-        "pairs": 20 if quick else 60,
+        "pairs": 20 if quick else 100,
         "policy_rounds": 1 if quick else 3,
         "sweep_sizes": [10, 100] if quick else [10, 40, 100],
         "sweep_rounds": 1,

@@ -51,27 +51,36 @@ def batching(data: Data, path: Path) -> None:
 
 
 def policies(data: Data, path: Path) -> None:
-    """What each flush policy adds to a lone stop: against the real server (p50 difference and
-    paired median: its own jitter is large), and against an instant upstream (p50, p99)."""
-    real, instant = lone_figures(data), lone_figures(data, "instant")
+    """What each flush policy adds to a lone stop: against the real server, on fresh active runs
+    (p50 difference and paired median with its 95% interval: the server's jitter is large) and
+    on unknown runs (steady), and against an instant upstream (p50, p99)."""
+    real, unknown = lone_figures(data), lone_figures(data, "unknown")
+    instant = lone_figures(data, "instant")
     names = [n for n in real if n != "direct"]
     x = list(range(len(names)))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
+    paired = (("added_p50", "p50"), ("paired", "paired median, 95% interval"))
     for ax, figures, keys, title in (
-        (left, real, (("added_p50", "p50"), ("paired", "paired median")), "real dstack server"),
-        (right, instant, (("added_p50", "p50"), ("added_p99", "p99")), "instant upstream"),
+        (axes[0], real, paired, "real server, fresh runs"),
+        (axes[1], unknown, paired, "real server, unknown runs"),
+        (axes[2], instant, (("added_p50", "p50"), ("added_p99", "p99")), "instant upstream"),
     ):
         for k, (key, label) in enumerate(keys):
-            bars = ax.bar(
-                [i - 0.2 + 0.4 * k for i in x], [figures[n][key] for n in names], 0.4, label=label
-            )
+            values = [figures[n][key] for n in names]
+            errors = None
+            if key == "paired":
+                errors = [
+                    [v - figures[n]["paired_low"] for v, n in zip(values, names, strict=True)],
+                    [figures[n]["paired_high"] - v for v, n in zip(values, names, strict=True)],
+                ]
+            bars = ax.bar([i - 0.2 + 0.4 * k for i in x], values, 0.4, label=label, yerr=errors)
             ax.bar_label(bars, fmt="%+.1f")
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="target: 1 ms at p50")
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xticks(x, names)
         ax.set(ylabel="ms added over direct", title=f"a lone stop, {title}")
         ax.margins(y=0.15)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize="small")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize="small")
         ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 

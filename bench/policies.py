@@ -2,7 +2,7 @@
 (`--policy window|idle|adaptive`): a lone stop's added latency, 20 stops at once, 20 stops over
 6 connections, and 100 at once, every shape on fresh runs, policies interleaved.
 
-    .venv/bin/python -m bench.policies [--pairs 60] [--rounds 3]
+    .venv/bin/python -m bench.policies [--pairs 100] [--rounds 3]
 
 A checkout without `--policy` is measured as it is (its built-in fixed window, labelled
 "window"); a policy the proxy refuses is listed as not available.
@@ -32,12 +32,14 @@ from .workload import Measured, bodies_for, measure, post_all
 POLICIES = ("window", "idle", "adaptive")
 CHUNK = 10  # lone pairs per batch of fresh runs: keeps the server's pipeline small
 INSTANT_PAIRS = 300  # lone stop pairs per policy against the instant upstream
+UNKNOWN_PAIRS = 200  # lone stops of unknown runs per target on the real server
 
 
 @dataclass
 class PolicyFigures:
     policy: str
     lone_ms: list[float] = field(default_factory=list)  # one lone stop through this proxy
+    unknown_ms: list[float] = field(default_factory=list)  # the same, naming no run at all
     direct_instant_ms: list[float] = field(default_factory=list)  # instant upstream, direct
     lone_instant_ms: list[float] = field(default_factory=list)  # the same through this proxy
     at_once_20: list[Measured] = field(default_factory=list)
@@ -48,6 +50,7 @@ class PolicyFigures:
 @dataclass
 class PolicyResults:
     direct_lone_ms: list[float]  # the same lone stop straight to the server, interleaved
+    direct_unknown_ms: list[float]  # a lone stop naming no run, straight to the server
     policies: dict[str, PolicyFigures]
     direct_batch_100: list[Measured]  # one direct stop naming 100 runs
     fast_100_s: list[float]  # 100 one-run stops at once against a server that answers at once
@@ -111,6 +114,18 @@ def lone_stops(server: DstackServer, proxies: dict[str, str], pairs: int) -> dic
         # The stop race can put a stopped run back; stop again so the pipeline stays quiet.
         stop_runs(server, project, every)
     return samples
+
+
+def lone_stops_unknown(
+    server: DstackServer, proxies: dict[str, str], count: int
+) -> dict[str, list[float]]:
+    """A lone stop naming a run that does not exist, on the real server: dstack still looks it
+    up and answers 200 `null`, but no run churns in the background, so its jitter is small and
+    what the proxy adds shows (docs/dstack-api.md: stop skips unknown runs)."""
+    create_project(server, "unknown")
+    targets = {"direct": server.url, **proxies}
+    names = {t: [f"u{i}-{t}" for i in range(count)] for t in targets}
+    return _interleaved(targets, "unknown", names, server.admin_token, 0)
 
 
 def lone_stops_instant(
@@ -225,13 +240,16 @@ def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyR
         fast = stack.enter_context(FastUpstream(workdir / "fast.log"))
         instant = _start_proxies(stack, fast.url, workdir / "instant", tuple(proxies), has_flag)
         lone = lone_stops(server, proxies, pairs)
+        unknown = lone_stops_unknown(server, proxies, UNKNOWN_PAIRS)
         lone_instant = lone_stops_instant(fast, instant, INSTANT_PAIRS)
         results = PolicyResults(
             direct_lone_ms=lone.pop("direct"),
+            direct_unknown_ms=unknown.pop("direct"),
             policies={
                 p: PolicyFigures(
                     p,
                     lone_ms=lone[p],
+                    unknown_ms=unknown[p],
                     direct_instant_ms=lone_instant[p][0],
                     lone_instant_ms=lone_instant[p][1],
                 )
@@ -248,7 +266,7 @@ def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyR
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=60)
+    parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp, DstackServer() as server:

@@ -29,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop, or asyncio's own. uvloop costs less CPU and memory per request
-    (docs/measurements.md); asyncio's is there for platforms without uvloop wheels."""
+    """uvloop's loop, or asyncio's own. uvloop takes less CPU per request, a little more
+    memory (docs/design.md, Decisions); asyncio's is there for platforms without uvloop."""
     if name == "asyncio":
         return None
     import uvloop
