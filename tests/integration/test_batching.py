@@ -53,6 +53,19 @@ async def _stop_all(
     return await asyncio.gather(*(one(n) for n in names))
 
 
+async def _raw_stop(proxy: Client, name: str) -> asyncio.StreamWriter:
+    """A stop sent over a socket of its own, which the test can close before the answer."""
+    body = b'{"runs_names": ["%s"], "abort": false}' % name.encode()
+    _, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(
+        b"POST " + STOP.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer member\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    await writer.drain()
+    return writer
+
+
 async def test_concurrent_stops_make_one_upstream_call(proxy: Client, fake: FakeUpstream) -> None:
     names = [f"run-{i}" for i in range(40)]
     answers = await _stop_all(proxy, names)
@@ -216,14 +229,7 @@ async def test_a_caller_that_leaves_does_not_cancel_the_batch(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
     proxy = await make_proxy(window_ms=300)
-    body = b'{"runs_names": ["leaver"], "abort": false}'
-    _, writer = await asyncio.open_connection(proxy.host, proxy.port)
-    writer.write(
-        b"POST " + STOP.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-        b"Authorization: Bearer member\r\nContent-Type: application/json\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    await writer.drain()
+    writer = await _raw_stop(proxy, "leaver")
     await asyncio.sleep(0.05)
     stayer = asyncio.ensure_future(_stop_all(proxy, ["stayer"]))
     await asyncio.sleep(0.05)
@@ -317,14 +323,7 @@ async def test_a_lone_request_whose_client_leaves_is_still_sent_and_frees_its_ke
 ) -> None:
     proxy = await make_proxy(policy="adaptive", window_ms=10)
     fake.gate = asyncio.Event()
-    body = b'{"runs_names": ["leaver"], "abort": false}'
-    _, writer = await asyncio.open_connection(proxy.host, proxy.port)
-    writer.write(
-        b"POST " + STOP.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-        b"Authorization: Bearer member\r\nContent-Type: application/json\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    await writer.drain()
+    writer = await _raw_stop(proxy, "leaver")
     while len(fake.runs_calls()) < 1:
         await asyncio.sleep(0.01)
     writer.close()  # gone while its call is in the air
