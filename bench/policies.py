@@ -217,15 +217,22 @@ def _start_proxies(
     wanted: tuple[str, ...],
     flag: bool,
 ) -> dict[str, ProxyProcess]:
-    """One proxy per policy in front of `upstream`, for those that start."""
+    """One proxy per policy in front of `upstream`, for those that start. A port picked free
+    can be taken by another process before the proxy binds it: that start is tried again on
+    new ports; any other failure means the checkout lacks the policy."""
     proxies: dict[str, ProxyProcess] = {}
     for policy in wanted:
         flags = ("--policy", policy) if flag else ()
         log = log_dir / f"proxy-{policy}.log"
-        try:
-            proxies[policy] = stack.enter_context(ProxyProcess(upstream, log, *flags))
-        except ProcessStartError as exc:
-            print(f"policy {policy} not available: {str(exc).splitlines()[-1]}", flush=True)
+        for attempt in range(3):
+            try:
+                proxies[policy] = stack.enter_context(ProxyProcess(upstream, log, *flags))
+                break
+            except ProcessStartError as exc:
+                if "address already in use" in str(exc) and attempt < 2:
+                    continue
+                print(f"policy {policy} not available: {str(exc).splitlines()[-1]}", flush=True)
+                break
     return proxies
 
 

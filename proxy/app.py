@@ -18,14 +18,13 @@ from .config import Config
 from .dispatching import Dispatcher
 from .errors import ProxyError, UpstreamTimeout, error_response
 from .forwarding import Forwarder, forward
-from .headers import SKIP_AUTO_HEADERS
 from .intake import Intake, ReplyBatcher
 from .keys import CONFIG_KEY, FORWARDER_KEY, INTAKE_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
 from .limits import Limits
 from .logs import REQUEST, new_request_serial
 from .metrics import Metrics
 from .state import State
-from .upstream import ALLOWED_METHODS, check_target
+from .upstream import ALLOWED_METHODS, SentAsGiven, check_target
 from .websocket import handle_websocket, is_websocket_upgrade
 
 log = structlog.get_logger(__name__)
@@ -80,9 +79,9 @@ def make_passthrough_session(config: Config) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
         # A jar would replay one user's cookies to the next.
         cookie_jar=aiohttp.DummyCookieJar(),
-        # aiohttp would otherwise invent these, and the upstream might gzip for a client that
-        # never asked. Set once here: per request, aiohttp rebuilds the set every time.
-        skip_auto_headers=SKIP_AUTO_HEADERS,
+        # aiohttp would otherwise invent headers, and the upstream might gzip for a client
+        # that never asked.
+        request_class=SentAsGiven,
         auto_decompress=False,
         trust_env=False,  # HTTP(S)_PROXY in the environment must not reroute upstream calls
         # No total: streams and downloads last as long as they last. Connecting and every

@@ -15,8 +15,8 @@ from .batches import BatchTarget, Outcome, SharedFields, UpstreamReply
 from .config import Config
 from .endpoints import render_body
 from .errors import UpstreamError, classify
-from .headers import SKIP_AUTO_HEADERS
 from .metrics import Metrics
+from .upstream import SentAsGiven
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +33,7 @@ def make_batch_session(config: Config) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
         cookie_jar=aiohttp.DummyCookieJar(),  # never replay one user's cookies to the next
-        skip_auto_headers=SKIP_AUTO_HEADERS,
+        request_class=SentAsGiven,
         trust_env=False,
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.batch_timeout
