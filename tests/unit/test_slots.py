@@ -47,3 +47,20 @@ async def test_a_waiter_that_gave_up_is_skipped_by_the_next_give() -> None:
     assert not await slots.take(0.01)
     slots.give()  # nobody waits now: the slot is free again, not handed to the one who left
     assert await slots.take(0.01)
+
+
+async def test_unbounded_slots_never_make_anyone_wait() -> None:
+    """The pool of requests sent alone on a batchable path (app.py): one flight per key bounds
+    them already, so the slots only count nothing."""
+    slots = Slots(None)
+    assert all([slots.take_now() for _ in range(1000)])
+    assert await slots.take(0)
+    slots.give()
+    assert slots.take_now()
+
+
+def test_bounded_slots_taken_without_waiting_run_out() -> None:
+    slots = Slots(2)
+    assert [slots.take_now() for _ in range(3)] == [True, True, False]
+    slots.give()
+    assert slots.take_now()
