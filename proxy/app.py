@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from .batcher import Batcher
+from .batches import call_family, member_names
 from .calls import HttpSend, make_batch_session
 from .config import Config
 from .dispatching import Dispatcher
@@ -122,6 +123,9 @@ def _intake_context(
             max_wait=config.max_wait,
             expire=dispatcher.expire,
             policy=config.policy,
+            quiet_min=config.quiet,
+            names=member_names,
+            family=call_family,
         )
         metrics.keys.set_function(lambda: batcher.keys)
         limits = Limits(config.max_pending, config.max_pending_per_key, config.max_pending_bytes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from .clock import Clock, LoopClock
@@ -17,6 +17,7 @@ from .waiting import (
     ClosedBatch,
     ExpireFn,
     FlushFn,
+    InAir,
     KeyQueue,
     Waiters,
     WaitingBatch,
@@ -31,6 +32,21 @@ K = TypeVar("K", bound=Hashable)
 T = TypeVar("T", bound=Hashable)
 R = TypeVar("R")
 C = TypeVar("C")
+
+
+_TIMER_SLACK = 1e-4  # a loop's timer may fire this much early (its clock's resolution)
+
+
+def _itself(member: Hashable) -> tuple[Hashable]:
+    return (member,)
+
+
+def _nothing(member: Hashable) -> tuple[()]:
+    return ()
+
+
+def _one_family(key: Hashable) -> None:
+    return None
 
 
 class BatcherClosed(RuntimeError):
@@ -58,9 +74,16 @@ class Batcher(Generic[K, T, R, C]):
         expire: ExpireFn[K, T, C],
         policy: Policy = Policy.WINDOW,
         clock: Clock | None = None,
+        quiet_min: float = 0.0,
+        names: Callable[[T], Iterable[Hashable]] | None = None,
+        family: Callable[[K], Hashable] | None = None,
     ) -> None:
-        self._flush, self._expire, self._policy = flush, expire, FlushPolicy[K](policy)
+        self._flush, self._expire = flush, expire
+        self._policy = FlushPolicy[K](policy, window=window, quiet_min=quiet_min)
         self._window, self._max_size = window, max_size
+        # Under `quiet`, flights of one key share no name; `names` says what a member names.
+        self._names = (names or _itself) if self._policy.beside else _nothing
+        self._family = family or _one_family  # keys whose calls take alike long
         self._max_wait = max(max_wait, window)
         self._clock = clock or LoopClock()
         # Mutated only in synchronous code (no await between lookup and change), so no lock.
@@ -100,13 +123,16 @@ class Batcher(Generic[K, T, R, C]):
             raise result
         return result
 
-    def lead(self, key: K) -> Callable[[], None] | None:
-        """Claim idle `key`'s flight for a call the caller makes itself, if the policy would send
-        at once anyway; members arriving meanwhile wait for it as for any flight. Returns the
-        function to call once that call is over, or None (submit instead)."""
-        if self._closed or key in self._keys or self._policy.waits_window(key, self._clock.now()):
+    def lead(self, key: K, member: T) -> Callable[[], None] | None:
+        """Claim idle `key`'s flight for a call the caller makes itself, naming `member`, if the
+        policy would send at once anyway; members arriving meanwhile wait for it as for any
+        flight. Returns the function to call once that call is over, or None (submit instead)."""
+        now = self._clock.now()
+        if self._closed or key in self._keys or not self._policy.may_lead(key, now):
             return None
-        state = self._keys[key] = KeyQueue(flying=True)
+        state = self._keys[key] = KeyQueue()
+        flight = InAir(frozenset(self._names(member)), now)
+        state.flights.append(flight)
         landed = asyncio.get_running_loop().create_future()
         self._leads.add(landed)
 
@@ -114,7 +140,7 @@ class Batcher(Generic[K, T, R, C]):
             if not landed.done():
                 landed.set_result(None)
                 self._leads.discard(landed)
-                self._landed(key, state)
+                self._landed(key, state, flight)
 
         return land
 
@@ -156,7 +182,7 @@ class Batcher(Generic[K, T, R, C]):
         batch = state.waiting[-1] if state.waiting else None
         if batch is None or (len(batch.futures) >= self._max_size and member not in batch.futures):
             batch = self._open(key, state, context(), now)
-        future = batch.add(member, now)
+        future = batch.add(member, now, self._names(member))
         if len(batch.futures) >= self._max_size and batch.due is None:
             batch.due = FlushReason.FULL
         self._advance(state)
@@ -167,13 +193,62 @@ class Batcher(Generic[K, T, R, C]):
     ) -> WaitingBatch[K, T, R, C]:
         batch: WaitingBatch[K, T, R, C] = WaitingBatch(key, context, now, now)
         state.waiting.append(batch)
-        if self._policy.waits_window(key, now):
+        if self._policy.beside and (state.flights or self._policy.waits_window(key, now)):
+            self._gather(batch, state, now)
+        elif self._policy.waits_window(key, now):
             self._start_window(batch)
         else:
             batch.due = FlushReason.IDLE
         expiry = self._clock.call_later(self._max_wait, lambda: self._on_max_wait(state, batch))
         batch.timers.append(expiry)
         return batch
+
+    def _gather(
+        self, batch: WaitingBatch[K, T, R, C], state: KeyQueue[K, T, R, C], now: float
+    ) -> None:
+        """`quiet`: the batch gathers until its arrivals pause; if a flight that started well
+        before it is expected to land within its window, it waits for that landing too."""
+        family = self._family(batch.key)
+        gap, call = self._policy.quiet_gap(family), self._policy.expected_call(family)
+        batch.deadline = now + self._window
+        if call is not None:
+            # A sibling of the flight that answered this batch's first caller started at most a
+            # gap after it, so it is expected to land within a window and a gap.
+            horizon = now + self._window + gap
+            batch.holding = [
+                f for f in state.flights if f.started < now - gap and f.started + call <= horizon
+            ]
+            if batch.holding:
+                batch.deadline = horizon
+        batch.quiet_from = now
+        self._arm(batch, now)
+
+    def _quiet_due(self, batch: WaitingBatch[K, T, R, C]) -> float:
+        """When a gathering batch is due (`quiet`): a gap after its last arrival and after the
+        landing it waits for, and never later than its deadline."""
+        if batch.holding:
+            return batch.deadline
+        gap = self._policy.quiet_gap(self._family(batch.key))
+        return min(batch.deadline, max(batch.last_at, batch.quiet_from) + gap)
+
+    def _arm(self, batch: WaitingBatch[K, T, R, C], now: float) -> None:
+        if batch.window is not None:
+            batch.window.cancel()
+        delay = max(self._quiet_due(batch) - now, 0.0)
+        batch.window = self._clock.call_later(delay, lambda: self._quiet_check(batch))
+        batch.timers.append(batch.window)
+
+    def _quiet_check(self, batch: WaitingBatch[K, T, R, C]) -> None:
+        state = self._keys.get(batch.key)
+        if state is None or batch not in state.waiting or batch.due is not None:
+            return
+        now = self._clock.now()
+        due = self._quiet_due(batch)
+        if now + _TIMER_SLACK < due:  # members arrived since it was armed: gather on
+            self._arm(batch, now)
+            return
+        batch.due = FlushReason.WINDOW if due >= batch.deadline else FlushReason.QUIET
+        self._advance(state)
 
     def _start_window(self, batch: WaitingBatch[K, T, R, C]) -> None:
         if batch.window is not None:
@@ -188,21 +263,24 @@ class Batcher(Generic[K, T, R, C]):
             self._advance(state)
 
     def _advance(self, state: KeyQueue[K, T, R, C]) -> None:
-        """Start the next flight if the key has none and its oldest batch is due."""
-        if state.flying or not state.waiting or state.waiting[0].due is None:
-            return
-        batch = state.waiting.popleft()
-        for timer in batch.timers:
-            timer.cancel()
-        state.flying = True
-        assert batch.due is not None
-        closed = batch.closed(batch.due, self._clock.now())
-        # A fresh context: the first submitter's log context must not stamp the whole batch.
-        task = asyncio.get_running_loop().create_task(
-            self._fly(state, closed, batch.futures), context=contextvars.Context()
-        )
-        self._tasks[task] = batch.futures
-        task.add_done_callback(self._tasks.pop)
+        """Start flights while the key's oldest batch is due and no flight stops it: any flight
+        (one flight per key), or under `quiet` one that carries one of its names."""
+        while state.waiting and (batch := state.waiting[0]).due is not None:
+            if state.clashes(batch.names) if self._policy.beside else state.flights:
+                return
+            state.waiting.popleft()
+            for timer in batch.timers:
+                timer.cancel()
+            now = self._clock.now()
+            flight = InAir(frozenset(batch.names), now)
+            state.flights.append(flight)
+            closed = batch.closed(batch.due, now)
+            # A fresh context: the first submitter's log context must not stamp the whole batch.
+            task = asyncio.get_running_loop().create_task(
+                self._fly(state, flight, closed, batch.futures), context=contextvars.Context()
+            )
+            self._tasks[task] = batch.futures
+            task.add_done_callback(self._tasks.pop)
 
     def _on_max_wait(self, state: KeyQueue[K, T, R, C], batch: WaitingBatch[K, T, R, C]) -> None:
         if batch not in state.waiting:
@@ -213,12 +291,13 @@ class Batcher(Generic[K, T, R, C]):
         self._forget_key(batch.key, state)
 
     def _forget_key(self, key: K, state: KeyQueue[K, T, R, C]) -> None:
-        if not state.waiting and not state.flying and self._keys.get(key) is state:
+        if not state.waiting and not state.flights and self._keys.get(key) is state:
             del self._keys[key]
 
     async def _fly(
         self,
         state: KeyQueue[K, T, R, C],
+        flight: InAir,
         closed: ClosedBatch[K, T, C],
         futures: Waiters[T, R],
     ) -> None:
@@ -235,15 +314,27 @@ class Batcher(Generic[K, T, R, C]):
         finally:
             for member, waiting in futures.items():
                 deliver(waiting, LookupError(f"flush gave no result for {member!r}"))
-            self._landed(closed.key, state)
+            self._landed(closed.key, state, flight)
 
-    def _landed(self, key: K, state: KeyQueue[K, T, R, C]) -> None:
-        """The key's flight is over: its next batch may leave."""
-        state.flying = False
+    def _landed(self, key: K, state: KeyQueue[K, T, R, C], flight: InAir) -> None:
+        """A flight of the key is over: the batches behind it may leave."""
+        state.flights.remove(flight)
+        now = self._clock.now()
+        self._policy.flown(self._family(key), now - flight.started)
+        if self._policy.beside:
+            for batch in state.waiting:
+                if flight in batch.holding:
+                    batch.holding.remove(flight)
+                    if not batch.holding and batch.due is None:
+                        batch.quiet_from = now
+                        self._arm(batch, now)
+            self._advance(state)
+            self._forget_key(key, state)
+            return
         head = state.waiting[0] if state.waiting else None
         if head is None or head.due is FlushReason.CLOSE:
             pass  # nothing waits, or it leaves at once
-        elif head.due is not FlushReason.FULL and self._policy.lingers(key, self._clock.now()):
+        elif head.due is not FlushReason.FULL and self._policy.lingers(key, now):
             # The callers just answered tend to send their next request at once (an HTTP/1.1
             # browser reuses its connection): one window gathers them too, so the burst's
             # rounds stay in step instead of alternating lone and gathered calls.

@@ -41,6 +41,11 @@ class Member(NamedTuple):
     serial: int = 0
 
 
+def member_names(member: Member) -> Names:
+    """What a member names: no two flights of one key carry the same name at once."""
+    return member.names
+
+
 @dataclass(frozen=True, slots=True)
 class BatchKey:
     """Everything that can change the upstream's answer: requests batch only on equal keys."""
@@ -50,6 +55,11 @@ class BatchKey:
     principal: str  # keyed fingerprint of the credential headers; never the token itself
     read_headers: tuple[tuple[str, str | None], ...]  # other headers dstack reads (X-API-Version)
     shared_fields: SharedFields  # body fields every member must share (abort, fleet name)
+
+
+def call_family(key: BatchKey) -> str:
+    """Keys whose calls take alike long: one endpoint of the one upstream."""
+    return key.endpoint
 
 
 @dataclass(frozen=True, slots=True)

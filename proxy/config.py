@@ -41,9 +41,13 @@ class Config:
     admin_port: int = field(default=9090, metadata={"help": "admin listen port"})
     mode: str = field(default="on", metadata={"help": "batching: on, off or shadow"})
     policy: Policy = field(
-        default=Policy.ADAPTIVE, metadata={"help": "when a batch leaves: window, idle, adaptive"}
+        default=Policy.QUIET,
+        metadata={"help": "when a batch leaves: quiet, window, idle, adaptive"},
     )
     window_ms: int = field(default=20, metadata={"help": "batch window from a key's first request"})
+    quiet_ms: int = field(
+        default=2, metadata={"help": "least pause in arrivals that ends a batch (policy quiet)"}
+    )
     max_batch: int = field(default=500, metadata={"help": "requests per batch at most"})
     max_names: int = field(default=MAX_NAMES, metadata={"help": "names per upstream call at most"})
     max_wait_ms: int = field(
@@ -85,6 +89,10 @@ class Config:
     @property
     def window(self) -> float:
         return self.window_ms / 1000
+
+    @property
+    def quiet(self) -> float:
+        return self.quiet_ms / 1000
 
     @property
     def max_wait(self) -> float:

@@ -116,7 +116,7 @@ class Intake:
         if self._shadow is not None:
             self._shadow.observe(key, member, len(body))
             return await self._passthrough(request, prefix=body)
-        if self._send_alone is not None and (land := self._batcher.lead(key)) is not None:
+        if self._send_alone is not None and (land := self._batcher.lead(key, member)) is not None:
             self._alone.inc()
             try:
                 return await self._send_alone(request, prefix=body)

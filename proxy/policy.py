@@ -8,11 +8,16 @@ from typing import Final, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
-BURST_MEMORY: Final = 1.0  # seconds a key counts as bursty after it had company (adaptive)
+BURST_MEMORY: Final = 1.0  # seconds a key counts as bursty after it had company
+QUIET_SHARE: Final = 0.1  # `quiet`: the quiet gap is this share of the upstream's call time
+CALL_TIME_WEIGHT: Final = 0.3  # weight of the newest flight in the call-time average
 
 
 class Policy(enum.StrEnum):
-    WINDOW = "window"  # `window` after the batch's first member
+    # A batch gathers while its arrivals keep coming, then flies beside the flights in the air
+    # that share none of its names; see FlushPolicy.
+    QUIET = "quiet"
+    WINDOW = "window"  # `window` after the batch's first member; one flight per key
     IDLE = "idle"  # at once on an idle key; members gather only during a flight
     # Like idle, but while the key had company lately: a window from the first member, and one
     # more after each flight returns, for the follow-ups of the callers it answered.
@@ -21,7 +26,8 @@ class Policy(enum.StrEnum):
 
 class FlushReason(enum.StrEnum):
     IDLE = "idle"  # sent at once: the key had no flight and no waiting batch
-    WINDOW = "window"  # its window passed with nothing in flight
+    QUIET = "quiet"  # its arrivals went quiet (and the flight it waited for, if any, landed)
+    WINDOW = "window"  # its window passed (with nothing in flight, except under `quiet`)
     FULL = "full"  # max_size members, nothing in flight
     AFTER_FLIGHT = "after_flight"  # it was due during a flight, which has now returned
     MAX_WAIT = "max_wait"  # never sent: max_wait passed behind a flight (see `expire`)
@@ -29,31 +35,76 @@ class FlushReason(enum.StrEnum):
 
 
 class FlushPolicy(Generic[K]):
-    """Decides whether a new batch waits for its window or may leave at once.
+    """Decides whether a new batch waits, and how long, and whether it may fly beside others.
 
-    Either way it leaves only when its key has no flight. "Company" is a member arriving while
-    its key has a flight or a waiting batch: a burst, which a window lets gather.
+    "Company" is a member arriving while its key has a flight or a waiting batch: a burst. Under
+    `window`, `idle` and `adaptive` a key has one flight at a time. Under `quiet` (the default):
+
+    - a request on an idle key that had no company lately leads it: it goes at once, as it came;
+    - any other request joins the key's waiting batch, which leaves once no member has arrived
+      for the quiet gap (QUIET_SHARE of the upstream's recent call time, at least `quiet_min`,
+      at most the window), or when its window from the first member is over;
+    - a batch flies beside the key's flights that share none of its names (one flight per
+      name): a burst never waits for a flight of its own start, such as its leader;
+    - except a batch opened while a flight of the key started well before it (more than a
+      quiet gap) is expected to land within the batch's window: it waits for that landing (its
+      window still bounds the wait), then a quiet gap more, so that the callers just answered,
+      who tend to send their next request at once (an HTTP/1.1 browser), join it.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, window: float = 0.0, quiet_min: float = 0.0) -> None:
         self.policy = policy
+        self.window = window
+        self.quiet_min = min(quiet_min, window)
         # Keys that had company within BURST_MEMORY, oldest first (re-inserted when seen again),
         # so forgetting is a walk from the front: memory follows live bursts only.
         self._company: dict[K, float] = {}
+        self._call_time: dict[Hashable, float] = {}  # per family: a moving average of flights
+
+    @property
+    def beside(self) -> bool:
+        """Whether a batch may fly while its key has flights (sharing none of its names)."""
+        return self.policy == Policy.QUIET
 
     def had_company(self, key: K, now: float) -> None:
-        if self.policy == Policy.ADAPTIVE:
+        if self.policy in (Policy.ADAPTIVE, Policy.QUIET):
             self._company.pop(key, None)
             self._company[key] = now
+
+    def may_lead(self, key: K, now: float) -> bool:
+        """Whether a request on idle `key` may go at once, as it came."""
+        if self.policy == Policy.WINDOW:
+            return False
+        return self.policy == Policy.IDLE or not self._bursty(key, now)
 
     def lingers(self, key: K, now: float) -> bool:
         """Whether a batch waiting behind a flight that just returned waits one more window
         (adaptive, on a key with company lately) instead of leaving at once."""
-        return self.policy == Policy.ADAPTIVE and self.waits_window(key, now)
+        return self.policy == Policy.ADAPTIVE and self._bursty(key, now)
 
     def waits_window(self, key: K, now: float) -> bool:
-        if self.policy != Policy.ADAPTIVE:
-            return self.policy == Policy.WINDOW
+        """Whether a new batch on an idle key waits (its window, or under `quiet` its gap)."""
+        if self.policy in (Policy.ADAPTIVE, Policy.QUIET):
+            return self._bursty(key, now)
+        return self.policy == Policy.WINDOW
+
+    def quiet_gap(self, family: Hashable) -> float:
+        """How long a batch's arrivals must pause before it leaves (`quiet`)."""
+        call = self._call_time.get(family)
+        gap = self.quiet_min if call is None else QUIET_SHARE * call
+        return min(max(gap, self.quiet_min), self.window)
+
+    def expected_call(self, family: Hashable) -> float | None:
+        return self._call_time.get(family)
+
+    def flown(self, family: Hashable, seconds: float) -> None:
+        """A flight of `family` took `seconds`: the moving average learns it."""
+        old = self._call_time.get(family)
+        self._call_time[family] = (
+            seconds if old is None else old + CALL_TIME_WEIGHT * (seconds - old)
+        )
+
+    def _bursty(self, key: K, now: float) -> bool:
         while self._company:
             oldest, at = next(iter(self._company.items()))
             if at >= now - BURST_MEMORY:

@@ -111,6 +111,7 @@ PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "mode": _mode,
     "policy": lambda v: Policy(_choice(tuple(Policy))(v)),
     "window_ms": _non_negative_int,
+    "quiet_ms": _non_negative_int,
     "max_batch": _positive_int,
     "max_names": _positive_int,
     "max_wait_ms": _positive_int,

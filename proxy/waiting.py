@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -46,6 +46,14 @@ costs each held request an extra future and two callbacks)."""
 
 
 @dataclass(eq=False, slots=True)
+class InAir:
+    """One flight of a key: a batch's call, or a caller's own (`lead`)."""
+
+    names: frozenset[Hashable]
+    started: float
+
+
+@dataclass(eq=False, slots=True)
 class WaitingBatch(Generic[K, T, R, C]):
     key: K
     context: C
@@ -53,15 +61,22 @@ class WaitingBatch(Generic[K, T, R, C]):
     last_at: float
     futures: Waiters[T, R] = field(default_factory=dict)
     waiters: int = 0
-    due: FlushReason | None = None  # set once it may leave; it leaves when the key has no flight
+    due: FlushReason | None = None  # set once it may leave; it leaves when no flight stops it
     timers: list[Timer] = field(default_factory=list)  # cancelled when it leaves
     window: Timer | None = None  # the running window, restarted when it lingers
+    names: set[Hashable] = field(default_factory=set)  # its members' names (`quiet` only)
+    holding: list[InAir] = field(default_factory=list)  # flights it waits to see land
+    quiet_from: float = 0.0  # when the last of those landed
+    deadline: float = 0.0  # `quiet`: it leaves by then, gathered or not
 
-    def add(self, member: T, now: float) -> asyncio.Future[R | BaseException]:
+    def add(
+        self, member: T, now: float, names: Iterable[Hashable] = ()
+    ) -> asyncio.Future[R | BaseException]:
         """A future of its own for a new submitter of `member` (equal members share a slot)."""
         future: asyncio.Future[R | BaseException] = asyncio.get_running_loop().create_future()
         if (waiting := self.futures.get(member)) is None:
             self.futures[member] = [future]
+            self.names.update(names)
         else:
             waiting.append(future)
         self.waiters += 1
@@ -76,7 +91,11 @@ class WaitingBatch(Generic[K, T, R, C]):
 @dataclass(eq=False, slots=True)
 class KeyQueue(Generic[K, T, R, C]):
     waiting: deque[WaitingBatch[K, T, R, C]] = field(default_factory=deque)  # arrival order
-    flying: bool = False  # one flight per key, always
+    flights: list[InAir] = field(default_factory=list)  # in the air, oldest first
+
+    def clashes(self, names: set[Hashable] | frozenset[Hashable]) -> bool:
+        """Whether a flight in the air carries one of `names`."""
+        return any(not names.isdisjoint(flight.names) for flight in self.flights)
 
 
 def drop(batch: WaitingBatch[K, T, R, C], error: BaseException) -> None:

@@ -33,7 +33,7 @@ def test_defaults_are_the_documented_values() -> None:
     )
     assert (config.mode, config.window, config.max_batch) == ("on", 0.02, 500)
     assert config.max_wait == 30.0
-    assert (config.policy, config.max_names) == ("adaptive", 200)
+    assert (config.policy, config.max_names, config.quiet_ms) == ("quiet", 200, 2)
     assert config.trusted_proxies == ()
     assert config.endpoints == DEFAULT_ENDPOINTS
     assert "repos/delete" not in {e.name for e in config.enabled_endpoints}

@@ -10,12 +10,14 @@ from collections.abc import Callable
 import pytest
 
 from proxy.batcher import Batcher, ClosedBatch, FlushReason, Policy
-from proxy.policy import BURST_MEMORY
+from proxy.policy import BURST_MEMORY, FlushPolicy
 
 from .manual_clock import ManualClock, settle
 
 WINDOW = 0.020
-CALL = 0.007  # one upstream call: a local dstack answers a stop in about 7 ms
+QUIET = 0.002
+CALL = 0.007  # one upstream call: a local dstack 0.22.5 answers a stop in about 7 ms
+SLOW = 0.25  # dstack 0.18.40 takes about 0.23 s for a stop, one run or many
 STEP = 0.0005
 
 Closed = ClosedBatch[str, str, None]
@@ -36,7 +38,7 @@ class Upstream:
 
     async def ask(self, batcher: Batcher[str, str, str, None], key: str, member: str) -> str:
         """What intake.py does: lead the key if it may (one call of its own), else submit."""
-        land = batcher.lead(key)
+        land = batcher.lead(key, member)
         if land is None:
             return await batcher.submit(key, member, lambda: None)
         self.alone.append(member)
@@ -72,6 +74,7 @@ def make(
         expire=lambda batch: TimeoutError(),
         policy=policy,
         clock=clock,
+        quiet_min=QUIET,
     )
     return clock, upstream, batcher
 
@@ -112,10 +115,12 @@ async def six_connections(
 
 
 @pytest.mark.parametrize("lead", [False, True], ids=["submitted", "idle keys led"])
-@pytest.mark.parametrize("call", [CALL, 0.045], ids=["call shorter than the window", "longer"])
+@pytest.mark.parametrize(
+    "call", [CALL, 0.045, SLOW], ids=["call shorter than the window", "longer", "slow"]
+)
 @pytest.mark.parametrize(
     ("policy", "at_once", "six"),
-    [(Policy.WINDOW, 1, 4), (Policy.IDLE, 2, 8), (Policy.ADAPTIVE, 2, 5)],
+    [(Policy.QUIET, 2, 5), (Policy.WINDOW, 1, 4), (Policy.IDLE, 2, 8), (Policy.ADAPTIVE, 2, 5)],
 )
 async def test_calls_each_policy_makes_for_the_merge_target_shapes(
     policy: Policy, at_once: int, six: int, call: float, lead: bool
@@ -134,9 +139,9 @@ async def test_calls_each_policy_makes_for_the_merge_target_shapes(
 @pytest.mark.parametrize("policy", [Policy.IDLE, Policy.ADAPTIVE])
 async def test_a_leader_is_the_keys_flight_and_the_rest_gather_behind_it(policy: Policy) -> None:
     clock, upstream, batcher = make(policy)
-    land = batcher.lead("k")
+    land = batcher.lead("k", "a")
     assert land is not None
-    assert batcher.lead("k") is None  # one flight per key: the leader's
+    assert batcher.lead("k", "a") is None  # one flight per key: the leader's
     assert batcher.keys == 1
     later = [asyncio.ensure_future(batcher.submit("k", n, lambda: None)) for n in "bc"]
     await settle()
@@ -159,32 +164,32 @@ async def test_a_leader_is_the_keys_flight_and_the_rest_gather_behind_it(policy:
     )
     await run_until(clock, lambda: all(c.done() for c in later))
     assert [c.result() for c in later] == ["ok", "ok"]
-    assert batcher.keys == 0 and batcher.lead("other") is not None
+    assert batcher.keys == 0 and batcher.lead("other", "a") is not None
 
 
 async def test_window_and_a_bursty_key_are_never_led() -> None:
     _, _, window = make(Policy.WINDOW)
-    assert window.lead("k") is None
+    assert window.lead("k", "a") is None
     clock, _, adaptive = make(Policy.ADAPTIVE)
     first = asyncio.ensure_future(adaptive.submit("k", "a", lambda: None))
     second = asyncio.ensure_future(adaptive.submit("k", "b", lambda: None))  # company
     await settle()
     await run_until(clock, lambda: first.done() and second.done())
-    assert adaptive.lead("k") is None  # had company within BURST_MEMORY: a window instead
+    assert adaptive.lead("k", "a") is None  # had company within BURST_MEMORY: a window instead
     clock.advance(BURST_MEMORY)
-    assert adaptive.lead("k") is not None
+    assert adaptive.lead("k", "a") is not None
 
 
 async def test_closing_waits_for_a_leader_then_sends_what_gathered_behind_it() -> None:
     clock, upstream, batcher = make(Policy.IDLE)
-    land = batcher.lead("k")
+    land = batcher.lead("k", "a")
     assert land is not None
     follower = asyncio.ensure_future(batcher.submit("k", "b", lambda: None))
     await settle()
     closing = asyncio.ensure_future(batcher.aclose())
     await settle()
     assert not closing.done() and upstream.batches == []
-    assert batcher.lead("x") is None  # closed: nobody leads any more
+    assert batcher.lead("x", "a") is None  # closed: nobody leads any more
     land()
     await run_until(clock, lambda: closing.done())
     assert follower.result() == "ok"
@@ -253,3 +258,110 @@ async def test_adaptive_uses_the_window_after_company_and_forgets_it_after_quiet
     await settle()
     assert upstream.batches[3].reason == FlushReason.IDLE
     await run_until(clock, fourth.done, limit=10)
+
+
+# The default policy, `quiet`: bursts fly beside the flights in the air that share none of their
+# names, so on a slow upstream (dstack 0.18.40: 0.23 s a stop) a burst costs one call time, not
+# the leader's and then its own.
+
+
+@pytest.mark.parametrize("call", [CALL, SLOW], ids=["fast", "slow"])
+async def test_quiet_a_burst_lands_one_call_after_it_arrived_not_two(call: float) -> None:
+    clock, upstream, batcher = make(Policy.QUIET, call)
+    callers = [asyncio.ensure_future(upstream.ask(batcher, "k", f"r{i}")) for i in range(20)]
+    await settle()
+    await run_until(clock, lambda: all(c.done() for c in callers))
+    assert (len(upstream.alone), [len(b.members) for b in upstream.batches]) == (1, [19])
+    # The 19 left once their arrivals paused, beside the leader: behind it, they would have
+    # finished at 2 * call.
+    assert upstream.batches[0].reason == FlushReason.QUIET
+    assert clock.now() <= call + QUIET + STEP
+
+
+@pytest.mark.parametrize("arrive", [0.001, 0.1, 0.2], ids=lambda t: f"{t * 1000:g} ms in")
+async def test_quiet_a_burst_never_waits_for_an_unrelated_flight_to_land(arrive: float) -> None:
+    clock, upstream, batcher = make(Policy.QUIET, SLOW)
+    await learn_call_time(clock, upstream, batcher)
+    lone = asyncio.ensure_future(upstream.ask(batcher, "k", "lone"))  # 0.25 s in the air
+    await settle()
+    lands = clock.now() + SLOW
+    clock.advance(arrive)
+    burst = [asyncio.ensure_future(upstream.ask(batcher, "k", f"r{i}")) for i in range(10)]
+    await settle()
+    await run_until(clock, lambda: all(c.done() for c in burst))
+    (batch,) = upstream.batches
+    assert batch.members == [f"r{i}" for i in range(10)]
+    # It left a quiet gap (a tenth of the learned call time, within the window) after it came,
+    # while the lone call it has nothing to do with was still in the air.
+    assert batch.closed_at - batch.opened_at == pytest.approx(WINDOW)
+    assert batch.closed_at < lands
+    await run_until(clock, lone.done)
+
+
+async def test_quiet_a_batch_opened_as_a_flight_ends_waits_for_it_then_takes_its_followups() -> (
+    None
+):
+    # What keeps an HTTP/1.1 browser's rounds in one call each: a request that arrives when a
+    # flight that started long before is due to land (within its window) waits for the landing;
+    # the callers answered then send their next requests at once, and they join it.
+    clock, upstream, batcher = make(Policy.QUIET, SLOW)
+    await learn_call_time(clock, upstream, batcher)
+    start = clock.now()
+    first = [asyncio.ensure_future(upstream.ask(batcher, "k", f"a{i}")) for i in range(3)]
+    await settle()  # a0 leads; a1, a2 fly beside it a quiet gap later
+    await run_until(clock, lambda: clock.now() >= start + SLOW + 0.001)
+    # a0 has landed; [a1, a2], which left a quiet gap (20 ms) after it, lands 20 ms later.
+    assert first[0].done() and not first[1].done()
+    follow = asyncio.ensure_future(upstream.ask(batcher, "k", "b0"))  # a0's next request
+    await settle()
+    await run_until(clock, lambda: all(c.done() for c in first))
+    rest = [asyncio.ensure_future(upstream.ask(batcher, "k", f"b{i}")) for i in (1, 2)]
+    await settle()
+    await run_until(clock, lambda: follow.done() and all(c.done() for c in rest))
+    assert [b.members for b in upstream.batches] == [["a1", "a2"], ["b0", "b1", "b2"]]
+    held = upstream.batches[1]
+    assert held.opened_at == pytest.approx(start + SLOW + 0.001, abs=STEP)
+    # It left a quiet gap after the landing it waited for and its followers, within its window
+    # and a gap.
+    landed = upstream.batches[0].closed_at + SLOW
+    assert landed < held.closed_at <= held.opened_at + 2 * WINDOW + 1e-9
+
+
+async def test_quiet_keeps_one_flight_per_name() -> None:
+    # Ordering (secrets/delete naming one secret twice): a batch that shares a name with a
+    # flight in the air waits for that flight, however long it takes.
+    clock, upstream, batcher = make(Policy.QUIET, SLOW)
+    lone = asyncio.ensure_future(upstream.ask(batcher, "k", "a"))
+    await settle()
+    again = [asyncio.ensure_future(upstream.ask(batcher, "k", n)) for n in ("a", "b")]
+    await settle()
+    clock.advance(SLOW / 2)
+    await settle()
+    assert upstream.batches == []  # due, but "a" is in the air
+    await run_until(clock, lambda: all(c.done() for c in again))
+    assert lone.done()
+    (batch,) = upstream.batches
+    assert (batch.members, batch.closed_at) == (["a", "b"], pytest.approx(SLOW))
+
+
+def test_quiet_gap_is_a_share_of_the_learned_call_time_within_its_bounds() -> None:
+    policy = FlushPolicy[str](Policy.QUIET, window=WINDOW, quiet_min=QUIET)
+    assert policy.quiet_gap("stop") == QUIET  # nothing learned yet: the least gap
+    policy.flown("stop", SLOW)
+    assert policy.quiet_gap("stop") == WINDOW  # 25 ms would be more than the window
+    policy.flown("delete", 0.050)
+    assert policy.quiet_gap("delete") == pytest.approx(0.005)
+    for _ in range(30):
+        policy.flown("stop", CALL)
+    assert policy.quiet_gap("stop") == QUIET  # 0.7 ms: less than the least gap
+
+
+async def learn_call_time(
+    clock: ManualClock, upstream: Upstream, batcher: Batcher[str, str, str, None]
+) -> None:
+    """One lone call on another key, so that the batcher knows how long calls take."""
+    warm = asyncio.ensure_future(upstream.ask(batcher, "warm-up", "w"))
+    await settle()
+    await run_until(clock, warm.done)
+    upstream.alone.clear()
+    clock.advance(BURST_MEMORY)
