@@ -123,7 +123,7 @@ def _intake_context(
             max_wait=config.max_wait,
             expire=dispatcher.expire,
             policy=config.policy,
-            quiet_min=config.quiet,
+            quiet=config.quiet,
             names=member_names,
             family=call_family,
         )

@@ -116,13 +116,20 @@ class Intake:
         if self._shadow is not None:
             self._shadow.observe(key, member, len(body))
             return await self._passthrough(request, prefix=body)
-        if self._send_alone is not None and (land := self._batcher.lead(key, member)) is not None:
-            self._alone.inc()
-            try:
-                return await self._send_alone(request, prefix=body)
-            finally:
-                land()
-        return await self._batch(request, key, member, spec, body)
+        # A request that leads its key counts against the caps like any held request: past
+        # them, it goes through the bounded pass-through path like every other request.
+        if refused := self._limits.admit(key, len(body)):
+            return await self._bypass(request, BypassReason(refused), body)
+        try:
+            if self._send_alone is not None and (land := self._batcher.lead(key, member)):
+                self._alone.inc()
+                try:
+                    return await self._send_alone(request, prefix=body)
+                finally:
+                    land()
+            return await self._batch(request, key, member, spec, body)
+        finally:
+            self._limits.release(key, len(body))
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Flush every open batch now and wait for the flights (SIGTERM); callers still
@@ -142,8 +149,6 @@ class Intake:
         spec: EndpointSpec,
         body: bytes,
     ) -> web.StreamResponse:
-        if refused := self._limits.admit(key, len(body)):
-            return await self._bypass(request, BypassReason(refused), body)
         try:
             # The target is built only if this request opens a batch: joiners would hold one each.
             reply = await self._batcher.submit(key, member, partial(self._target, request, spec))
@@ -154,8 +159,6 @@ class Intake:
             return await self._bypass(request, BypassReason.CLOSED, body)
         except UpstreamError as exc:
             return error_response(exc)
-        finally:
-            self._limits.release(key, len(body))
         if request.transport is None or request.transport.is_closing():
             self._metrics.disconnects.labels("batched").inc()  # left, yet its names went
         return render(reply)

@@ -9,7 +9,6 @@ from typing import Final, Generic, TypeVar
 K = TypeVar("K", bound=Hashable)
 
 BURST_MEMORY: Final = 1.0  # seconds a key counts as bursty after it had company
-QUIET_SHARE: Final = 0.1  # `quiet`: the quiet gap is this share of the upstream's call time
 CALL_TIME_WEIGHT: Final = 0.3  # weight of the newest flight in the call-time average
 
 
@@ -42,20 +41,21 @@ class FlushPolicy(Generic[K]):
 
     - a request on an idle key that had no company lately leads it: it goes at once, as it came;
     - any other request joins the key's waiting batch, which leaves once no member has arrived
-      for the quiet gap (QUIET_SHARE of the upstream's recent call time, at least `quiet_min`,
-      at most the window), or when its window from the first member is over;
+      for the quiet gap (`quiet`, 2 ms), or when its window from the first member is over;
     - a batch flies beside the key's flights that share none of its names (one flight per
       name): a burst never waits for a flight of its own start, such as its leader;
-    - except a batch opened while a flight of the key started well before it (more than a
-      quiet gap) is expected to land within the batch's window: it waits for that landing (its
-      window still bounds the wait), then a quiet gap more, so that the callers just answered,
-      who tend to send their next request at once (an HTTP/1.1 browser), join it.
+    - except a follow-up: a batch opened within a window of a landing on its key waits for
+      the key's other flights in the air to land (two windows or half the moving average of
+      the key's calls, whichever is longer, at most), then a quiet gap more. A caller just
+      answered tends to send its next request at once (an HTTP/1.1 browser), and so do the
+      callers of the rest of its burst when their flights land: so the next round is one call.
+      The wait costs the round nothing, since it ends with the burst's last flight anyway.
     """
 
-    def __init__(self, policy: Policy, *, window: float = 0.0, quiet_min: float = 0.0) -> None:
+    def __init__(self, policy: Policy, *, window: float = 0.0, quiet: float = 0.0) -> None:
         self.policy = policy
         self.window = window
-        self.quiet_min = min(quiet_min, window)
+        self.quiet_gap = min(quiet, window)  # `quiet`: the pause in arrivals that ends a batch
         # Keys that had company within BURST_MEMORY, oldest first (re-inserted when seen again),
         # so forgetting is a walk from the front: memory follows live bursts only.
         self._company: dict[K, float] = {}
@@ -87,12 +87,6 @@ class FlushPolicy(Generic[K]):
         if self.policy in (Policy.ADAPTIVE, Policy.QUIET):
             return self._bursty(key, now)
         return self.policy == Policy.WINDOW
-
-    def quiet_gap(self, family: Hashable) -> float:
-        """How long a batch's arrivals must pause before it leaves (`quiet`)."""
-        call = self._call_time.get(family)
-        gap = self.quiet_min if call is None else QUIET_SHARE * call
-        return min(max(gap, self.quiet_min), self.window)
 
     def expected_call(self, family: Hashable) -> float | None:
         return self._call_time.get(family)

@@ -42,6 +42,8 @@ class FakeUpstream:
     runs_delay: float = 0.005  # long enough for concurrent runs/* calls to overlap
     in_flight: int = 0  # runs/* and secrets/* calls being answered right now
     max_in_flight: int = 0
+    secrets_in_flight: list[set[str]] = field(default_factory=list)  # names of calls under way
+    overlaps: int = 0  # secrets/delete calls that arrived naming a secret of one under way
     ws_closed: list[int] = field(default_factory=list)  # close codes the proxy sent /ws
 
     def app(self) -> web.Application:
@@ -90,6 +92,10 @@ class FakeUpstream:
 
     async def delete_secrets(self, request: web.Request) -> web.Response:
         call = await self._record(request)
+        names = orjson.loads(call.body)["secrets_names"]
+        mine = set(names)
+        self.overlaps += any(mine & other for other in self.secrets_in_flight)
+        self.secrets_in_flight.append(mine)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -98,7 +104,7 @@ class FakeUpstream:
                 await self.gate.wait()
         finally:
             self.in_flight -= 1
-        names = orjson.loads(call.body)["secrets_names"]
+            self.secrets_in_flight.remove(mine)
         missing = [n for n in dict.fromkeys(names) if n not in self.secrets]
         if missing:
             return _detail(400, f"Secrets not found: {', '.join(missing)}", "resource_not_exists")

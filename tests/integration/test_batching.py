@@ -20,7 +20,7 @@ from proxy.config import Config
 from proxy.dispatching import MAX_CONCURRENT_CALLS
 from proxy.policy import Policy
 
-from .conftest import ProxyFactory, metric
+from .conftest import STEADY, ProxyFactory, metric
 from .fakes import FakeUpstream
 
 Client = TestClient[web.Request, web.Application]
@@ -66,20 +66,31 @@ async def _raw_stop(proxy: Client, name: str) -> asyncio.StreamWriter:
     return writer
 
 
-async def test_concurrent_stops_make_one_upstream_call(proxy: Client, fake: FakeUpstream) -> None:
+async def _metric_settles(proxy: Client, name: str, **labels: str) -> float:
+    """A flight's metrics are recorded once it has answered everyone: wait for them."""
+    for _ in range(100):
+        if value := metric(proxy, name, **labels):
+            return value
+        await asyncio.sleep(0.01)
+    return 0.0
+
+
+async def test_concurrent_stops_make_two_upstream_calls_the_first_as_it_came(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(**STEADY)
     names = [f"run-{i}" for i in range(40)]
     answers = await _stop_all(proxy, names)
     assert answers == [(200, b"null")] * 40
-    (call,) = fake.runs_calls()
-    assert call.json == {"runs_names": names, "abort": False}
+    alone, call = fake.runs_calls()
+    (first,) = alone.json["runs_names"]
+    assert "x-request-id" not in alone.headers  # passed through as it came
+    assert call.json == {"runs_names": [n for n in names if n != first], "abort": False}
     assert call.headers["authorization"] == ["Bearer member"]
     assert call.headers["content-length"] == [str(len(call.body))]
     assert "x-request-id" in call.headers
-    for _ in range(100):  # the flight's metrics are recorded once it has answered everyone
-        if metric(proxy, CALLS_SAVED, endpoint="runs/stop"):
-            break
-        await asyncio.sleep(0.01)
-    assert metric(proxy, CALLS_SAVED, endpoint="runs/stop") == 39
+    assert await _metric_settles(proxy, CALLS_SAVED, endpoint="runs/stop") == 38
+    assert metric(proxy, BATCHED, endpoint="runs/stop") == 39
 
 
 async def test_different_credentials_versions_and_flags_never_share_a_call(
@@ -87,37 +98,55 @@ async def test_different_credentials_versions_and_flags_never_share_a_call(
 ) -> None:
     fake.tokens["other"] = True
     await asyncio.gather(
-        _stop_all(proxy, ["a1", "a2"]),
-        _stop_all(proxy, ["b1", "b2"], headers={"Authorization": "Bearer other"}),
-        _stop_all(proxy, ["c1", "c2"], headers={**MEMBER, "X-API-Version": "0.22.5"}),
-        _stop_all(proxy, ["d1", "d2"], abort=True),
-        _stop_all(proxy, ["e1", "e2"], path="/api/project/other/runs/stop"),
+        _stop_all(proxy, ["a1", "a2", "a3"]),
+        _stop_all(proxy, ["b1", "b2", "b3"], headers={"Authorization": "Bearer other"}),
+        _stop_all(proxy, ["c1", "c2", "c3"], headers={**MEMBER, "X-API-Version": "0.22.5"}),
+        _stop_all(proxy, ["d1", "d2", "d3"], abort=True),
+        _stop_all(proxy, ["e1", "e2", "e3"], path="/api/project/other/runs/stop"),
     )
-    groups = sorted(tuple(c.json["runs_names"]) for c in fake.runs_calls())
-    assert groups == [("a1", "a2"), ("b1", "b2"), ("c1", "c2"), ("d1", "d2"), ("e1", "e2")]
-    tokens = {tuple(c.json["runs_names"]): c.headers["authorization"][0] for c in fake.calls}
-    assert tokens[("b1", "b2")] == "Bearer other"
+    # Each key's first request leads it alone; the others of a key may share a call, and
+    # never with another key's.
+    groups = [{n[0] for n in c.json["runs_names"]} for c in fake.runs_calls()]
+    assert all(len(g) == 1 for g in groups), groups
+    assert sorted(n for c in fake.runs_calls() for n in c.json["runs_names"]) == sorted(
+        f"{g}{i}" for g in "abcde" for i in (1, 2, 3)
+    )
+    assert metric(proxy, BATCHED, endpoint="runs/stop") >= 5  # the batch path ran
+    for call in fake.runs_calls():
+        token = "Bearer other" if call.json["runs_names"][0][0] == "b" else "Bearer member"
+        assert call.headers["authorization"] == [token]
 
 
-async def test_project_is_matched_as_dstack_matches_it(proxy: Client, fake: FakeUpstream) -> None:
+async def test_project_is_matched_as_dstack_matches_it(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(**STEADY)
     await asyncio.gather(
         _stop_all(proxy, ["a"], path="/api/project/main/runs/stop"),
         _stop_all(proxy, ["b"], path="/api/project/MAIN/runs/stop"),
         _stop_all(proxy, ["c"], path="/api/project/m%61in/runs/stop"),
+        _stop_all(proxy, ["d"], path="/api/project/main/runs/stop"),
     )
-    (call,) = fake.runs_calls()
-    assert sorted(call.json["runs_names"]) == ["a", "b", "c"]
+    alone, call = fake.runs_calls()  # one key: the first alone, the other three together
+    assert sorted(alone.json["runs_names"] + call.json["runs_names"]) == ["a", "b", "c", "d"]
+    assert len(call.json["runs_names"]) == 3
 
 
-async def test_equal_requests_share_one_member(proxy: Client, fake: FakeUpstream) -> None:
-    answers = await _stop_all(proxy, ["same", "same", "other", "same"])
-    assert answers == [(200, b"null")] * 4
-    (call,) = fake.runs_calls()
-    assert call.json["runs_names"] == ["same", "other"]
+async def test_equal_requests_share_one_member(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(**STEADY)
+    answers = await _stop_all(proxy, ["first", "same", "same", "other", "same"])
+    assert answers == [(200, b"null")] * 5
+    alone, call = fake.runs_calls()
+    assert (alone.json["runs_names"], call.json["runs_names"]) == (["first"], ["same", "other"])
 
 
-async def test_one_active_run_fails_only_its_own_caller(proxy: Client, fake: FakeUpstream) -> None:
-    names = [f"run-{i}" for i in range(16)]
+async def test_one_active_run_fails_only_its_own_caller(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    proxy = await make_proxy(**STEADY)
+    names = [f"run-{i}" for i in range(17)]
     fake.active_runs = {"run-11"}
     answers = dict(zip(names, await _stop_all(proxy, names, path=DELETE), strict=True))
     assert answers.pop("run-11") == (
@@ -127,14 +156,11 @@ async def test_one_active_run_fails_only_its_own_caller(proxy: Client, fake: Fak
         ).encode(),
     )
     assert set(answers.values()) == {(200, b"null")}
-    # One batch call, then two calls per level of the bisection: 1 + 2·log2(16).
-    assert len(fake.runs_calls()) <= 1 + 2 * 4
+    # The first caller alone; the other 16 in one batch call, then two calls per level of the
+    # bisection: 1 + 1 + 2·log2(16).
+    assert len(fake.runs_calls()) <= 1 + 1 + 2 * 4
     # Callers are answered before the flight ends; its metrics are recorded when it does.
-    for _ in range(100):
-        if metric(proxy, "proxy_batch_flushes_total", endpoint="runs/delete", reason="window"):
-            break
-        await asyncio.sleep(0.01)
-    assert metric(proxy, BISECTIONS, endpoint="runs/delete") >= 4
+    assert await _metric_settles(proxy, BISECTIONS, endpoint="runs/delete") >= 4
 
 
 async def test_several_failing_callers_each_get_their_own_answer(
@@ -153,33 +179,35 @@ async def test_several_failing_callers_each_get_their_own_answer(
 
 
 async def test_key_wide_refusal_is_fanned_out_with_one_call(
-    proxy: Client, fake: FakeUpstream
+    make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
+    proxy = await make_proxy(**STEADY)
     answers = await _stop_all(
         proxy, [f"r{i}" for i in range(8)], headers={"Authorization": "Bearer outsider"}
     )
     assert {a[0] for a in answers} == {403}
     assert {json.loads(a[1])["detail"]["msg"] for a in answers} == {"Access denied"}
-    assert len(fake.runs_calls()) == 1
+    assert [len(c.json["runs_names"]) for c in fake.runs_calls()] == [1, 7]
 
 
 async def test_upstream_5xx_reaches_every_caller_without_resending(
-    proxy: Client, fake: FakeUpstream
+    make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
+    proxy = await make_proxy(**STEADY)
     fake.status_override = 500
     answers = await _stop_all(proxy, [f"r{i}" for i in range(6)], path=DELETE)
     assert {a[0] for a in answers} == {500}
-    assert len(fake.runs_calls()) == 1
+    assert [len(c.json["runs_names"]) for c in fake.runs_calls()] == [1, 5]
 
 
 async def test_upstream_timeout_gives_every_caller_504_without_resending(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(batch_timeout=0.3)
+    proxy = await make_proxy(batch_timeout=0.5, read_timeout=0.5, **STEADY)
     fake.gate = asyncio.Event()  # never set: the upstream hangs
     answers = await _stop_all(proxy, [f"r{i}" for i in range(5)])
     assert {a[0] for a in answers} == {504}
-    assert len(fake.runs_calls()) == 1
+    assert [len(c.json["runs_names"]) for c in fake.runs_calls()] == [1, 4]
 
 
 @pytest.mark.parametrize(
@@ -218,22 +246,26 @@ async def test_requests_without_a_credential_or_with_a_query_pass_through(
 async def test_overload_passes_requests_through_instead_of_rejecting(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(max_pending_per_key=3)
+    proxy = await make_proxy(max_pending_per_key=3, **STEADY)
     answers = await _stop_all(proxy, [f"r{i}" for i in range(8)])
     assert answers == [(200, b"null")] * 8
+    # The first leads its key and takes a place like any held request; two more are held.
     assert metric(proxy, BYPASSES, reason="key_limit") == 5
-    assert len(fake.runs_calls()) == 1 + 5
+    assert metric(proxy, BYPASSES, reason="alone") == 1
+    assert sorted(len(c.json["runs_names"]) for c in fake.runs_calls()) == [1] * 6 + [2]
 
 
 async def test_a_caller_that_leaves_does_not_cancel_the_batch(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(window_ms=300)
+    proxy = await make_proxy(quiet_ms=300, window_ms=600)
+    await _stop_all(proxy, ["w1", "w2"])  # a burst: for a while the key's requests gather
+    fake.calls.clear()
     writer = await _raw_stop(proxy, "leaver")
     await asyncio.sleep(0.05)
     stayer = asyncio.ensure_future(_stop_all(proxy, ["stayer"]))
     await asyncio.sleep(0.05)
-    writer.close()  # the client disconnects inside the window
+    writer.close()  # the client disconnects while its batch gathers
     await writer.wait_closed()
     assert await stayer == [(200, b"null")]
     (call,) = fake.runs_calls()
@@ -245,10 +277,17 @@ async def test_a_caller_that_leaves_does_not_cancel_the_batch(
 async def test_shutdown_flushes_open_windows_at_once(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(window_ms=60_000, max_wait_ms=60_000)
+    proxy = await make_proxy(window_ms=60_000, quiet_ms=60_000, max_wait_ms=60_000)
+    fake.gate = asyncio.Event()
+    first = asyncio.ensure_future(_stop_all(proxy, ["w"]))  # leads the key; held upstream
+    while not fake.runs_calls():
+        await asyncio.sleep(0.01)
     callers = asyncio.ensure_future(_stop_all(proxy, ["x", "y", "z"]))
     await asyncio.sleep(0.1)
-    assert fake.runs_calls() == []
+    assert len(fake.runs_calls()) == 1  # x, y, z gather: their arrivals have not paused long
+    fake.gate.set()
+    assert await first == [(200, b"null")]
+    fake.calls.clear()
     await proxy.app.shutdown()  # what SIGTERM runs: on_shutdown flushes every window
     assert await asyncio.wait_for(callers, 5) == [(200, b"null")] * 3
     (call,) = fake.runs_calls()
@@ -274,10 +313,10 @@ async def test_mode_off_is_pure_pass_through(make_proxy: ProxyFactory, fake: Fak
     assert metric(proxy, BATCHED, endpoint="runs/stop") == 0
 
 
-async def test_flight_in_progress_collects_the_next_batch(
+async def test_flight_in_progress_collects_the_next_batch_under_policy_window(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(window_ms=10)
+    proxy = await make_proxy(policy="window", window_ms=10)
     fake.gate = asyncio.Event()
     first = asyncio.ensure_future(_stop_all(proxy, ["a", "b"]))
     while len(fake.runs_calls()) < 1:
@@ -384,11 +423,12 @@ async def test_absent_and_empty_api_versions_never_share_a_call(
 ) -> None:
     # dstack skips the version check without the header but refuses an empty one (400).
     await asyncio.gather(
-        _stop_all(proxy, ["a"], headers={**MEMBER, "X-API-Version": ""}),
-        _stop_all(proxy, ["b", "c"]),
+        _stop_all(proxy, ["a1", "a2", "a3"], headers={**MEMBER, "X-API-Version": ""}),
+        _stop_all(proxy, ["b1", "b2", "b3"]),
     )
-    groups = sorted(c.json["runs_names"] for c in fake.runs_calls())
-    assert groups == [["a"], ["b", "c"]]
+    groups = [{n[0] for n in c.json["runs_names"]} for c in fake.runs_calls()]
+    assert all(len(g) == 1 for g in groups), groups
+    assert metric(proxy, BATCHED, endpoint="runs/stop") >= 2  # the batch path ran
 
 
 async def test_a_connection_header_naming_headers_means_pass_through(
@@ -397,10 +437,11 @@ async def test_a_connection_header_naming_headers_means_pass_through(
     # Connection: Authorization would strip the token from a batch call built for it.
     answers = await asyncio.gather(
         _stop_all(proxy, ["a"], headers={**MEMBER, "Connection": "keep-alive, Authorization"}),
-        _stop_all(proxy, ["b", "c"]),
+        _stop_all(proxy, ["b", "c", "d"]),
     )
-    assert answers[1] == [(200, b"null")] * 2
-    assert sorted(c.json["runs_names"] for c in fake.runs_calls()) == [["a"], ["b", "c"]]
+    assert answers[1] == [(200, b"null")] * 3
+    calls = [c.json["runs_names"] for c in fake.runs_calls()]
+    assert ["a"] in calls and all(c == ["a"] or "a" not in c for c in calls)
     assert metric(proxy, BYPASSES, reason="headers") == 1
 
 

@@ -1,5 +1,6 @@
-"""One flight per key, always, through the proxy and a recording fake upstream: batches that
-name the same secret reach the upstream one after the other, in arrival order."""
+"""One flight per name (policy quiet, the default) or per key (window, idle, adaptive), through
+the proxy and a recording fake upstream: batches that name the same secret reach the upstream
+one after the other, in arrival order."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ async def _until(condition: object, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_full_batches_naming_one_secret_never_fly_side_by_side(
+async def test_full_batches_under_policy_window_never_fly_side_by_side(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(max_batch=2, window_ms=50)
+    proxy = await make_proxy(policy="window", max_batch=2, window_ms=50)
     fake.secrets = {"s1", "s2", "s3"}
     fake.gate = asyncio.Event()
     lists = [["s1"], ["s2"], ["s1", "s3"], ["s3"], ["s1"]]  # batches [1 2] [3 4] [5]
@@ -44,6 +45,31 @@ async def test_full_batches_naming_one_secret_never_fly_side_by_side(
     assert fake.secrets == set()
 
 
+async def test_batches_naming_one_secret_never_fly_side_by_side(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    # The default policy lets batches fly beside each other, but never two that share a name.
+    proxy = await make_proxy(max_batch=2)
+    fake.secrets = {"s1", "s2", "s3", "s4"}
+    fake.gate = asyncio.Event()
+    lists = [["s1"], ["s2"], ["s1", "s3"], ["s4"], ["s3"]]
+    pending = []
+    for names in lists:  # staggered so the arrival order is known
+        body = {"secrets_names": names}
+        pending.append(asyncio.ensure_future(proxy.post(SECRETS, json=body, headers=MEMBER)))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    # [s1] leads; [s2] flies beside it. [s1 s3] and [s4] fill a batch that names s1, so it
+    # waits for [s1]; [s3] waits behind it, first in first out.
+    assert sorted(c.json["secrets_names"] for c in fake.calls) == [["s1"], ["s2"]]
+    fake.gate.set()
+    answers = [(r.status, await r.json()) for r in await asyncio.gather(*pending)]
+    refused = {"detail": [{"msg": "Secrets not found: s1", "code": "resource_not_exists"}]}
+    assert answers == [(200, None), (200, None), (400, refused), (200, None), (200, None)]
+    assert fake.secrets == set()
+    assert fake.max_in_flight >= 2 and fake.overlaps == 0
+
+
 async def test_callers_behind_a_stuck_flight_get_503_at_max_wait_and_are_never_sent(
     make_proxy: ProxyFactory, fake: FakeUpstream
 ) -> None:
@@ -54,7 +80,8 @@ async def test_callers_behind_a_stuck_flight_get_503_at_max_wait_and_are_never_s
         proxy.post(SECRETS, json={"secrets_names": ["s1"]}, headers=MEMBER)
     )
     await _until(lambda: len(fake.calls) == 1, "the first flight")
-    behind = await proxy.post(SECRETS, json={"secrets_names": ["s2"]}, headers=MEMBER)
+    # Naming the secret in the air: it may not fly beside it.
+    behind = await proxy.post(SECRETS, json={"secrets_names": ["s2", "s1"]}, headers=MEMBER)
 
     assert behind.status == 503
     assert behind.headers["X-Proxy-Error"] == "upstream_busy"
@@ -81,7 +108,7 @@ async def test_at_shutdown_a_caller_queued_behind_a_stuck_flight_gets_a_504(
 
     in_air = asyncio.ensure_future(stop_run("a"))
     await _until(lambda: len(fake.runs_calls()) == 1, "the first flight")
-    queued = asyncio.ensure_future(stop_run("b"))  # waits behind the stuck flight
+    queued = asyncio.ensure_future(stop_run("a"))  # the same run: waits behind the stuck flight
     await asyncio.sleep(0.05)
     await proxy.app.shutdown()  # what SIGTERM runs; the drain limit passes
     answers = await asyncio.wait_for(asyncio.gather(in_air, queued), 5)
@@ -89,5 +116,5 @@ async def test_at_shutdown_a_caller_queued_behind_a_stuck_flight_gets_a_504(
     for status, body, marker in answers:
         assert (status, marker) == (504, "upstream_timeout")
         assert [d["code"] for d in body["detail"]] == ["upstream_timeout"]  # type: ignore[index]
-    assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a"]]  # b was never sent
+    assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a"]]  # sent once only
     fake.gate.set()  # let the fake's handler finish, so its server closes at once

@@ -153,7 +153,7 @@ async def test_shutdown_answers_every_caller_within_one_drain_budget(
         in_the_air = stop("a")
         while not fake.runs_calls():
             await asyncio.sleep(0.02)
-        queued = stop("b")  # same key: waits behind the flight, one flight per key
+        queued = stop("a")  # the same run: waits behind the flight, one flight per name
         stuck = asyncio.ensure_future(answer("GET", "/hang"))  # pass-through, never answered
         while not [c for c in fake.calls if c.path == "/hang"]:
             await asyncio.sleep(0.02)
