@@ -504,3 +504,31 @@ async def test_ordered_rounds_stay_within_the_call_budget(
     )
     assert {a.status for a in answers} == {400}
     assert len(fake.calls) <= 1 + callers + 2 * math.ceil(math.log2(callers))
+
+
+async def test_requests_leading_idle_keys_stay_within_the_caps(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    # Every new token makes a new idle key, and a request on an idle key leads it. Leaders are
+    # held requests like any other: past max_pending they take the bounded pass-through path
+    # (pool_size), so 200 tokens never open 200 upstream connections (before: 200 at once).
+    proxy = await make_proxy(max_pending=2, pool_size=2, connect_timeout=1.0)
+    fake.runs_delay = 0.3
+    fake.tokens.update({f"t{i}": True for i in range(0, 200, 2)})  # half of them are valid
+
+    async def stop(i: int) -> tuple[int, bytes, str]:
+        body = {"runs_names": [f"r{i}"], "abort": False}
+        async with proxy.post(STOP, json=body, headers={"Authorization": f"Bearer t{i}"}) as r:
+            return r.status, await r.read(), r.headers.get("X-Proxy-Error", "")
+
+    answers = await asyncio.gather(*(stop(i) for i in range(200)))
+    assert fake.max_in_flight <= 2 + 2  # leaders within max_pending, the rest within pool_size
+    invalid = json.dumps({"detail": {"msg": "Invalid token", "code": None}}).encode()
+    for i, (status, body, marker) in enumerate(answers):
+        if status == 503:  # the pass-through pool stayed full for connect_timeout
+            assert marker == "upstream_busy"
+            assert json.loads(body)["detail"][0]["code"] == "upstream_busy"
+        else:  # its own answer: dstack's, for its own token
+            assert (status, body) == ((200, b"null") if i % 2 == 0 else (403, invalid))
+    assert metric(proxy, BYPASSES, reason="alone") >= 2
+    assert metric(proxy, BYPASSES, reason="pending_limit") >= 150
