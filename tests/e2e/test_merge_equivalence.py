@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 from tests.support.api import add_member, create_project, create_user
 from tests.support.bursts import burst, send_one_by_one, stop_events
+from tests.support.metrics import batched
+from tests.support.processes import ProxyProcess
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
 from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
@@ -227,9 +229,12 @@ REFUSED_DELETES = Scenario(
 @example(REFUSED_DELETES)
 @given(scenario=scenarios())
 def test_proxied_burst_is_equivalent_to_direct_one_by_one(
-    dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
+    dstack_server: DstackServer,
+    proxy_process: ProxyProcess,
+    tokens: dict[str, str],
+    scenario: Scenario,
 ) -> None:
-    _check(dstack_server, proxy_url, tokens, scenario)
+    _check(dstack_server, proxy_process, tokens, scenario)
 
 
 # 0.18.40 takes twice as long per example (its runs stay `terminating` for seconds): two fixed
@@ -242,13 +247,19 @@ def test_proxied_burst_is_equivalent_to_direct_one_by_one(
     ids=["stops-non-member", "deletes-one-refused"],
 )
 def test_proxied_burst_is_equivalent_to_direct_one_by_one_on_the_legacy_server(
-    dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
+    dstack_server: DstackServer,
+    proxy_process: ProxyProcess,
+    tokens: dict[str, str],
+    scenario: Scenario,
 ) -> None:
-    _check(dstack_server, proxy_url, tokens, scenario)
+    _check(dstack_server, proxy_process, tokens, scenario)
 
 
 def _check(
-    dstack_server: DstackServer, proxy_url: str, tokens: dict[str, str], scenario: Scenario
+    dstack_server: DstackServer,
+    proxy: ProxyProcess,
+    tokens: dict[str, str],
+    scenario: Scenario,
 ) -> None:
     k = next(_examples)
     direct_project, proxied_project = f"eq{k}-direct", f"eq{k}-proxied"
@@ -258,8 +269,9 @@ def _check(
     try:
         direct = asyncio.run(_send(dstack_server.url, direct_project, scenario, tokens, False))
         direct_effect = _effect(dstack_server, direct_project, scenario)
-        mark = dstack_server.log_mark()
-        proxied = asyncio.run(_send(proxy_url, proxied_project, scenario, tokens, True))
+        mark, before = dstack_server.log_mark(), batched(proxy.admin_url)
+        proxied = asyncio.run(_send(proxy.url, proxied_project, scenario, tokens, True))
+        took = batched(proxy.admin_url) - before
         calls = dstack_server.count_requests(f"/{proxied_project}/runs/{scenario.op}", since=mark)
         proxied_effect = _effect(dstack_server, proxied_project, scenario)
     finally:
@@ -270,6 +282,10 @@ def _check(
         )
     assert _normalised(proxied) == _normalised(direct)
     assert proxied_effect == direct_effect
+    # The batch path ran: under the shipped policy each key's first request may go alone, as
+    # it came, and the others are batched.
+    keys = {(c.credential, c.abort) for c in scenario.callers}
+    assert took >= len(scenario.callers) - len(keys), (took, len(scenario.callers), len(keys))
     # And it did batch: each key's calls stay within what the dispatcher may spend on it,
     # which is fewer calls than callers; a proxy that sends each request on its own fails.
     bound = call_bound(scenario, direct)
@@ -280,10 +296,10 @@ def _check(
 
 def call_bound(scenario: Scenario, answers: list[tuple[int, bytes]]) -> int:
     """The most upstream calls the proxy may make for the burst, summed over its keys, given
-    each caller's own answer. A key's burst may split in two batches (a lone first request can
-    leave before the rest arrive); a batch whose members all succeed costs one call, one whose
-    members all get the same refusal at most 3, and one with f failing members of n at most
-    1 + f·2·ceil(log2 n), capped at 1 + n + 2·ceil(log2 n)."""
+    each caller's own answer. A key's burst may split in two (its first request goes alone, as
+    it came, and the rest in a batch beside it); a batch whose members all succeed costs one
+    call, one whose members all get the same refusal at most 3, and one with f failing members
+    of n at most 1 + f·2·ceil(log2 n), capped at 1 + n + 2·ceil(log2 n)."""
     by_key: dict[tuple[str, bool], list[tuple[int, bytes]]] = {}
     for caller, answer in zip(scenario.callers, _normalised(answers), strict=True):
         by_key.setdefault((caller.credential, caller.abort), []).append(answer)

@@ -19,6 +19,7 @@ from proxy.app import make_app
 from proxy.config import Config
 from proxy.dispatching import MAX_CONCURRENT_CALLS
 from proxy.policy import Policy
+from tests.support.bursts import burst, in_a_burst
 
 from .conftest import STEADY, ProxyFactory, metric
 from .fakes import FakeUpstream
@@ -532,3 +533,23 @@ async def test_requests_leading_idle_keys_stay_within_the_caps(
             assert (status, body) == ((200, b"null") if i % 2 == 0 else (403, invalid))
     assert metric(proxy, BYPASSES, reason="alone") >= 2
     assert metric(proxy, BYPASSES, reason="pending_limit") >= 150
+
+
+async def test_the_real_server_suites_bursts_take_the_batch_path_under_the_shipped_defaults(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    """Guard: the fuzz (tests/e2e/test_hostile.py) and the merge-equivalence property send their
+    requests with these helpers so that they are batched; a change of default policy that made
+    them lead idle keys alone, as they came, would hollow those suites out. It fails here."""
+    base = str(proxy.make_url(""))
+    ghost = [b'{"runs_names": ["g%d"], "abort": false}' % i for i in range(3)]
+    body = b'{"runs_names": ["fuzzed"], "abort": false}'
+    status, _, answer = await in_a_burst(base, STOP, body, ghost, "member")
+    assert (status, answer) == (200, b"null")
+    assert metric(proxy, BYPASSES, reason="alone") == 1  # the first companion only
+    assert metric(proxy, BATCHED, endpoint="runs/stop") == 3  # the second, it, and the third
+    assert ["fuzzed", "g2"] in [sorted(c.json["runs_names"]) for c in fake.runs_calls()]
+    # All at once, as the merge-equivalence property sends a key's callers: all but the
+    # first are batched.
+    await burst(base, STOP, [{"runs_names": [f"m{i}"], "abort": True} for i in range(5)], "member")
+    assert metric(proxy, BATCHED, endpoint="runs/stop") >= 3 + 4

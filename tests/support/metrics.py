@@ -6,6 +6,12 @@ import urllib.request
 
 PENDING = "proxy_batch_pending"  # callers waiting for a batch's answer
 KEYS = "proxy_batch_keys"  # keys with a batch waiting or a flight in the air
+BATCHED = "proxy_batched_requests_total"  # requests answered through a batch, by endpoint
+
+
+def batched(admin_url: str) -> float:
+    """Requests answered through the batch path so far, every endpoint."""
+    return sum(v for k, v in read_metrics(admin_url).items() if k.startswith(BATCHED + "{"))
 
 
 def read_metrics(admin_url: str) -> dict[str, float]:
