@@ -12,8 +12,7 @@ import structlog
 from aiohttp import hdrs, web
 from yarl import URL
 
-from .batcher import Batcher
-from .batches import call_family, member_names
+from .batches import batcher_for
 from .calls import HttpSend, make_batch_session
 from .config import Config
 from .dispatching import Dispatcher
@@ -116,17 +115,7 @@ def _intake_context(
         # Batch calls get a session of their own, so they never queue behind pass-through.
         session = given or make_batch_session(config)
         dispatcher = Dispatcher(HttpSend(session, metrics), metrics, max_names=config.max_names)
-        batcher: ReplyBatcher = Batcher(
-            dispatcher.flush,
-            window=config.window,
-            max_size=config.max_batch,
-            max_wait=config.max_wait,
-            expire=dispatcher.expire,
-            policy=config.policy,
-            quiet=config.quiet,
-            names=member_names,
-            family=call_family,
-        )
+        batcher: ReplyBatcher = batcher_for(config, dispatcher.flush, dispatcher.expire)
         metrics.keys.set_function(lambda: batcher.keys)
         limits = Limits(config.max_pending, config.max_pending_per_key, config.max_pending_bytes)
         # A request sent alone (its key idle) goes as it came, on the batch calls' session.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Hashable, Iterable
+from functools import partial
 from typing import Generic, TypeVar
 
 from .clock import Clock, LoopClock
@@ -59,8 +60,9 @@ class Batcher(Generic[K, T, R, C]):
 
     A batch leaves when the policy says it is due and the key has no flight; members arriving
     during a flight wait for it (group commit). At `max_size` members a batch is due and later
-    members start the next one. A batch still waiting `max_wait` after its first member (behind
-    a slow flight) is never sent: its submitters get `expire(batch)`. Flushes run in tasks of
+    members start the next one. A batch still waiting `max_wait` after its first member, due but
+    behind a flight that has heard nothing from the upstream for `max_wait` (stuck), is never
+    sent: its submitters get `expire(batch)`. Flushes run in tasks of
     their own, so a cancelled submitter never cancels the shared call. A caller may also `lead`
     an idle key: make the key's flight itself, while later members wait for it.
     """
@@ -274,7 +276,7 @@ class Batcher(Generic[K, T, R, C]):
             now = self._clock.now()
             flight = InAir(frozenset(batch.names), now)
             state.flights.append(flight)
-            closed = batch.closed(batch.due, now)
+            closed = batch.closed(batch.due, now, partial(self._hear, flight))
             # A fresh context: the first submitter's log context must not stamp the whole batch.
             task = asyncio.get_running_loop().create_task(
                 self._fly(state, flight, closed, batch.futures), context=contextvars.Context()
@@ -282,8 +284,22 @@ class Batcher(Generic[K, T, R, C]):
             self._tasks[task] = batch.futures
             task.add_done_callback(self._tasks.pop)
 
+    def _hear(self, flight: InAir) -> None:
+        flight.hear(self._clock.now())
+
     def _on_max_wait(self, state: KeyQueue[K, T, R, C], batch: WaitingBatch[K, T, R, C]) -> None:
+        """A batch that has waited `max_wait` is answered `expire` only if it is due and a flight
+        of its key in the air has heard nothing from the upstream for `max_wait` (stuck); a
+        flight whose calls keep being answered, however many, never makes it expire."""
         if batch not in state.waiting:
+            return
+        now = self._clock.now()
+        heard = min((f.heard for f in state.flights), default=now)
+        if batch.due is None or now - heard < self._max_wait - _TIMER_SLACK:
+            again = max(heard + self._max_wait - now, self._window)
+            batch.timers.append(
+                self._clock.call_later(again, lambda: self._on_max_wait(state, batch))
+            )
             return
         state.waiting.remove(batch)
         closed = batch.closed(FlushReason.MAX_WAIT, self._clock.now())
@@ -302,6 +318,7 @@ class Batcher(Generic[K, T, R, C]):
         futures: Waiters[T, R],
     ) -> None:
         def resolve(member: T, result: R | BaseException) -> None:
+            flight.hear(self._clock.now())
             if (waiting := futures.get(member)) is not None:
                 deliver(waiting, result)
 

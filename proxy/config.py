@@ -46,7 +46,7 @@ class Config:
     )
     window_ms: int = field(default=20, metadata={"help": "batch window from a key's first request"})
     quiet_ms: int = field(
-        default=2, metadata={"help": "least pause in arrivals that ends a batch (policy quiet)"}
+        default=5, metadata={"help": "pause in arrivals that ends a batch (policy quiet)"}
     )
     max_batch: int = field(default=500, metadata={"help": "requests per batch at most"})
     max_names: int = field(default=MAX_NAMES, metadata={"help": "names per upstream call at most"})
@@ -118,15 +118,20 @@ def build_config(values: Mapping[str, tuple[Any, str]]) -> Config:
         except ValueError as exc:
             raise ConfigError(f"invalid {name} from {source}: {raw!r} ({exc})") from None
     config = Config(**parsed)
-    if config.max_wait_ms < config.window_ms:
 
-        def where(name: str) -> str:
-            return values[name][1] if name in values else "default"
+    def where(name: str) -> str:
+        return values[name][1] if name in values else "default"
 
-        raise ConfigError(
-            f"invalid max_wait_ms from {where('max_wait_ms')}: {config.max_wait_ms!r} (must be >= "
-            f"window_ms {config.window_ms!r} from {where('window_ms')})"
-        )
+    # A healthy upstream answers every batch call within batch_timeout, so a flight hears back
+    # at least that often: a caller behind it must never get max_wait's 503 (docs/design.md).
+    for floor, name in ((config.window_ms, "window_ms"), (config.batch_timeout * 1000, "")):
+        if config.max_wait_ms < floor:
+            other = name or "batch_timeout"
+            raise ConfigError(
+                f"invalid max_wait_ms from {where('max_wait_ms')}: {config.max_wait_ms!r} (must "
+                f"be >= {other} {getattr(config, other)!r} from {where(other)}"
+                + (" in ms)" if not name else ")")
+            )
     return config
 
 

@@ -24,7 +24,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -196,8 +196,15 @@ class Dispatcher:
     ) -> None:
         started = time.perf_counter()
         batch_id = new_batch_id()
+
+        async def send(*call: Any) -> Outcome:
+            try:
+                return await self._send(*call)
+            finally:
+                batch.heard()  # the upstream answered (or failed) a call: not stuck
+
         flight = Flight(
-            self._send,
+            send,
             batch.context,
             batch.key.shared_fields,
             resolve,

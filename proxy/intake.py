@@ -152,8 +152,13 @@ class Intake:
         try:
             # The target is built only if this request opens a batch: joiners would hold one each.
             reply = await self._batcher.submit(key, member, partial(self._target, request, spec))
-        except asyncio.CancelledError:  # the client left, with handler_cancellation on
-            self._metrics.disconnects.labels("batched").inc()  # its names still go upstream
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and self._state.cut_by_deadline(task):
+                self._metrics.drain_cancelled.labels("batched").inc()  # answered 504 by entry
+            else:  # the client left, with handler_cancellation on. Its names went upstream if
+                # its batch was in the air, and go if it is queued, unless the drain drops it.
+                self._metrics.disconnects.labels("batched").inc()
             raise
         except BatcherClosed:
             return await self._bypass(request, BypassReason.CLOSED, body)

@@ -38,8 +38,19 @@ def add_request(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapp
     if (request := REQUEST.get()) is not None:
         event.setdefault("request_id", request_id(request[0]))
         event.setdefault("method", request[1])
-        event.setdefault("path", request[2])
+        event.setdefault("path", loggable(request[2]))
     return event
+
+
+def loggable(target: str) -> str:
+    """A request target or URL as logs may show it: no query or fragment (`?api_key=...`) and no
+    userinfo (`http://user:pass@host/`), which can carry credentials."""
+    target = target.partition("?")[0].partition("#")[0]
+    scheme, sep, rest = target.rpartition("://")
+    authority, slash, path = (rest if sep else target).partition("/")
+    if "@" in authority and (sep or not target.startswith("/")):
+        authority = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -120,6 +120,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.drain_cancelled = Counter(
+            "proxy_drain_cancelled_total",
+            "Requests whose wait the drain deadline ended (answered 504)",
+            ["route"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

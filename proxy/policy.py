@@ -41,7 +41,7 @@ class FlushPolicy(Generic[K]):
 
     - a request on an idle key that had no company lately leads it: it goes at once, as it came;
     - any other request joins the key's waiting batch, which leaves once no member has arrived
-      for the quiet gap (`quiet`, 2 ms), or when its window from the first member is over;
+      for the quiet gap (`quiet`, 5 ms), or when its window from the first member is over;
     - a batch flies beside the key's flights that share none of its names (one flight per
       name): a burst never waits for a flight of its own start, such as its leader;
     - except a follow-up: a batch opened within a window of a landing on its key waits for

@@ -13,6 +13,7 @@ from aiohttp import web
 from .admin import make_admin_app
 from .app import SHUTDOWN_MARGIN, make_app
 from .config import Config
+from .logs import loggable
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +51,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             "listening",
             public=f"{config.host}:{config.port}",
             admin=f"{config.admin_host}:{config.admin_port}",
-            upstream=config.upstream,
+            upstream=loggable(config.upstream),
             mode=config.mode,
         )
         await stop.wait()

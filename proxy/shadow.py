@@ -10,7 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from .batcher import Batcher, BatcherClosed, ClosedBatch
-from .batches import BatchKey, Member
+from .batches import BatchKey, Member, batcher_for
 from .config import Config
 from .limits import Limits
 from .metrics import Metrics
@@ -25,13 +25,9 @@ class Shadow:
     def __init__(self, config: Config, limits: Limits, metrics: Metrics) -> None:
         self._limits = limits
         self._metrics = metrics
-        self._batcher: Batcher[BatchKey, Member, None, None] = Batcher(
-            self._observe,
-            window=config.window,
-            max_size=config.max_batch,
-            max_wait=config.max_wait,
-            expire=lambda batch: BatcherClosed("not observed"),  # observing never waits
-        )
+        self._batcher: Batcher[BatchKey, Member, None, None] = batcher_for(
+            config, self._observe, lambda batch: BatcherClosed("not observed")
+        )  # observing never waits behind a flight long: it sends nothing
         self._tasks: set[asyncio.Task[None]] = set()  # submissions under way, for aclose()
 
     @property

@@ -42,6 +42,10 @@ class State:
         task.uncancel()
         return True
 
+    def cut_by_deadline(self, task: asyncio.Task[object]) -> bool:
+        """Whether `task` was cancelled because the drain deadline came (not by its client)."""
+        return task in self._expired
+
     def drain(self, deadline: float) -> None:
         """Start draining (the only place that does): every request in progress, or still
         arriving on an open connection, is cancelled at `deadline` (loop time) if not done."""

@@ -31,6 +31,9 @@ class ClosedBatch(Generic[K, T, C]):
     opened_at: float
     last_at: float
     closed_at: float
+    heard: Callable[[], None] = field(default=lambda: None, compare=False)
+    """For `flush` to say that the upstream answered one of its calls: a flight that keeps
+    hearing back is not stuck (`max_wait`)."""
 
 
 Resolve = Callable[[T, R | BaseException], None]
@@ -51,6 +54,14 @@ class InAir:
 
     names: frozenset[Hashable]
     started: float
+    heard: float = 0.0  # when the upstream last answered one of its calls (or it started)
+
+    def __post_init__(self) -> None:
+        self.heard = self.started
+
+    def hear(self, now: float) -> None:
+        """One of its calls was answered: it is not stuck."""
+        self.heard = now
 
 
 @dataclass(eq=False, slots=True)
@@ -83,9 +94,12 @@ class WaitingBatch(Generic[K, T, R, C]):
         self.last_at = now
         return future
 
-    def closed(self, reason: FlushReason, now: float) -> ClosedBatch[K, T, C]:
+    def closed(
+        self, reason: FlushReason, now: float, heard: Callable[[], None] = lambda: None
+    ) -> ClosedBatch[K, T, C]:
         at = (self.opened_at, self.last_at, now)
-        return ClosedBatch(self.key, self.context, list(self.futures), self.waiters, reason, *at)
+        members = list(self.futures)
+        return ClosedBatch(self.key, self.context, members, self.waiters, reason, *at, heard)
 
 
 @dataclass(eq=False, slots=True)

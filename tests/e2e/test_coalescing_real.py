@@ -47,7 +47,9 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
     )
     states = run_states(dstack_server, PROJECT)  # right after the answers: see the stop race
     assert answers == [(200, b"null")] * count
-    assert dstack_server.count_requests("/runs/stop", since=mark) <= 2
+    # The first alone, the rest in one batch beside it; a busy machine can pause a burst for
+    # longer than the quiet gap and split it once more. Singly, it would be `count` calls.
+    assert dstack_server.count_requests("/runs/stop", since=mark) <= 3
     stopped = stop_events(dstack_server, PROJECT, names)
     admin = "admin" if records_events(dstack_server) else None  # 0.18.40 records no actor
     assert {n: [actor for _, actor in stopped[n]] for n in names} == {n: [admin] for n in names}
@@ -58,7 +60,7 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
     mark = dstack_server.log_mark()
     answers = await burst(proxy_url, DELETE, [{"runs_names": [n]} for n in names], token)
     assert answers == [(200, b"null")] * count
-    assert dstack_server.count_requests("/runs/delete", since=mark) <= 2
+    assert dstack_server.count_requests("/runs/delete", since=mark) <= 3  # as for the stops
     after = run_states(dstack_server, PROJECT, include_deleted=True, created=names)
     assert {after[n] for n in names} == {"deleted"}
 
@@ -120,6 +122,7 @@ async def test_member_and_non_member_stopping_at_once_never_share_a_call(
     member_name = "team-member" if records_events(dstack_server) else None  # none on 0.18.40
     assert {n: [a for _, a in events[n]] for n in mine} == {n: [member_name] for n in mine}
     assert {n: events[n] for n in theirs} == {n: [] for n in theirs}
-    # Merged per credential, never across: a batch or two each (a burst can straddle a
-    # window), plus the direct probe; ten requests singly would be ten calls.
-    assert dstack_server.count_requests("/runs/stop", since=mark) <= 2 + 2 + 1
+    # Merged per credential, never across: the first alone and the rest in a batch or two
+    # each (a busy machine can pause a burst for longer than the quiet gap), plus the direct
+    # probe; ten requests singly would be ten calls.
+    assert dstack_server.count_requests("/runs/stop", since=mark) <= 3 + 3 + 1

@@ -354,8 +354,10 @@ def companions(path: str, body: bytes) -> list[bytes]:
         fields: object = json.loads(body)
     except ValueError:
         fields = None
-    shared = {
-        name: fields[name] if isinstance(fields, dict) and name in fields else default
+    shared = {  # its own value where that is of the right type, else a plain one
+        name: fields[name]
+        if isinstance(fields, dict) and type(fields.get(name)) is type(default)
+        else default
         for name, default in (("abort", False), ("name", "ghost-fleet"))
         if name in others
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import ProxyFactory
+from .conftest import ProxyFactory, metric
 from .fakes import FakeUpstream
 
 MEMBER = {"Authorization": "Bearer member"}
@@ -117,4 +117,7 @@ async def test_at_shutdown_a_caller_queued_behind_a_stuck_flight_gets_a_504(
         assert (status, marker) == (504, "upstream_timeout")
         assert [d["code"] for d in body["detail"]] == ["upstream_timeout"]  # type: ignore[index]
     assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a"]]  # sent once only
+    # The deadline cut them short, not their clients: counted as such, never as disconnects.
+    assert metric(proxy, "proxy_client_disconnects_total", route="batched") == 0
+    assert metric(proxy, "proxy_client_disconnects_total", route="alone") == 0
     fake.gate.set()  # let the fake's handler finish, so its server closes at once

@@ -35,6 +35,8 @@ async def proxy_process(upstream_server: Any, tmp_path: Path) -> AsyncIterator[P
         "2000",
         "--max-wait-ms",
         "5000",
+        "--batch-timeout",
+        "5",
         "--drain-seconds",
         "5",
     )

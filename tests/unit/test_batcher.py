@@ -419,6 +419,66 @@ async def test_a_batch_behind_a_slow_flight_is_answered_unsent_once_it_has_waite
     assert (c.result(), shapes(calls)) == ("k:c", [["a"], ["c"]])
 
 
+async def test_a_batch_behind_a_flight_that_keeps_hearing_back_never_expires(
+    clock: ManualClock,
+) -> None:
+    # A flight of several calls (a bisection), each answered within batch_timeout, may take
+    # longer than max_wait in all: the batch behind it waits, and is sent when it lands.
+    calls: list[Closed] = []
+    answered = asyncio.Event()
+
+    async def flush(batch: Closed, resolve: Callable[[str, Result], None]) -> None:
+        calls.append(batch)
+        if len(calls) == 1:
+            for _ in range(3):  # three calls, each 0.8 max_wait long
+                await answered.wait()
+                answered.clear()
+                batch.heard()
+        for member in batch.members:
+            resolve(member, f"{batch.key}:{member}")
+
+    batcher: Batcher[str, str, str, str] = Batcher(
+        flush, window=WINDOW, max_size=MAX_SIZE, max_wait=MAX_WAIT, expire=Expired, clock=clock
+    )
+    (a,) = await submit(batcher, "k", "a")
+    clock.advance(WINDOW)
+    await settle()
+    (b,) = await submit(batcher, "k", "b")
+    for _ in range(3):
+        clock.advance(0.8 * MAX_WAIT)
+        answered.set()
+        await settle()
+    clock.advance(WINDOW)
+    await settle()
+    assert (a.result(), b.result()) == ("k:a", "k:b")  # 2.4 max_wait, and no 503
+    assert shapes(calls) == [["a"], ["b"]]
+    await batcher.aclose()
+
+
+async def test_a_batch_expires_once_the_flight_it_waits_for_has_been_silent_for_max_wait(
+    make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
+) -> None:
+    batcher, _ = make_batcher()
+    (a,) = await submit(batcher, "k", "a")
+    clock.advance(MAX_WAIT - 0.001)  # the window passed long ago: a flew at WINDOW
+    await settle()
+    assert a.result() == "k:a"
+    gate.clear()
+    (b,) = await submit(batcher, "k", "b")
+    clock.advance(WINDOW)
+    await settle()
+    (c,) = await submit(batcher, "k", "c")  # behind b's flight, which the gate holds
+    clock.advance(MAX_WAIT / 2)
+    await settle()
+    assert not c.done()  # b's flight is silent, but not yet for max_wait
+    clock.advance(MAX_WAIT / 2)
+    await settle()
+    assert isinstance(c.exception(), Expired)  # now it is: stuck
+    gate.set()
+    await settle()
+    assert b.result() == "k:b"
+
+
 async def test_a_full_batch_never_flies_while_the_key_has_a_flight(
     make_batcher: MakeBatcher, clock: ManualClock, gate: asyncio.Event
 ) -> None:

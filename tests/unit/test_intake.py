@@ -25,6 +25,7 @@ from proxy.fit import BypassReason, precheck
 from proxy.intake import Intake, render
 from proxy.limits import Limits
 from proxy.metrics import Metrics
+from proxy.policy import Policy
 from proxy.state import State
 
 SPECS = {spec.name: spec for spec in DEFAULT_ENDPOINTS}
@@ -195,8 +196,11 @@ def rig(
     raises: BaseException | None = None,
     limits: Mapping[str, int] = {},
     max_body_bytes: int = 1000,
+    policy: Policy = Config.policy,
 ) -> Rig:
-    config = Config(upstream="http://upstream", mode=mode, max_body_bytes=max_body_bytes)
+    config = Config(
+        upstream="http://upstream", mode=mode, max_body_bytes=max_body_bytes, policy=policy
+    )
     batches: list[ClosedBatch[BatchKey, Member, BatchTarget]] = []
     passed: list[bytes] = []
     ok = UpstreamReply(200, CIMultiDictProxy(CIMultiDict()), b"null")
@@ -328,8 +332,16 @@ async def test_an_upstream_error_becomes_the_callers_error_response() -> None:
     }
 
 
-async def test_shadow_mode_passes_through_and_observes_without_batching() -> None:
-    r = rig(mode="shadow")
+@pytest.mark.parametrize(
+    ("policy", "would_form"), [(Config.policy, 2), (Policy.WINDOW, 1)], ids=["default", "window"]
+)
+async def test_shadow_mode_passes_through_and_counts_what_the_configured_policy_would_form(
+    policy: Policy, would_form: int
+) -> None:
+    # Two stops at once: the shipped policy would send the first alone and the second behind
+    # it, `window` both in one call after its window. Shadow mode counts what the proxy's own
+    # policy would do (it once counted every policy as `window`).
+    r = rig(mode="shadow", policy=policy)
     body = {"runs_names": ["a"], "abort": False}
     assert await asyncio.gather(handle(r, body), handle(r, body)) == [299, 299]
     await r.intake.aclose(timeout=1)
@@ -337,4 +349,4 @@ async def test_shadow_mode_passes_through_and_observes_without_batching() -> Non
     observed = r.metrics.registry.get_sample_value(
         "proxy_shadow_batches_total", {"endpoint": "runs/stop"}
     )
-    assert observed == 1
+    assert observed == would_form
