@@ -108,13 +108,17 @@ class Batcher(Generic[K, T, R, C]):
         """Keys with a batch waiting or a flight in the air (a gauge)."""
         return len(self._keys)
 
-    async def submit(self, key: K, member: T, context: Callable[[], C]) -> R:
+    async def submit(
+        self, key: K, member: T, context: Callable[[], C], *, follow_up: bool = False
+    ) -> R:
         """Add `member` to `key`'s batch and wait for its result (or raise its error). If this
         member opens a batch, `context()` is what travels with it (for the flush; never
-        compared): called then only, so a member that joins a batch builds none."""
+        compared): called then only, so a member that joins a batch builds none. A
+        `follow_up` is the next request of a caller of `key` just answered (`quiet`: see
+        FlushPolicy)."""
         if self._closed:
             raise BatcherClosed("batcher is closed")
-        future = self._enqueue(key, member, context)
+        future = self._enqueue(key, member, context, follow_up)
         del context  # not kept for as long as the member waits: thousands may be waiting
         self._pending += 1
         try:
@@ -174,7 +178,7 @@ class Batcher(Generic[K, T, R, C]):
             self._forget_key(key, state)
 
     def _enqueue(
-        self, key: K, member: T, context: Callable[[], C]
+        self, key: K, member: T, context: Callable[[], C], follow_up: bool = False
     ) -> asyncio.Future[R | BaseException]:
         now = self._clock.now()
         state = self._keys.get(key)
@@ -184,7 +188,7 @@ class Batcher(Generic[K, T, R, C]):
             self._policy.had_company(key, now)
         batch = state.waiting[-1] if state.waiting else None
         if batch is None or (len(batch.futures) >= self._max_size and member not in batch.futures):
-            batch = self._open(key, state, context(), now)
+            batch = self._open(key, state, context(), now, follow_up)
         future = batch.add(member, now, self._names(member))
         if len(batch.futures) >= self._max_size and batch.due is None:
             batch.due = FlushReason.FULL
@@ -192,12 +196,12 @@ class Batcher(Generic[K, T, R, C]):
         return future
 
     def _open(
-        self, key: K, state: KeyQueue[K, T, R, C], context: C, now: float
+        self, key: K, state: KeyQueue[K, T, R, C], context: C, now: float, follow_up: bool
     ) -> WaitingBatch[K, T, R, C]:
         batch: WaitingBatch[K, T, R, C] = WaitingBatch(key, context, now, now)
         state.waiting.append(batch)
         if self._policy.beside and (state.flights or self._policy.waits_window(key, now)):
-            self._gather(batch, state, now)
+            self._gather(batch, state, now, follow_up)
         elif self._policy.waits_window(key, now):
             self._start_window(batch)
         else:
@@ -207,18 +211,21 @@ class Batcher(Generic[K, T, R, C]):
         return batch
 
     def _gather(
-        self, batch: WaitingBatch[K, T, R, C], state: KeyQueue[K, T, R, C], now: float
+        self,
+        batch: WaitingBatch[K, T, R, C],
+        state: KeyQueue[K, T, R, C],
+        now: float,
+        follow_up: bool,
     ) -> None:
-        """`quiet`: the batch gathers until its arrivals pause. If it opened just after a flight
-        of its key landed (a follow-up), it also waits for the key's other flights to land."""
+        """`quiet`: the batch gathers until its arrivals pause. If a follow-up opened it, it
+        also waits for the key's flights in the air to land."""
         batch.deadline = now + self._window
         batch.quiet_from = now
-        landed = state.landed
-        if landed is not None and now - landed <= self._window and state.flights:
-            # A caller just answered tends to send its next request at once (an HTTP/1.1
-            # browser), and so will the callers of the key's other flights, which started with
-            # it but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or five, and
-            # more on a busy machine): it waits for them, so that the next round is one call.
+        if follow_up and state.flights:
+            # The callers of the key's other flights, which started with the one that answered
+            # this caller but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or
+            # five, more on a busy machine), will send their next requests too when they land:
+            # waiting for them makes the next round one call.
             batch.holding = list(state.flights)
             call = self._policy.expected_call(self._family(batch.key)) or 0.0
             hold = max(HOLD_WINDOWS * self._window, call / 2)
@@ -337,7 +344,6 @@ class Batcher(Generic[K, T, R, C]):
         """A flight of the key is over: the batches behind it may leave."""
         state.flights.remove(flight)
         now = self._clock.now()
-        state.landed = now
         self._policy.flown(self._family(key), now - flight.started)
         if self._policy.beside:
             for batch in state.waiting:

@@ -296,9 +296,9 @@ def _check(
 
 def call_bound(scenario: Scenario, answers: list[tuple[int, bytes]]) -> int:
     """The most upstream calls the proxy may make for the burst, summed over its keys, given
-    each caller's own answer. A key's burst may split in three (its first request goes alone,
-    as it came, and the rest in a batch beside it, or two if a busy machine paused the burst
-    for longer than the quiet gap); a batch whose members all succeed costs one
+    each caller's own answer. A key's first request may go alone, as it came, and the rest in
+    a batch beside it; a busy machine that pauses the burst for longer than the quiet gap may
+    send one straggler in a call of its own; a batch whose members all succeed costs one
     call, one whose members all get the same refusal at most 3, and one with f failing members
     of n at most 1 + f·2·ceil(log2 n), capped at 1 + n + 2·ceil(log2 n)."""
     by_key: dict[tuple[str, bool], list[tuple[int, bytes]]] = {}
@@ -314,5 +314,5 @@ def call_bound(scenario: Scenario, answers: list[tuple[int, bytes]]) -> int:
             batch = 3
         else:
             batch = min(1 + failing * 2 * depth, 1 + n + 2 * depth)
-        total += 1 + 2 * batch
+        total += 2 + batch
     return total

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -22,7 +23,7 @@ from proxy.config import Config
 from proxy.endpoints import DEFAULT_ENDPOINTS, ParsedBody
 from proxy.errors import UpstreamTimeout
 from proxy.fit import BypassReason, precheck
-from proxy.intake import Intake, render
+from proxy.intake import FollowUps, Intake, render
 from proxy.limits import Limits
 from proxy.metrics import Metrics
 from proxy.policy import Policy
@@ -350,3 +351,16 @@ async def test_shadow_mode_passes_through_and_counts_what_the_configured_policy_
         "proxy_shadow_batches_total", {"endpoint": "runs/stop"}
     )
     assert observed == would_form
+
+
+def test_a_follow_up_is_the_next_request_on_the_connection_that_got_the_keys_answer() -> None:
+    follow_ups = FollowUps()
+    browser, other = SimpleNamespace(protocol=object()), SimpleNamespace(protocol=object())
+    key, another = "stop main admin", "delete main admin"
+    follow_ups.answered(browser, key, 10.0)  # type: ignore[arg-type]
+    assert follow_ups.follows(browser, key, 10.2)  # type: ignore[arg-type]
+    assert not follow_ups.follows(other, key, 10.2)  # type: ignore[arg-type]  # a new caller
+    assert not follow_ups.follows(browser, another, 10.2)  # type: ignore[arg-type]
+    assert not follow_ups.follows(browser, key, 11.5)  # type: ignore[arg-type]  # long after
+    follow_ups.answered(other, key, 12.0)  # type: ignore[arg-type]
+    assert len(follow_ups._answered) == 1  # the browser's entry was forgotten

@@ -36,11 +36,18 @@ class Upstream:
     def calls(self) -> int:
         return len(self.batches) + len(self.alone)
 
-    async def ask(self, batcher: Batcher[str, str, str, None], key: str, member: str) -> str:
-        """What intake.py does: lead the key if it may (one call of its own), else submit."""
+    async def ask(
+        self,
+        batcher: Batcher[str, str, str, None],
+        key: str,
+        member: str,
+        follow_up: bool = False,
+    ) -> str:
+        """What intake.py does: lead the key if it may (one call of its own), else submit; a
+        `follow_up` is a caller's next request on the connection that got its last answer."""
         land = batcher.lead(key, member)
         if land is None:
-            return await batcher.submit(key, member, lambda: None)
+            return await batcher.submit(key, member, lambda: None, follow_up=follow_up)
         self.alone.append(member)
         try:
             done = asyncio.get_running_loop().create_future()
@@ -102,11 +109,15 @@ async def six_connections(
 ) -> Upstream:
     clock, upstream, batcher = make(policy, call, per_name)
     names = iter(f"r{i}" for i in range(stops))
-    ask = upstream.ask if lead else lambda b, k, m: b.submit(k, m, lambda: None)
 
     async def connection() -> None:
+        follow_up = False
         for name in names:  # the next request only once this one's answer is in
-            assert await ask(batcher, "k", name) == "ok"
+            if lead:
+                assert await upstream.ask(batcher, "k", name, follow_up) == "ok"
+            else:
+                assert await batcher.submit("k", name, lambda: None, follow_up=follow_up) == "ok"
+            follow_up = True
 
     conns = [asyncio.ensure_future(connection()) for _ in range(6)]
     await settle()
@@ -300,19 +311,19 @@ async def test_quiet_a_burst_never_waits_for_an_unrelated_flight_to_land(arrive:
 
 
 async def test_quiet_a_followup_waits_for_its_flights_siblings_then_takes_their_followups() -> None:
-    # What keeps an HTTP/1.1 browser's rounds in one call each: a request that arrives just
-    # after a flight landed (the next request of a caller it answered) waits for the flights
-    # that started with it (the rest of its burst), which land a little later; their callers
-    # then send their next requests at once, and they join it.
+    # What keeps an HTTP/1.1 browser's rounds in one call each: the next request of a caller
+    # just answered, on the same connection (a follow-up), waits for the key's other flights
+    # (the rest of its burst), which land a little later; their callers then send their next
+    # requests at once, and they join it. A request that is no follow-up waits for nothing.
     clock, upstream, batcher = make(Policy.QUIET, SLOW)
     start = clock.now()
     first = [asyncio.ensure_future(upstream.ask(batcher, "k", f"a{i}")) for i in range(3)]
     await settle()  # a0 leads; a1, a2 fly beside it a quiet gap later
     await run_until(clock, first[0].done)
-    follow = asyncio.ensure_future(upstream.ask(batcher, "k", "b0"))  # a0's next request
+    follow = asyncio.ensure_future(upstream.ask(batcher, "k", "b0", True))  # a0's next request
     await settle()
     await run_until(clock, lambda: all(c.done() for c in first))
-    rest = [asyncio.ensure_future(upstream.ask(batcher, "k", f"b{i}")) for i in (1, 2)]
+    rest = [asyncio.ensure_future(upstream.ask(batcher, "k", f"b{i}", True)) for i in (1, 2)]
     await settle()
     await run_until(clock, lambda: follow.done() and all(c.done() for c in rest))
     assert [b.members for b in upstream.batches] == [["a1", "a2"], ["b0", "b1", "b2"]]
@@ -322,6 +333,19 @@ async def test_quiet_a_followup_waits_for_its_flights_siblings_then_takes_their_
     landed = upstream.batches[0].closed_at + SLOW
     assert held.reason == FlushReason.QUIET
     assert landed < held.closed_at <= landed + STEP + QUIET + 1e-9
+
+
+async def test_quiet_a_request_that_is_no_follow_up_waits_for_no_landing() -> None:
+    clock, upstream, batcher = make(Policy.QUIET, SLOW, per_name=0.02)  # [a1, a2]: 0.27 s
+    first = [asyncio.ensure_future(upstream.ask(batcher, "k", f"a{i}")) for i in range(3)]
+    await settle()
+    await run_until(clock, first[0].done)
+    other = asyncio.ensure_future(upstream.ask(batcher, "k", "x"))  # someone else's click
+    await settle()
+    await run_until(clock, lambda: len(upstream.batches) == 2)
+    assert upstream.batches[1].members == ["x"]
+    assert not first[1].done()  # it left while [a1, a2] was still in the air
+    await run_until(clock, lambda: other.done() and all(c.done() for c in first))
 
 
 @pytest.mark.parametrize("per_name", [0.004, 0.012], ids=["5 names +16 ms", "+48 ms"])
