@@ -196,3 +196,39 @@ def test_legacy_ui_stops_and_deletes_20_runs(
         assert len(actions) == 2 * RUNS
         assert {x.protocol for x in actions} == {"HTTP/2.0"}
         assert len({x.connection for x in actions}) == 1  # one browser connection for all
+
+
+def test_the_checks_see_the_ui_s_error_flash(
+    dstack_server: DstackServer, chromium: str, playwright: Playwright, tmp_path: Path
+) -> None:
+    """The error checks above can fail: a stop that fails (here the browser itself answers it
+    with dstack's 400 shape, as dstack never fails a stop of a pending run) shows the UI's red
+    flash, and the watch and the failed-call record both see it."""
+    server, project, names = dstack_server, "ui-error-flash", ["flash-0"]
+    create_project(server, project)
+    create_active_runs(server, project, names)
+    artifacts = ARTIFACTS / "error-flash"
+    shutil.rmtree(artifacts, ignore_errors=True)
+    artifacts.mkdir(parents=True)
+    refused = orjson.dumps({"detail": [{"msg": "refused for the test", "code": "error"}]})
+    try:
+        with open_page(playwright, chromium, tmp_path / "profile") as page:
+            page.route(
+                "**/runs/stop",
+                lambda route: route.fulfill(
+                    status=400, body=refused, content_type="application/json"
+                ),
+            )
+            ui = LegacyRunsUI(page, server.url, artifacts)
+            ui.log_in(server.admin_token)
+            ui.open_runs(project, names)
+            ui.select(names)
+            stop = ui.click("Stop", "runs/stop", 1)
+            page.wait_for_selector('[class*="awsui_flash-type-error"]')
+            ui.screenshot("error-flash")
+            errors, failures = ui.shown_errors(), ui.api_failures
+    finally:
+        stop_runs_until_finished(server, project, names)
+    assert stop.statuses == [400]
+    assert len(errors) == 1 and errors[0].startswith("Server error"), errors
+    assert (400, f"/api/project/{project}/runs/stop") in failures
