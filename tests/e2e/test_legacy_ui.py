@@ -93,6 +93,15 @@ def front(dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory)
         yield Front(nginx.url, nginx)
 
 
+def _calls(server: DstackServer, mark: int, path: str) -> str:
+    """dstack's own log lines of the calls to `path` since `mark` (when each ended, how long)."""
+    return "".join(
+        line + "\n"
+        for line in server.read_log(mark).splitlines()
+        if " Processed request POST " in line and f"{path} in " in line
+    )
+
+
 @pytest.mark.parametrize("way", ["direct", "proxy", "front"])
 def test_legacy_ui_stops_and_deletes_20_runs(
     way: str,
@@ -136,6 +145,7 @@ def test_legacy_ui_stops_and_deletes_20_runs(
             )
             ui.screenshot("stopped")
             stop_calls = server.count_requests(f"/api/project/{project}/runs/stop", since=mark)
+            calls_log = _calls(server, mark, "/runs/stop")
 
             ui.select(names)
             ui.screenshot("selected-for-delete")
@@ -147,6 +157,7 @@ def test_legacy_ui_stops_and_deletes_20_runs(
             )
             ui.screenshot("deleted")
             delete_calls = server.count_requests(f"/api/project/{project}/runs/delete", since=mark)
+            calls_log += _calls(server, mark, "/runs/delete")
             errors, page_errors, failures = ui.shown_errors(), ui.page_errors, ui.api_failures
             answers = [[(r.status, r.body()) for _, r in a.responses] for a in (stop, delete)]
             protocols = {
@@ -168,6 +179,7 @@ def test_legacy_ui_stops_and_deletes_20_runs(
         "screenshots": [str(p.relative_to(ROOT)) for p in ui.shots],
     }
     (artifacts / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    (artifacts / "dstack-calls.log").write_text(calls_log)
     print(f"legacy UI, {way}: {json.dumps(timings)}")
 
     # The UI sent one request per run, each answered 200 with dstack's empty answer.
