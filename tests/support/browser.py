@@ -133,6 +133,7 @@ class Action:
     responses: list[tuple[float, Response]] = field(default_factory=list)
     answered: float | None = None  # seconds from the click to the last answer
     shown: float | None = None  # seconds from the click to the table showing the final state
+    paused: float = 0.0  # seconds the test spent on screenshots meanwhile, left out of `shown`
 
     @property
     def bodies(self) -> list[str]:
@@ -166,7 +167,10 @@ class LegacyRunsUI:
 
     def screenshot(self, step: str) -> Path:
         path = self.artifacts / f"{len(self.shots) + 1:02d}-{step}.png"
+        start = time.monotonic()
         self.page.screenshot(path=str(path), full_page=True)
+        if self._action is not None and self._action.shown is None:
+            self._action.paused += time.monotonic() - start
         self.shots.append(path)
         return path
 
@@ -204,7 +208,8 @@ class LegacyRunsUI:
     def click(self, button: str, endpoint: str, calls: int, timeout: float = 60.0) -> Action:
         """Click `button` and wait for the answers to the `calls` requests to `endpoint` it
         sends; the answers' times are those of Playwright's response events, polled every
-        10 ms."""
+        10 ms. Later requests to `endpoint` are still recorded, until the next click: a stray
+        one shows in `responses`."""
         action = Action(endpoint, time.monotonic())
         self._action = action
         self.page.get_by_role("button", name=button, exact=True).click()
@@ -213,8 +218,6 @@ class LegacyRunsUI:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(action.responses)} of {calls} {endpoint} answered")
             self.page.wait_for_timeout(10)
-        self.page.wait_for_timeout(300)  # a stray extra request would show up here
-        self._action = None
         action.answered = max(t for t, _ in action.responses) - action.clicked
         return action
 
@@ -234,7 +237,7 @@ class LegacyRunsUI:
             )
             rows = self.rows()
             if done(rows):
-                action.shown = time.monotonic() - action.clicked
+                action.shown = time.monotonic() - action.clicked - action.paused
                 return rows
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}; the table shows {rows}")
