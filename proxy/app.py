@@ -200,6 +200,7 @@ def _entry(metrics: Metrics, state: State) -> Handler:
     with what it needs at hand, and kept cheap: it runs for every request
     (docs/measurements.md)."""
     count = metrics.requests.inc
+    answered = state.follow_ups.answered
 
     async def entry(request: web.Request) -> web.StreamResponse:
         token = REQUEST.set((new_request_serial(), request.method, request.raw_path))
@@ -224,6 +225,7 @@ def _entry(metrics: Metrics, state: State) -> Handler:
             return response
         finally:
             state.leave(task)
+            answered(request)
             REQUEST.reset(token)
 
     return entry

@@ -217,16 +217,18 @@ class Batcher(Generic[K, T, R, C]):
         now: float,
         follow_up: bool,
     ) -> None:
-        """`quiet`: the batch gathers until its arrivals pause. If a follow-up opened it, it
-        also waits for the key's flights in the air to land."""
+        """`quiet`: the batch gathers until its arrivals pause. If a follow-up opened it after
+        a flight of its key landed, it also waits for the flights that were in the air with
+        that one (started before it landed)."""
         batch.deadline = now + self._window
         batch.quiet_from = now
-        if follow_up and state.flights:
+        landed = state.landed
+        if follow_up and landed is not None and any(f.started < landed for f in state.flights):
             # The callers of the key's other flights, which started with the one that answered
             # this caller but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or
             # five, more on a busy machine), will send their next requests too when they land:
             # waiting for them makes the next round one call.
-            batch.holding = list(state.flights)
+            batch.holding = [f for f in state.flights if f.started < landed]
             call = self._policy.expected_call(self._family(batch.key)) or 0.0
             hold = max(HOLD_WINDOWS * self._window, call / 2)
             batch.deadline = now + hold + self._policy.quiet_gap
@@ -344,6 +346,7 @@ class Batcher(Generic[K, T, R, C]):
         """A flight of the key is over: the batches behind it may leave."""
         state.flights.remove(flight)
         now = self._clock.now()
+        state.landed = now
         self._policy.flown(self._family(key), now - flight.started)
         if self._policy.beside:
             for batch in state.waiting:

@@ -29,7 +29,6 @@ from .fit import BypassReason, precheck, read_capped
 from .headers import client_response_headers
 from .limits import Limits
 from .metrics import Metrics
-from .policy import BURST_MEMORY
 from .shadow import Shadow
 from .state import State
 from .upstream import request_target
@@ -49,30 +48,6 @@ class Passthrough(Protocol):
     def __call__(
         self, request: web.Request, *, prefix: bytes = ...
     ) -> Awaitable[web.StreamResponse]: ...
-
-
-class FollowUps:
-    """Which requests are the next request of a caller just answered: an HTTP/1.1 client (a
-    browser with its six connections) sends it on the connection that carried the answer. A
-    request on a connection whose previous request, on the same key, was answered less than
-    BURST_MEMORY ago is one (`Batcher.submit(follow_up=True)`)."""
-
-    def __init__(self) -> None:
-        # connection -> (key, when answered), oldest first: memory follows live connections.
-        self._answered: dict[int, tuple[BatchKey, float]] = {}
-
-    def follows(self, request: web.Request, key: BatchKey, now: float) -> bool:
-        last = self._answered.get(id(request.protocol))
-        return last is not None and last[0] == key and now - last[1] < BURST_MEMORY
-
-    def answered(self, request: web.Request, key: BatchKey, now: float) -> None:
-        connection = id(request.protocol)
-        self._answered.pop(connection, None)
-        self._answered[connection] = (key, now)
-        for oldest, (_, at) in list(self._answered.items()):
-            if at >= now - BURST_MEMORY:
-                break
-            del self._answered[oldest]
 
 
 class Intake:
@@ -107,7 +82,7 @@ class Intake:
         self._secret = secrets.token_bytes(32)  # per process: fingerprints never leave memory
         self._serials = itertools.count(1)  # distinct members where repeats are not harmless
         self._shadow = Shadow(config, limits, metrics) if config.mode == "shadow" else None
-        self._follow_ups = FollowUps()
+
         metrics.pending.set_function(lambda: self.pending)
 
     @property
@@ -146,8 +121,7 @@ class Intake:
         # them, it goes through the bounded pass-through path like every other request.
         if refused := self._limits.admit(key, len(body)):
             return await self._bypass(request, BypassReason(refused), body)
-        loop = asyncio.get_running_loop()
-        follow_up = self._follow_ups.follows(request, key, loop.time())
+        follow_up = self._state.follow_ups.follows(request)
         try:
             if self._send_alone is not None and (land := self._batcher.lead(key, member)):
                 self._alone.inc()
@@ -158,7 +132,6 @@ class Intake:
             return await self._batch(request, key, member, spec, body, follow_up)
         finally:
             self._limits.release(key, len(body))
-            self._follow_ups.answered(request, key, loop.time())
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Flush every open batch now and wait for the flights (SIGTERM); callers still

@@ -44,13 +44,13 @@ class FlushPolicy(Generic[K]):
       for the quiet gap (`quiet`, 5 ms), or when its window from the first member is over;
     - a batch flies beside the key's flights that share none of its names (one flight per
       name): a burst never waits for a flight of its own start, such as its leader;
-    - except a batch opened by a follow-up (the next request on the connection that got the
-      key's last answer: intake.FollowUps): it waits for the key's other flights in the air to
-      land (two windows or half the moving average of the key's calls, whichever is longer,
-      at most), then a quiet gap more. An HTTP/1.1 browser sends its next request at once on
-      the connection that got an answer, and so do the callers of the rest of its burst when
-      their flights land: so the next round is one call. The wait costs the round nothing,
-      since it ends with the burst's last flight anyway.
+    - except a batch opened by a follow-up (a request on a connection answered a moment ago:
+      state.FollowUps) after a flight of the key landed: it waits for the flights that were in
+      the air with that one (two windows or half the moving average of the key's calls,
+      whichever is longer, at most), then a quiet gap more. A browser sends a queued request
+      on a connection the moment its answer is in, and so do the callers of the rest of its
+      burst when their flights land: so the next round is one call. The wait costs the round
+      nothing, since it ends with the burst's last flight anyway.
     """
 
     def __init__(self, policy: Policy, *, window: float = 0.0, quiet: float = 0.0) -> None:

@@ -5,13 +5,43 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Final
 
 from aiohttp import web
+
+FOLLOW_UP_WITHIN: Final = 0.25  # seconds after an answer on a connection (a busy machine's)
+
+
+class FollowUps:
+    """Which requests a client had queued: a browser keeps at most six HTTP/1.1 connections to
+    a host and sends its next request on one the moment its answer is in. A request on a
+    connection that carried an answer less than FOLLOW_UP_WITHIN ago is one (a follow-up:
+    `Batcher.submit(follow_up=True)`, docs/design.md, Flush policy)."""
+
+    def __init__(self) -> None:
+        # connection -> when its last answer was done, oldest first: memory follows live ones.
+        self._answered: dict[int, float] = {}
+
+    def follows(self, request: web.Request) -> bool:
+        last = self._answered.get(id(request.protocol))
+        return last is not None and asyncio.get_running_loop().time() - last < FOLLOW_UP_WITHIN
+
+    def answered(self, request: web.Request) -> None:
+        now = asyncio.get_running_loop().time()
+        connection = id(request.protocol)
+        self._answered.pop(connection, None)
+        self._answered[connection] = now
+        for oldest, at in self._answered.items():
+            if at >= now - FOLLOW_UP_WITHIN:
+                break
+            del self._answered[oldest]
+            break  # one at a time: amortised, and the dict is not iterated while changed
 
 
 @dataclass(eq=False, slots=True)
 class State:
     draining: bool = False  # readiness fails, new batchable requests pass through
+    follow_ups: FollowUps = field(default_factory=FollowUps)
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     _requests: set[asyncio.Task[object]] = field(default_factory=set)  # handler tasks
     _expired: set[asyncio.Task[object]] = field(default_factory=set)

@@ -106,6 +106,7 @@ class WaitingBatch(Generic[K, T, R, C]):
 class KeyQueue(Generic[K, T, R, C]):
     waiting: deque[WaitingBatch[K, T, R, C]] = field(default_factory=deque)  # arrival order
     flights: list[InAir] = field(default_factory=list)  # in the air, oldest first
+    landed: float | None = None  # when a flight of the key last landed
 
     def clashes(self, names: set[Hashable] | frozenset[Hashable]) -> bool:
         """Whether a flight in the air carries one of `names`."""

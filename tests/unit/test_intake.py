@@ -23,11 +23,11 @@ from proxy.config import Config
 from proxy.endpoints import DEFAULT_ENDPOINTS, ParsedBody
 from proxy.errors import UpstreamTimeout
 from proxy.fit import BypassReason, precheck
-from proxy.intake import FollowUps, Intake, render
+from proxy.intake import Intake, render
 from proxy.limits import Limits
 from proxy.metrics import Metrics
 from proxy.policy import Policy
-from proxy.state import State
+from proxy.state import FOLLOW_UP_WITHIN, FollowUps, State
 
 SPECS = {spec.name: spec for spec in DEFAULT_ENDPOINTS}
 STOP = "/api/project/main/runs/stop"
@@ -353,14 +353,16 @@ async def test_shadow_mode_passes_through_and_counts_what_the_configured_policy_
     assert observed == would_form
 
 
-def test_a_follow_up_is_the_next_request_on_the_connection_that_got_the_keys_answer() -> None:
+async def test_a_follow_up_is_a_request_on_a_connection_just_answered() -> None:
+    # A browser with more requests than connections sends a queued one on a connection the
+    # moment its answer is in: that request is a follow-up (docs/design.md, Flush policy).
     follow_ups = FollowUps()
     browser, other = SimpleNamespace(protocol=object()), SimpleNamespace(protocol=object())
-    key, another = "stop main admin", "delete main admin"
-    follow_ups.answered(browser, key, 10.0)  # type: ignore[arg-type]
-    assert follow_ups.follows(browser, key, 10.2)  # type: ignore[arg-type]
-    assert not follow_ups.follows(other, key, 10.2)  # type: ignore[arg-type]  # a new caller
-    assert not follow_ups.follows(browser, another, 10.2)  # type: ignore[arg-type]
-    assert not follow_ups.follows(browser, key, 11.5)  # type: ignore[arg-type]  # long after
-    follow_ups.answered(other, key, 12.0)  # type: ignore[arg-type]
-    assert len(follow_ups._answered) == 1  # the browser's entry was forgotten
+    assert not follow_ups.follows(browser)  # type: ignore[arg-type]  # its first request
+    follow_ups.answered(browser)  # type: ignore[arg-type]
+    assert follow_ups.follows(browser)  # type: ignore[arg-type]
+    assert not follow_ups.follows(other)  # type: ignore[arg-type]  # a connection of its own
+    await asyncio.sleep(FOLLOW_UP_WITHIN)
+    assert not follow_ups.follows(browser)  # type: ignore[arg-type]  # a new click, later on
+    follow_ups.answered(other)  # type: ignore[arg-type]
+    assert list(follow_ups._answered) == [id(other.protocol)]  # the stale entry is forgotten

@@ -384,3 +384,17 @@ async def learn_call_time(
     await run_until(clock, warm.done)
     upstream.alone.clear()
     clock.advance(BURST_MEMORY)
+
+
+async def test_quiet_a_follow_up_before_any_landing_does_not_wait_for_the_leader() -> None:
+    # Behind a front, a burst comes over kept-alive connections that carried other answers a
+    # moment ago: its requests look like follow-ups, but nothing of the key has landed yet, so
+    # they belong with the leader's burst and fly beside it.
+    clock, upstream, batcher = make(Policy.QUIET, SLOW)
+    lone = asyncio.ensure_future(upstream.ask(batcher, "k", "a0"))
+    await settle()
+    rest = [asyncio.ensure_future(upstream.ask(batcher, "k", f"a{i}", True)) for i in (1, 2)]
+    await settle()
+    await run_until(clock, lambda: len(upstream.batches) == 1)
+    assert upstream.batches[0].closed_at == pytest.approx(QUIET)
+    await run_until(clock, lambda: lone.done() and all(c.done() for c in rest))
