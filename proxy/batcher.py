@@ -36,6 +36,7 @@ C = TypeVar("C")
 
 
 HOLD_WINDOWS = 2  # `quiet`: a follow-up waits this many windows at least for its siblings
+FOLLOW_UP_MARGIN = 1.5  # and then this many times its clients' follow-up delay
 _TIMER_SLACK = 1e-4  # a loop's timer may fire this much early (its clock's resolution)
 
 
@@ -109,13 +110,13 @@ class Batcher(Generic[K, T, R, C]):
         return len(self._keys)
 
     async def submit(
-        self, key: K, member: T, context: Callable[[], C], *, follow_up: bool = False
+        self, key: K, member: T, context: Callable[[], C], *, follow_up: float | None = None
     ) -> R:
         """Add `member` to `key`'s batch and wait for its result (or raise its error). If this
         member opens a batch, `context()` is what travels with it (for the flush; never
         compared): called then only, so a member that joins a batch builds none. A
-        `follow_up` is the next request of a caller of `key` just answered (`quiet`: see
-        FlushPolicy)."""
+        `follow_up` is a request its client had queued, with how long such clients take to
+        send one after an answer (`quiet`: see FlushPolicy)."""
         if self._closed:
             raise BatcherClosed("batcher is closed")
         future = self._enqueue(key, member, context, follow_up)
@@ -178,7 +179,7 @@ class Batcher(Generic[K, T, R, C]):
             self._forget_key(key, state)
 
     def _enqueue(
-        self, key: K, member: T, context: Callable[[], C], follow_up: bool = False
+        self, key: K, member: T, context: Callable[[], C], follow_up: float | None = None
     ) -> asyncio.Future[R | BaseException]:
         now = self._clock.now()
         state = self._keys.get(key)
@@ -196,7 +197,12 @@ class Batcher(Generic[K, T, R, C]):
         return future
 
     def _open(
-        self, key: K, state: KeyQueue[K, T, R, C], context: C, now: float, follow_up: bool
+        self,
+        key: K,
+        state: KeyQueue[K, T, R, C],
+        context: C,
+        now: float,
+        follow_up: float | None,
     ) -> WaitingBatch[K, T, R, C]:
         batch: WaitingBatch[K, T, R, C] = WaitingBatch(key, context, now, now)
         state.waiting.append(batch)
@@ -215,23 +221,25 @@ class Batcher(Generic[K, T, R, C]):
         batch: WaitingBatch[K, T, R, C],
         state: KeyQueue[K, T, R, C],
         now: float,
-        follow_up: bool,
+        follow_up: float | None,
     ) -> None:
         """`quiet`: the batch gathers until its arrivals pause. If a follow-up opened it after
         a flight of its key landed, it also waits for the flights that were in the air with
         that one (started before it landed)."""
         batch.deadline = now + self._window
         batch.quiet_from = now
-        landed = state.landed
-        if follow_up and landed is not None and any(f.started < landed for f in state.flights):
+        landed = self._policy.landed_at(batch.key, now)
+        if follow_up is not None and landed is not None:
             # The callers of the key's other flights, which started with the one that answered
             # this caller but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or
-            # five, more on a busy machine), will send their next requests too when they land:
-            # waiting for them makes the next round one call.
+            # five, more on a busy machine), send their next requests too when they land: it
+            # waits for those flights, then as long as such clients take to send one.
             batch.holding = [f for f in state.flights if f.started < landed]
+            batch.quiet_from = landed
+            batch.linger = min(FOLLOW_UP_MARGIN * follow_up, HOLD_WINDOWS * self._window)
             call = self._policy.expected_call(self._family(batch.key)) or 0.0
-            hold = max(HOLD_WINDOWS * self._window, call / 2)
-            batch.deadline = now + hold + self._policy.quiet_gap
+            hold = max(HOLD_WINDOWS * self._window, call / 2) if batch.holding else 0.0
+            batch.deadline = now + hold + max(batch.linger, self._policy.quiet_gap)
         self._arm(batch, now)
 
     def _quiet_due(self, batch: WaitingBatch[K, T, R, C]) -> float:
@@ -240,7 +248,7 @@ class Batcher(Generic[K, T, R, C]):
         if batch.holding:
             return batch.deadline
         gap = self._policy.quiet_gap
-        return min(batch.deadline, max(batch.last_at, batch.quiet_from) + gap)
+        return min(batch.deadline, max(batch.last_at + gap, batch.quiet_from + batch.linger))
 
     def _arm(self, batch: WaitingBatch[K, T, R, C], now: float) -> None:
         if batch.window is not None:
@@ -346,8 +354,8 @@ class Batcher(Generic[K, T, R, C]):
         """A flight of the key is over: the batches behind it may leave."""
         state.flights.remove(flight)
         now = self._clock.now()
-        state.landed = now
         self._policy.flown(self._family(key), now - flight.started)
+        self._policy.landed(key, now)
         if self._policy.beside:
             for batch in state.waiting:
                 if flight in batch.holding:

@@ -150,7 +150,7 @@ class Intake:
         member: Member,
         spec: EndpointSpec,
         body: bytes,
-        follow_up: bool,
+        follow_up: float | None,
     ) -> web.StreamResponse:
         try:
             # The target is built only if this request opens a batch: joiners would hold one each.

@@ -61,6 +61,7 @@ class FlushPolicy(Generic[K]):
         # so forgetting is a walk from the front: memory follows live bursts only.
         self._company: dict[K, float] = {}
         self._call_time: dict[Hashable, float] = {}  # per family: a moving average of flights
+        self._landed: dict[K, float] = {}  # `quiet`: each key's last landing, oldest first
 
     @property
     def beside(self) -> bool:
@@ -98,6 +99,22 @@ class FlushPolicy(Generic[K]):
         self._call_time[family] = (
             seconds if old is None else old + CALL_TIME_WEIGHT * (seconds - old)
         )
+
+    def landed(self, key: K, now: float) -> None:
+        """A flight of `key` landed (`quiet` remembers it for BURST_MEMORY)."""
+        if self.policy == Policy.QUIET:
+            self._landed.pop(key, None)
+            self._landed[key] = now
+            for oldest, at in self._landed.items():
+                if at >= now - BURST_MEMORY:
+                    break
+                del self._landed[oldest]
+                break  # one at a time, amortised
+
+    def landed_at(self, key: K, now: float) -> float | None:
+        """When a flight of `key` last landed, if within BURST_MEMORY."""
+        at = self._landed.get(key)
+        return at if at is not None and at >= now - BURST_MEMORY else None
 
     def _bursty(self, key: K, now: float) -> bool:
         while self._company:

@@ -21,10 +21,20 @@ class FollowUps:
     def __init__(self) -> None:
         # connection -> when its last answer was done, oldest first: memory follows live ones.
         self._answered: dict[int, float] = {}
+        self.delay: float | None = None  # a moving average of follow-ups' delays
 
-    def follows(self, request: web.Request) -> bool:
+    def follows(self, request: web.Request) -> float | None:
+        """None, or how long clients take to send a follow-up, on average, this one included
+        (a browser on a busy machine took 25-30 ms; aiohttp about 1 ms)."""
         last = self._answered.get(id(request.protocol))
-        return last is not None and asyncio.get_running_loop().time() - last < FOLLOW_UP_WITHIN
+        if last is None:
+            return None
+        delay = asyncio.get_running_loop().time() - last
+        if delay >= FOLLOW_UP_WITHIN:
+            return None
+        old = self.delay
+        self.delay = delay if old is None else old + 0.3 * (delay - old)
+        return self.delay
 
     def answered(self, request: web.Request) -> None:
         now = asyncio.get_running_loop().time()

@@ -79,6 +79,7 @@ class WaitingBatch(Generic[K, T, R, C]):
     holding: list[InAir] = field(default_factory=list)  # flights it waits to see land
     quiet_from: float = 0.0  # when the last of those landed
     deadline: float = 0.0  # `quiet`: it leaves by then, gathered or not
+    linger: float = 0.0  # `quiet`: how long after the landing it waited for it still waits
 
     def add(
         self, member: T, now: float, names: Iterable[Hashable] = ()
@@ -106,7 +107,6 @@ class WaitingBatch(Generic[K, T, R, C]):
 class KeyQueue(Generic[K, T, R, C]):
     waiting: deque[WaitingBatch[K, T, R, C]] = field(default_factory=deque)  # arrival order
     flights: list[InAir] = field(default_factory=list)  # in the air, oldest first
-    landed: float | None = None  # when a flight of the key last landed
 
     def clashes(self, names: set[Hashable] | frozenset[Hashable]) -> bool:
         """Whether a flight in the air carries one of `names`."""
