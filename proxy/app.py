@@ -200,10 +200,11 @@ def _entry(metrics: Metrics, state: State) -> Handler:
     with what it needs at hand, and kept cheap: it runs for every request
     (docs/measurements.md)."""
     count = metrics.requests.inc
-    answered = state.follow_ups.answered
+    arrived, answered = state.follow_ups.arrived, state.follow_ups.answered
 
     async def entry(request: web.Request) -> web.StreamResponse:
         token = REQUEST.set((new_request_serial(), request.method, request.raw_path))
+        arrived(request)
         task = state.enter()
         try:
             try:

@@ -36,7 +36,7 @@ C = TypeVar("C")
 
 
 HOLD_WINDOWS = 2  # `quiet`: a follow-up waits this many windows at least for its siblings
-FOLLOW_UP_MARGIN = 1.5  # and then this many times its clients' follow-up delay
+FOLLOW_UP_MARGIN = 3.0  # and then this many times its clients' recent follow-up delay
 _TIMER_SLACK = 1e-4  # a loop's timer may fire this much early (its clock's resolution)
 
 
@@ -236,9 +236,10 @@ class Batcher(Generic[K, T, R, C]):
             # waits for those flights, then as long as such clients take to send one.
             batch.holding = [f for f in state.flights if f.started < landed]
             batch.quiet_from = landed
-            batch.linger = min(FOLLOW_UP_MARGIN * follow_up, HOLD_WINDOWS * self._window)
             call = self._policy.expected_call(self._family(batch.key)) or 0.0
-            hold = max(HOLD_WINDOWS * self._window, call / 2) if batch.holding else 0.0
+            most = max(HOLD_WINDOWS * self._window, call / 2)  # what it may wait, at most
+            batch.linger = min(FOLLOW_UP_MARGIN * follow_up, most)
+            hold = most if batch.holding else 0.0
             batch.deadline = now + hold + max(batch.linger, self._policy.quiet_gap)
         self._arm(batch, now)
 

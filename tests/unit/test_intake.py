@@ -358,11 +358,14 @@ async def test_a_follow_up_is_a_request_on_a_connection_just_answered() -> None:
     # moment its answer is in: that request is a follow-up (docs/design.md, Flush policy).
     follow_ups = FollowUps()
     browser, other = SimpleNamespace(protocol=object()), SimpleNamespace(protocol=object())
-    assert not follow_ups.follows(browser)  # type: ignore[arg-type]  # its first request
+    assert follow_ups.follows(browser) is None  # type: ignore[arg-type]  # its first request
     follow_ups.answered(browser)  # type: ignore[arg-type]
-    assert follow_ups.follows(browser)  # type: ignore[arg-type]
-    assert not follow_ups.follows(other)  # type: ignore[arg-type]  # a connection of its own
+    await asyncio.sleep(0.01)
+    follow_ups.arrived(browser)  # type: ignore[arg-type]  # learns the client's delay
+    delay = follow_ups.follows(browser)  # type: ignore[arg-type]
+    assert delay is not None and 0.01 <= delay < FOLLOW_UP_WITHIN
+    assert follow_ups.follows(other) is None  # type: ignore[arg-type]  # a connection of its own
     await asyncio.sleep(FOLLOW_UP_WITHIN)
-    assert not follow_ups.follows(browser)  # type: ignore[arg-type]  # a new click, later on
+    assert follow_ups.follows(browser) is None  # type: ignore[arg-type]  # a new click, later
     follow_ups.answered(other)  # type: ignore[arg-type]
     assert list(follow_ups._answered) == [id(other.protocol)]  # the stale entry is forgotten
