@@ -242,9 +242,10 @@ async def test_a_non_members_burst_is_refused_as_a_whole_after_one_probe(
     print(f"upstream calls {calls}, {sent}")  # shown with -s, or when the test fails
 
     assert answers == [alone] * 16
-    assert sent.batched >= 2 and sent.probes == sent.flushes >= 1, sent
-    # Per batch, the call and the probe: 2 (before, 3: the call and its two halves).
-    assert calls == sent.alone + 2 * sent.flushes, (calls, sent)
+    assert sent.batched >= 2 and 1 <= sent.probes <= sent.flushes, sent
+    # Per batch, the call and the probe (before, 3: the call and its two halves); a batch of
+    # one caller is that caller's own request, with no probe.
+    assert calls == sent.alone + sent.flushes + sent.probes, (calls, sent)
 
 
 # 0.18.40 refuses a bad version in a middleware that its request log never sees, so the calls
@@ -272,9 +273,10 @@ async def test_an_incompatible_api_version_costs_a_few_calls_not_one_per_caller(
     print(f"upstream calls {calls}, {sent}")  # shown with -s, or when the test fails
 
     assert answers == [direct] * 16  # dstack's own status and bytes, for every caller
-    assert sent.batched >= 2 and sent.probes == sent.flushes >= 1, sent
-    # Per batch, the call, then the probe naming nothing, which gets the same refusal: 2.
-    assert calls == sent.alone + 2 * sent.flushes, (calls, sent)
+    assert sent.batched >= 2 and 1 <= sent.probes <= sent.flushes, sent
+    # Per batch, the call, then the probe naming nothing, which gets the same refusal (a batch
+    # of one caller is that caller's own request, with no probe).
+    assert calls == sent.alone + sent.flushes + sent.probes, (calls, sent)
 
 
 @pytest.mark.server_versions(CURRENT_VERSION)
