@@ -9,6 +9,12 @@ and one of the whole server, and the refusals about the key (a bad API version, 
 which the same request with an empty list gets too. A call either succeeds whole or changes
 nothing. What each caller must get is what its own request gets when sent alone, one after the
 other in arrival order.
+
+Call bounds, for N distinct callers (issue 7's in brackets, where the probe changed them): all
+succeed, 1; a refusal or a 5xx about the key (the probe gets it too), 2 [3]; one failing
+caller, 2 + 2·ceil(log2 N) [1 + 2·ceil(log2 N)]; any pattern, including the new ones (refusals
+naming nothing, echoing the list, in set order, a 5xx one item causes),
+2 + N + 2·ceil(log2 N) [1 + N + 2·ceil(log2 N)], plus the calls `max_names` forces.
 """
 
 from __future__ import annotations
