@@ -4,7 +4,9 @@ session it uses, kept apart from pass-through traffic."""
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Sequence
+from typing import Final
 
 import aiohttp
 import structlog
@@ -34,6 +36,7 @@ def make_batch_session(config: Config) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
         cookie_jar=aiohttp.DummyCookieJar(),  # never replay one user's cookies to the next
         request_class=SentAsGiven,
+        trace_configs=[_reuse_tracer()],  # tells post_json a stale pooled connection
         trust_env=False,
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.batch_timeout
@@ -41,12 +44,44 @@ def make_batch_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
+_MAX_STALE: Final = 4  # pooled connections the upstream closed, skipped per call at most
+
+
+class _Attempt:
+    """What one try of a call learnt about its connection, from the session's tracer."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False  # a pooled connection, opened for an earlier call
+
+
+async def _on_reuse(
+    _session: aiohttp.ClientSession,
+    context: types.SimpleNamespace,
+    _params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    if isinstance(attempt := context.trace_request_ctx, _Attempt):
+        attempt.reused = True
+
+
+def _reuse_tracer() -> aiohttp.TraceConfig:
+    tracer = aiohttp.TraceConfig()
+    tracer.on_connection_reuseconn.append(_on_reuse)
+    return tracer
+
+
 async def post_json(
     session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str], body: bytes
 ) -> UpstreamReply:
-    """POST `body` and read the whole answer. A connection that could not even be opened is
-    tried once more, since nothing reached the upstream; anything later is not resent."""
-    for attempt in (1, 2):
+    """POST `body` and read the whole answer. It is sent again only where it cannot have
+    reached the upstream: a connection that could not be opened (once more), or a pooled one
+    that the upstream had closed and that failed before any answer began (up to _MAX_STALE
+    times). uvicorn closes a connection right after a 500 whose application raised, so the next
+    call on it would otherwise fail: the probe after an item's 500, say."""
+    connect_failed, stale = False, 0
+    while True:
+        attempt, answered = _Attempt(), False
         try:
             async with session.post(
                 url,
@@ -54,14 +89,20 @@ async def post_json(
                 headers=headers,
                 allow_redirects=False,
                 auto_decompress=True,  # the proxy reads this body itself
+                trace_request_ctx=attempt,
             ) as resp:
+                answered = True
                 return UpstreamReply(resp.status, resp.headers, await resp.read())
         except aiohttp.ClientConnectorError as exc:
-            if attempt == 2:
+            if connect_failed:
                 raise classify(exc) from exc
+            connect_failed = True
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if answered or not attempt.reused or stale == _MAX_STALE:
+                raise classify(exc) from exc
+            stale += 1
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise classify(exc) from exc
-    raise AssertionError("unreachable")
 
 
 class HttpSend:

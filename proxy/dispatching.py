@@ -1,19 +1,27 @@
 """Sending a batch upstream through a `send` seam and working out each caller's own answer.
 
-On success every caller shares the reply. A failure that depends only on the key (bad token, no
-such project, an upstream 5xx or timeout) is shared without resending. Any other failure is
-bisected: the callers are split in halves and each half resent, until every failing request
-stands alone and gets the upstream's answer to exactly its own request. dstack's list endpoints
-change nothing when they fail (docs/dstack-api.md, Failure semantics), so resending is safe.
+On success every caller shares the reply. Any other outcome is shared only when it is shown not
+to depend on the names (docs/dstack-api.md, Refusals of the batchable endpoints):
 
-Each caller is answered the moment its own answer is known. When both halves of a failing call
-get the same refusal (status and body), naming none of the names they share, the refusal is
-about the key, not the names (a refusal about a name names it), and every caller in the call
-gets it: an incompatible X-API-Version, say.
+- a status that on this endpoint only the key's own checks give (`key_wide_statuses`: no
+  token, no such project), or a timeout or a connection failure (never resent);
+- an outcome that the probe confirms: the same request naming nothing (an empty list, a no-op
+  on dstack; `probe` in the endpoint table), sent once per flight on its first failure that
+  needs it. A refusal the probe gets byte for byte (a bad API version, an unknown token, a role
+  too low) is about the key; a 5xx the probe also gets is a failure of the server itself.
 
-Resending is bounded: N callers never cost more than G + N + 2·ceil(log2 N) calls, where G is
-1 plus the calls `max_names` forces; one bad caller costs about 1 + 2·log2 N; a refusal the same
-for everyone costs 3. At most MAX_CONCURRENT_CALLS calls of one batch run at once.
+Anything else is bisected: the callers are split in halves and each half resent, until every
+failing request stands alone and gets the upstream's answer to exactly its own request. That
+covers refusals that name nothing (dstack's bare 403 for one SSH fleet, its lock and
+provisioning messages) and a 5xx only some names cause. A failed call leaves nothing that a
+resend would change on any enabled endpoint (docs/dstack-api.md, Failure semantics).
+
+Each caller is answered the moment its own answer is known.
+
+Resending is bounded: N callers never cost more than G + N + 2·ceil(log2 N) + 1 calls, where
+G is 1 plus the calls `max_names` forces and the last 1 is the probe. All succeed: 1 call; a
+refusal or 5xx about the key: 2 (the call and the probe); one bad caller: about 2 + 2·log2 N.
+At most MAX_CONCURRENT_CALLS calls of one batch run at once.
 """
 
 from __future__ import annotations
@@ -77,7 +85,9 @@ class Flight:
         self._gate = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self._budget = 0  # calls still allowed; kept >= _open, so every caller can be answered
         self._open = 0  # callers whose answer no call under way is sure to give
-        self.calls: Counter[str] = Counter()  # by purpose: batch (a planned call) or split
+        # The probe's outcome, once sent: set in sync code only, so one flight sends one probe.
+        self._probe: asyncio.Future[Outcome] | None = None
+        self.calls: Counter[str] = Counter()  # by purpose: batch (planned), split or probe
         self.splits = 0  # failing calls split in halves
         self.first: Outcome | None = None  # the first call's outcome
 
@@ -87,24 +97,28 @@ class Flight:
         groups = [chunks(r, self._max_names) for r in rounds]
         n = len(members)
         extra = sum(map(len, groups)) - len(groups)  # calls that max_names forces
-        self._budget = 1 + n + 2 * math.ceil(math.log2(max(n, 1))) + extra
+        self._budget = 1 + n + 2 * math.ceil(math.log2(max(n, 1))) + extra + 1  # + the probe
         self._open = n
-        for planned in groups:  # a later round only after every answer of the earlier one
-            if len(planned) == 1:  # the common case, without a task per group
-                await self._group(planned[0])
-            else:
-                await asyncio.gather(*(self._group(g) for g in planned))
+        try:
+            for planned in groups:  # a later round only after every answer of the earlier one
+                if len(planned) == 1:  # the common case, without a task per group
+                    await self._group(planned[0])
+                else:
+                    await asyncio.gather(*(self._group(g) for g in planned))
+        finally:
+            if self._probe is not None and not self._probe.done():
+                self._probe.cancel()  # only if the flight itself was cancelled
 
     async def _group(self, members: Sequence[Member]) -> None:
         if len(members) > 1 and self._budget - 1 < self._open:
             await self._one_by_one(members)  # later rounds when failures were dense
             return
         self._budget -= 1
-        await self._settle(members, await self._call(members, "batch"))
+        await self._settle(members, await self._call(_names_of(members), "batch"))
 
     async def _settle(self, members: Sequence[Member], outcome: Outcome) -> None:
         """Give `members`, who were just called together with `outcome`, their own answers."""
-        if len(members) == 1 or self._is_shared(outcome):
+        if len(members) == 1 or await self._is_shared(outcome):
             self._answer(members, outcome)
         elif self._budget - 2 >= self._open:  # can split and still finish singly
             self._budget -= 2
@@ -115,37 +129,22 @@ class Flight:
     async def _split(self, members: Sequence[Member]) -> None:
         self.splits += 1
         halves = (members[: len(members) // 2], members[len(members) // 2 :])
-        loop = asyncio.get_running_loop()
-        heard: tuple[asyncio.Future[Outcome], ...] = (loop.create_future(), loop.create_future())
 
-        async def half(i: int) -> None:
-            outcome = await self._call(halves[i], "split")
-            heard[i].set_result(outcome)
-            if len(halves[i]) == 1 or self._is_shared(outcome):
-                self._answer(halves[i], outcome)  # at once, not after the other branch
-            elif _same_refusal(outcome, await heard[1 - i], *halves):
-                self._answer(halves[i], outcome)
-            else:
-                await self._settle(halves[i], outcome)
+        async def half(part: Sequence[Member]) -> None:
+            await self._settle(part, await self._call(_names_of(part), "split"))
 
-        await asyncio.gather(half(0), half(1))
+        await asyncio.gather(half(halves[0]), half(halves[1]))
 
     async def _one_by_one(self, members: Sequence[Member]) -> None:
         self._budget -= len(members)
         self._open -= len(members)  # each single call is sure to answer its caller
 
         async def one(member: Member) -> None:
-            self._resolve(member, await self._call((member,), "split"))
+            self._resolve(member, await self._call(member.names, "split"))
 
         await asyncio.gather(*(one(m) for m in members))
 
-    async def _call(self, members: Sequence[Member], purpose: str) -> Outcome:
-        # One caller's request is sent as it was; a batch's list drops repeated names.
-        names: Sequence[str | int] = (
-            members[0].names
-            if len(members) == 1
-            else list(dict.fromkeys(name for m in members for name in m.names))
-        )
+    async def _call(self, names: Sequence[str | int], purpose: str) -> Outcome:
         call_id = f"{self._call_id}-{sum(self.calls.values())}"
         self.calls[purpose] += 1
         async with self._gate:
@@ -153,7 +152,7 @@ class Flight:
                 outcome = await self._send(self._target, names, self._shared, call_id)
             except Exception as exc:  # a broken send must not leave a caller waiting
                 outcome = classify(exc)
-        if self.first is None:
+        if self.first is None and purpose != "probe":
             self.first = outcome
         return outcome
 
@@ -162,25 +161,43 @@ class Flight:
         for member in members:
             self._resolve(member, outcome)
 
-    def _is_shared(self, outcome: Outcome) -> bool:
-        """Whether every caller in the call earns this outcome: success, a key-wide refusal, or
-        a failure of the upstream itself (5xx, timeout), never resent (no amplification)."""
+    async def _is_shared(self, outcome: Outcome) -> bool:
+        """Whether every caller in the call earns this outcome: success, a status only the key
+        can cause, a timeout or connection failure (never resent), or what the probe confirms."""
         if isinstance(outcome, UpstreamError):
             return True
-        spec = self._target.spec
-        return outcome.ok or outcome.status in spec.key_wide_statuses or outcome.status >= 500
+        if outcome.ok or outcome.status in self._target.spec.key_wide_statuses:
+            return True
+        probe = await self._probed()
+        return probe is not None and _confirms(probe, outcome)
+
+    async def _probed(self) -> Outcome | None:
+        """The probe's outcome: the call naming nothing, sent once, on the first failure that
+        needs it; None where the endpoint has no no-op probe or the budget has no room left."""
+        if self._probe is None:
+            if not self._target.spec.probe or self._budget - 1 < self._open:
+                return None
+            self._budget -= 1
+            self._probe = asyncio.ensure_future(self._call((), "probe"))
+        return await asyncio.shield(self._probe)
 
 
-def _same_refusal(a: Outcome, b: Outcome, left: Sequence[Member], right: Sequence[Member]) -> bool:
-    """Whether two halves got one refusal that is about the key, not a name: the same status and
-    body, naming no name the halves share (a refusal about a name names it; one about a name in
-    only one half could not be the same in both)."""
-    if not (isinstance(a, UpstreamReply) and isinstance(b, UpstreamReply)) or a.ok or b.ok:
-        return False
-    if (a.status, a.body) != (b.status, b.body):
-        return False
-    common = {n for m in left for n in m.names}.intersection(n for m in right for n in m.names)
-    return not any(str(n).encode() in a.body for n in common)
+def _names_of(members: Sequence[Member]) -> Sequence[str | int]:
+    """The names of one call: one caller's request as it was; a batch's list without repeats."""
+    if len(members) == 1:
+        return members[0].names
+    return list(dict.fromkeys(name for m in members for name in m.names))
+
+
+def _confirms(probe: Outcome, outcome: UpstreamReply) -> bool:
+    """Whether the probe, which names nothing, shows that `outcome` does not depend on the names:
+    the same refusal byte for byte, or, for a 5xx, a failure of its own (the server's)."""
+    if outcome.status >= 500:
+        return isinstance(probe, UpstreamError) or probe.status >= 500
+    return isinstance(probe, UpstreamReply) and (probe.status, probe.body) == (
+        outcome.status,
+        outcome.body,
+    )
 
 
 class Dispatcher:

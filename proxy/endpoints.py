@@ -36,8 +36,14 @@ class EndpointSpec:
     list_field: str
     item_type: FieldType
     equal_fields: tuple[tuple[str, FieldType], ...] = ()
+    # Statuses that on this endpoint only the key's own checks give (token, project, role), on
+    # every server version: shared at once, without a probe.
     key_wide_statuses: frozenset[int] = frozenset({401, 403, 404})
     enabled: bool = True
+    # The same request with an empty list is a no-op on dstack that still meets every check of
+    # the key (version, token, project, role): the probe that tells a refusal about the key from
+    # one about some names (docs/dstack-api.md, Refusals of the batchable endpoints).
+    probe: bool = True
     idempotent: bool = True  # false: an unknown item fails the call, so a repeat fails too
     # The path around its project segment, split once: every POST is matched against them.
     prefix: str = field(init=False, repr=False, compare=False)
@@ -73,7 +79,8 @@ DEFAULT_ENDPOINTS: Final = (
     ),
     EndpointSpec("runs/delete", "/api/project/{project}/runs/delete", "runs_names", "str"),
     EndpointSpec("volumes/delete", "/api/project/{project}/volumes/delete", "names", "str"),
-    # An SSH fleet can earn a 403 of its own, so 403 is not key-wide here.
+    # An SSH fleet earns a bare 403 of its own when non-admins may not manage SSH fleets, so 403
+    # is not key-wide here: the probe tells it from a role too low.
     EndpointSpec(
         "fleets/delete",
         "/api/project/{project}/fleets/delete",
@@ -147,6 +154,7 @@ def _endpoint(e: Any) -> EndpointSpec:
             ),
             enabled=_flag(e.get("enabled", True)),
             idempotent=_flag(e.get("idempotent", True)),
+            probe=_flag(e.get("probe", True)),
         )
     except KeyError as missing:
         raise ValueError(f"endpoint entry misses {missing}") from None

@@ -50,7 +50,7 @@ class Metrics:
         )
         self.batch_calls = Counter(
             "proxy_batch_upstream_calls_total",
-            "Upstream calls made for batches: first call, later split or round",
+            "Upstream calls made for batches: first call, later split or round, probe",
             ["endpoint", "purpose"],
             registry=r,
         )

@@ -6,6 +6,11 @@ Every test runs against each server version in `SERVER_VERSIONS`: the pinned `ds
 of the dev extra, and 0.18.40 (the server behind the legacy web UI) from its own virtual
 environment (tests/support/legacy.py). A test that only one version can run says so with
 `@pytest.mark.server_versions(...)`; `COALESCER_SERVER_VERSIONS=0.22.5` runs one version only.
+
+Both servers start with a `server/config.yml` that keeps SSH fleets to admins
+(`default_permissions.allow_non_admins_manage_ssh_fleets: false`), so that a project member's
+delete of an SSH fleet gets dstack's own bare 403 (tests/e2e/test_refusals_real.py). Nothing
+else in the suite manages SSH fleets.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ SERVER_VERSIONS = tuple(
 )
 
 
+SERVER_CONFIG = """\
+projects:
+- name: main
+default_permissions:
+  allow_non_admins_manage_ssh_fleets: false
+"""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Drop the version variants a test is not meant for (`server_versions` marker)."""
     kept, dropped = [], []
@@ -48,7 +61,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", params=SERVER_VERSIONS)
 def dstack_server(request: pytest.FixtureRequest) -> Iterator[DstackServer]:
     executable = legacy_dstack() if request.param == LEGACY_VERSION else None
-    with DstackServer(executable=executable) as server:
+    with DstackServer(executable=executable, server_config=SERVER_CONFIG) as server:
         assert server.version == request.param
         yield server
 

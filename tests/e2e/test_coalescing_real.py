@@ -85,8 +85,10 @@ async def test_one_active_run_fails_only_its_own_delete_with_dstacks_own_answer(
     assert json.loads(alone[1])["detail"][0]["msg"] == f"Cannot delete active runs: ['{active}']"
     assert answers.pop(active) == alone
     assert set(answers.values()) == {(200, b"null")}
-    # One bad caller costs 1 + 2·ceil(log2 12) calls; one more if the burst straddled windows.
-    assert calls <= 1 + 2 * math.ceil(math.log2(len(names))) + 1
+    # One bad caller costs 2 + 2·ceil(log2 12) calls (the batch call, the probe naming nothing,
+    # two calls per level); plus the first request alone, and one more batch if a busy machine
+    # paused the burst for longer than the quiet gap.
+    assert calls <= 2 + 2 * math.ceil(math.log2(len(names))) + 2
     after = run_states(dstack_server, PROJECT, include_deleted=True, created=names)
     assert {n: after[n] for n in answers} == dict.fromkeys(answers, "deleted")
     assert after[active] not in FINISHED | {"deleted"}

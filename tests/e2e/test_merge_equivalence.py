@@ -299,20 +299,24 @@ def call_bound(scenario: Scenario, answers: list[tuple[int, bytes]]) -> int:
     each caller's own answer. A key's first request may go alone, as it came, and the rest in
     a batch beside it; a busy machine that pauses the burst for longer than the quiet gap may
     send one straggler in a call of its own; a batch whose members all succeed costs one
-    call, one whose members all get the same refusal at most 3, and one with f failing members
-    of n at most 1 + f·2·ceil(log2 n), capped at 1 + n + 2·ceil(log2 n)."""
+    call, one whose members all get the same refusal naming none of their names (about the
+    key) at most 2 (the call and the probe naming nothing), and one with f failing members of
+    n at most 2 + f·2·ceil(log2 n), capped at 2 + n + 2·ceil(log2 n)."""
     by_key: dict[tuple[str, bool], list[tuple[int, bytes]]] = {}
+    names: dict[tuple[str, bool], set[str]] = {}
     for caller, answer in zip(scenario.callers, _normalised(answers), strict=True):
         by_key.setdefault((caller.credential, caller.abort), []).append(answer)
+        names.setdefault((caller.credential, caller.abort), set()).update(caller.names)
     total = 0
-    for outcomes in by_key.values():
+    for key, outcomes in by_key.items():
         n, depth = len(outcomes), math.ceil(math.log2(len(outcomes)))
         failing = sum(status != 200 for status, _ in outcomes)
+        body = outcomes[0][1]
         if failing == 0:
             batch = 1
-        elif len(set(outcomes)) == 1:
-            batch = 3
+        elif len(set(outcomes)) == 1 and not any(name.encode() in body for name in names[key]):
+            batch = 2
         else:
-            batch = min(1 + failing * 2 * depth, 1 + n + 2 * depth)
+            batch = min(2 + failing * 2 * depth, 2 + n + 2 * depth)
         total += 2 + batch
     return total

@@ -150,6 +150,8 @@ class DstackServer:
         keep_workdir: Keep an auto-created temp dir after `stop`.
         executable: the `dstack` entry point to run (another version's virtual environment);
             default: the one installed next to the running interpreter.
+        server_config: the text of `server/config.yml`, written before the first start (the
+            server applies it at start-up); default: none, the server writes its own.
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class DstackServer:
         extra_env: Mapping[str, str] | None = None,
         keep_workdir: bool = False,
         executable: PathLike | None = None,
+        server_config: str | None = None,
     ) -> None:
         self._owns_workdir = workdir is None
         self._workdir = (
@@ -178,6 +181,7 @@ class DstackServer:
         self._extra_env = dict(extra_env or {})
         self._keep_workdir = keep_workdir
         self._executable = Path(executable) if executable is not None else dstack_executable()
+        self._server_config = server_config
         self._process: Process | None = None
         self._version: str | None = None
         self.startup_seconds: float | None = None  # wall time of the last successful start
@@ -274,6 +278,10 @@ class DstackServer:
 
     def _start_once(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        config = self.home / ".dstack" / "server" / "config.yml"
+        if self._server_config is not None and not config.exists():
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(self._server_config, encoding="utf-8")
         self._port = self._requested_port or find_free_port()
         env = isolated_env(
             self.home,

@@ -12,6 +12,7 @@ from proxy.endpoints import (
     ParsedBody,
     match_project,
     parse_body,
+    parse_table,
     render_body,
 )
 
@@ -203,3 +204,12 @@ def test_endpoint_spec_needs_a_rooted_path_with_one_project_segment(path: str) -
 def test_every_default_endpoint_matches_its_own_path() -> None:
     for spec in DEFAULT_ENDPOINTS:
         assert match_project(spec, spec.path.replace("{project}", "main")) == "main"
+
+
+def test_the_probe_is_on_by_default_and_can_be_switched_off_per_endpoint() -> None:
+    entry = {"name": "x", "path": "/api/project/{project}/x", "list_field": "names"}
+    on, off = parse_table([entry, {**entry, "name": "y", "probe": False}])
+    assert (on.probe, off.probe) == (True, False)
+    assert all(spec.probe for spec in DEFAULT_ENDPOINTS)  # an empty list is a no-op on each
+    with pytest.raises(ValueError, match="true or false"):
+        parse_table([{**entry, "probe": "false"}])
