@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 PENDING = "proxy_batch_pending"  # callers waiting for a batch's answer
@@ -9,9 +10,15 @@ KEYS = "proxy_batch_keys"  # keys with a batch waiting or a flight in the air
 BATCHED = "proxy_batched_requests_total"  # requests answered through a batch, by endpoint
 
 
-def batched(admin_url: str) -> float:
-    """Requests answered through the batch path so far, every endpoint."""
-    return sum(v for k, v in read_metrics(admin_url).items() if k.startswith(BATCHED + "{"))
+def batched(admin_url: str, timeout: float = 10.0) -> float:
+    """Requests answered through the batch path so far, every endpoint, once no flight is in
+    the air: a flight records its metrics after it has answered its callers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = read_metrics(admin_url)
+        if not samples.get(KEYS, 0.0) or time.monotonic() > deadline:
+            return sum(v for k, v in samples.items() if k.startswith(BATCHED + "{"))
+        time.sleep(0.02)
 
 
 def read_metrics(admin_url: str) -> dict[str, float]:
