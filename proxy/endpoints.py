@@ -96,7 +96,16 @@ DEFAULT_ENDPOINTS: Final = (
         (("name", "str"),),
         key_wide_statuses=frozenset({401, 404}),
     ),
-    EndpointSpec("gateways/delete", "/api/project/{project}/gateways/delete", "names", "str"),
+    # Off: 0.18.x terminates each gateway in the cloud inside the call, so a merged call that
+    # fails on a later gateway has already removed earlier ones (docs/dstack-api.md, Failure
+    # semantics); and no dstack UI deletes gateways one request per item.
+    EndpointSpec(
+        "gateways/delete",
+        "/api/project/{project}/gateways/delete",
+        "names",
+        "str",
+        enabled=False,
+    ),
     # Unknown secrets fail the call (400): deleting one twice is not harmless.
     EndpointSpec(
         "secrets/delete",
