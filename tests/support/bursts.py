@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import aiohttp
 import orjson
 
 from .api import ApiError, api_post
+from .rawhttp import exchange_together
 from .runs import run_infos
 from .server import DstackServer
 
@@ -73,11 +75,24 @@ async def in_a_burst(
     """Send `body` so that, through the proxy under its shipped policy, it takes the batch path
     instead of leading an idle key alone: two companions at once first (the second arrives
     while the first is in the air: the key has had company, so for a second it leads no more),
-    then `body` at once with a third, so that the two gather into one batch. The companions
-    must share `body`'s key (same credential and shared fields) and name nothing that exists."""
+    then `body` at once with a third, so that the two gather into one batch. Each pair goes
+    over connections opened beforehand, so that it arrives within a fraction of a millisecond,
+    even where dstack answers in 3 ms. The companions must share `body`'s key (same credential
+    and shared fields) and name nothing that exists."""
+    url = urllib.parse.urlsplit(base)
+    assert url.hostname is not None and url.port is not None
+
+    def request(data: bytes) -> bytes:
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + data
+
     first, second, third = companions
-    await raw_burst(base, path, [first, second], token)
-    return (await raw_burst(base, path, [body, third], token))[0]
+    await exchange_together(url.hostname, url.port, [request(first), request(second)])
+    answer, _ = await exchange_together(url.hostname, url.port, [request(body), request(third)])
+    return answer.status or 0, answer.content_type, answer.body
 
 
 async def send_one_by_one(base: str, path: str, bodies: Sequence[Any], token: str) -> list[Answer]:
