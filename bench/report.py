@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
-import random
 import statistics
 import textwrap
 from typing import Any
 
+from . import compare_report
+from .compare import Comparison
 from .memory import HOLD_FLAGS
+from .stats import median_interval
 from .tools import pct
 
 Data = dict[str, Any]
-BATCH_PLOT = "bench-batching.png"
 POLICY_PLOT = "bench-policies.png"
 PASSTHROUGH_PLOT = "bench-passthrough.png"
 
@@ -51,17 +52,10 @@ def lone_figures(data: Data, upstream: str = "dstack") -> dict[str, dict[str, fl
             "added_p99": pct(s, 99) - pct(direct, 99),
             "paired": statistics.median(a - b for a, b in zip(s, direct, strict=True)),
         }
-        out[name]["paired_low"], out[name]["paired_high"] = _median_interval(
+        out[name]["paired_low"], out[name]["paired_high"] = median_interval(
             [a - b for a, b in zip(s, direct, strict=True)]
         )
     return out
-
-
-def _median_interval(diffs: list[float], resamples: int = 2000) -> tuple[float, float]:
-    """The 95% percentile-bootstrap interval of the median of `diffs` (seeded: reproducible)."""
-    rng = random.Random(9)
-    medians = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def _interval(fig: dict[str, float], digits: int = 1) -> str:
@@ -316,36 +310,6 @@ def _policy_section(data: Data) -> str:
     )
 
 
-def _sweep_section(data: Data) -> str:
-    lines = [
-        "| op | N callers | way | upstream calls | wall s | all ok |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['op']} | {r['callers']} | {r['way']} | {r['upstream_calls']} "
-        f"| {r['wall_s']:.3f} | {_yes(r['ok'])} |"
-        for r in data["sweep"]
-    ]
-    return "\n".join(
-        [
-            _para(
-                "N concurrent one-run `runs/stop` requests, then N one-run `runs/delete`, sent "
-                "three ways: straight to the server (direct singles), through the proxy (default "
-                f"configuration, policy `{data['settings'].get('default_policy', 'window')}`) and "
-                "as one request naming all N (direct batch); fresh runs for "
-                f'each way, medians of {data["settings"]["sweep_rounds"]} round(s). "all ok" '
-                "means every caller got 200 and every run was `terminating`/`terminated` (stop) or "
-                "deleted right after; a **no** on a stop is the upstream stop race "
-                '(docs/dstack-api.md, "The stop race"), which hits direct requests too.',
-            ),
-            "",
-            *lines,
-            "",
-            f"![upstream calls and wall time against N]({BATCH_PLOT})",
-        ]
-    )
-
-
 def _passthrough_section(data: Data) -> str:
     pt = data["passthrough"]
     fig = passthrough_figures(data)
@@ -541,12 +505,37 @@ def _header(data: Data) -> str:
     )
 
 
+def comparison(data: Data) -> Comparison | None:
+    """The per-version measurements of the run (issue 14), if it has them."""
+    return Comparison.from_json(data["compare"]) if "compare" in data else None
+
+
+def _all_targets(data: Data) -> str:
+    c = comparison(data)
+    both = (
+        "On each server version, the proxy at its shipped default (details in section 2):\n\n"
+        + compare_report.targets_summary(c)
+        + "\n\nThe flush policies side by side, on dstack 0.22.5:\n\n"
+        if c
+        else ""
+    )
+    return both + _targets_table(data)
+
+
+def _versions_section(data: Data) -> str:
+    c = comparison(data)
+    return compare_report.section(c) if c else "Not measured in this run."
+
+
 def measurements_md(data: Data) -> str:
     sections = [
         ("# Measurements", _header),
-        ("## Targets", _targets_table),
+        ("## Targets", _all_targets),
         ("## 1. Flush policies", _policy_section),
-        ("## 2. Batching against N", _sweep_section),
+        (
+            "## 2. dstack 0.18.40 and 0.22.5 side by side: N at once, the browser, one request",
+            _versions_section,
+        ),
         ("## 3. Pass-through", _passthrough_section),
         ("## 4. Memory", _memory_section),
         ("## 5. Where the pass-through time goes", _profile_section),
@@ -556,9 +545,8 @@ def measurements_md(data: Data) -> str:
 
 def readme_measured(data: Data) -> str:
     """The body of the README's "Measured" section: the headline figures and one plot."""
-    by = {(r["op"], r["callers"], r["way"]): r for r in data["sweep"]}
-    n = max(r["callers"] for r in data["sweep"])
-    d, p, b = (by[("stop", n, w)] for w in ("direct singles", "proxy singles", "direct batch"))
+    c = comparison(data)
+    headline = compare_report.headline(c) if c else []
     pt = passthrough_figures(data)
     mem = _memory(data)
     m = data["machine"]
@@ -570,13 +558,7 @@ def readme_measured(data: Data) -> str:
                 "policies and method: [docs/measurements.md](docs/measurements.md).",
             ),
             "",
-            _para(
-                f"- {n} one-run stops at once: {_calls(d['upstream_calls'])}, "
-                f"{d['wall_s']:.2f} s straight to dstack; {_calls(p['upstream_calls'])}, "
-                f"{p['wall_s']:.2f} s through the proxy; one direct {n}-name stop "
-                f"{b['wall_s']:.2f} s.",
-                indent="  ",
-            ),
+            *(_para(line, indent="  ") for line in headline),
             _para(
                 f"- Pass-through: {pt['proxy']['rps']:.0f} requests/s, "
                 f"{pt['proxy']['vs_bare']:.0%} of a bare aiohttp pass-through "
@@ -591,9 +573,9 @@ def readme_measured(data: Data) -> str:
                 indent="  ",
             ),
             "",
-            _targets_table(data),
+            _all_targets(data),
             "",
-            f"![upstream calls and wall time against N](docs/{BATCH_PLOT})",
+            f"![N at once on dstack 0.18.40 and 0.22.5](docs/{compare_report.VERSIONS_PLOT})",
             "",
             _para(
                 "Every caller still gets its own answer: when a batched call fails (say, a delete "

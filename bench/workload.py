@@ -87,7 +87,7 @@ def measure(
     )
     wall = time.perf_counter() - started
     calls = server.count_requests(f"/runs/{op}", since=mark)
-    states = run_states(server, project, include_deleted=True)
+    states = run_states(server, project, include_deleted=True, created=names)
     wanted = {"deleted"} if op == "delete" else {"terminating", "terminated"}
     ok = {status for status, _ in answers} == {200} and all(states.get(n) in wanted for n in names)
     return Measured(way, op, len(names), calls, wall, ok)

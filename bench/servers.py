@@ -1,0 +1,62 @@
+"""The dstack servers `make bench` and `make demo` measure, in order: 0.18.40 first (the server
+whose web UI sends one stop per selected run), then the pinned 0.22.5, both with SQLite.
+
+Hook for other databases: `LAUNCHERS` maps a database name to a function that starts a server
+of a given `dstack` executable on that database. Only "sqlite" is here; a Postgres launcher in
+tests/support/server.py registers itself as `LAUNCHERS["postgres"] = ...` (or is added below),
+and `python -m bench --databases sqlite postgres` then measures every version on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION, legacy_dstack
+
+Launcher = Callable[[Path | None], AbstractContextManager[DstackServer]]
+
+
+def _sqlite(executable: Path | None) -> AbstractContextManager[DstackServer]:
+    return DstackServer(executable=executable)
+
+
+LAUNCHERS: dict[str, Launcher] = {"sqlite": _sqlite}
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    version: str
+    database: str = "sqlite"
+
+    @property
+    def label(self) -> str:
+        return self.version if self.database == "sqlite" else f"{self.version} ({self.database})"
+
+
+def specs(databases: tuple[str, ...] = ("sqlite",)) -> list[ServerSpec]:
+    """Every version on every database asked for, the legacy version first."""
+    return [ServerSpec(v, db) for db in databases for v in (LEGACY_VERSION, CURRENT_VERSION)]
+
+
+def available(databases: tuple[str, ...]) -> tuple[str, ...]:
+    """The databases a launcher exists for; the others are named and skipped."""
+    for db in databases:
+        if db not in LAUNCHERS:
+            print(f"no launcher for database {db!r} yet: skipped", flush=True)
+    return tuple(db for db in databases if db in LAUNCHERS)
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec) -> Iterator[DstackServer]:
+    """A started server of `spec`'s version and database (0.18.40 from .venv-legacy, built on
+    first use); its version is checked against the one asked for."""
+    executable = legacy_dstack() if spec.version == LEGACY_VERSION else None
+    with LAUNCHERS[spec.database](executable) as server:
+        if server.version != spec.version:
+            raise RuntimeError(f"asked for dstack {spec.version}, got {server.version}")
+        yield server
