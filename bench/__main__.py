@@ -69,6 +69,7 @@ def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> dict[str, 
                         )
                     )
                     versions[-1].elapsed_s["policies"] = time.monotonic() - t0
+            compare.measure_alone(work, cmp, spec, versions[-1])
         policy = str(settings["default_policy"])
         data["compare"] = dataclasses.asdict(
             compare.Comparison(policy, cmp, versions, costs, cost_s)

@@ -16,6 +16,8 @@ import asyncio
 import json
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,6 +139,38 @@ def at_once(
                 for p in stop_then_delete(server, proxy_url, way, "main", names):
                     out.append(p)
                     _say(f"{label} round {r + 1}", p)
+    return out
+
+
+def _warm(server: DstackServer, proxy_url: str) -> None:
+    """A no-op stop (naming no run) straight and through the proxy: a fresh process pays its
+    lazy imports and first connections here, not in the measured phase."""
+    for base in (server.url, proxy_url):
+        bodies = bodies_for("proxy singles", "stop", ["warm-up"])
+        asyncio.run(post_all(base, "/api/project/main/runs/stop", bodies, server.admin_token))
+
+
+def stops_alone(
+    fresh: Callable[[], AbstractContextManager[tuple[DstackServer, str]]],
+    n: int,
+    rounds: int,
+    label: str = "",
+) -> list[Phase]:
+    """N stops at once, each way on a server of its own (`fresh()` starts one and a proxy in
+    front of it): no deletes, so the stopped runs are never waited for, and no backlog of them
+    loads the server while the next way is measured. For N where waiting for the server's
+    pipeline to finish every stopped run would not fit the budget (0.18.40 finishes about one
+    stopped run a second)."""
+    out: list[Phase] = []
+    for r in range(rounds):
+        for way in WAYS[r % 3 :] + WAYS[: r % 3]:
+            with fresh() as (server, proxy_url):
+                _warm(server, proxy_url)
+                names = [f"f{r}-{i}" for i in range(n)]
+                create_active_runs(server, "main", names)
+                p = phase(server, proxy_url, way, "stop", "main", names)
+                out.append(p)
+                _say(f"{label} fresh server, round {r + 1}", p)
     return out
 
 

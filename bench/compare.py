@@ -9,16 +9,18 @@ cost against an instant upstream (`bulk.client_cost`). Typed results, saved as p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.support.processes import ProxyProcess
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
 
 from . import bulk, lone, servers
 from .bulk import ClientCost, Phase
@@ -28,6 +30,7 @@ from .lone import LonePairs
 @dataclass(frozen=True)
 class Settings:
     rounds: dict[int, int]  # N -> rounds of the N-at-once table
+    deletes_up_to: dict[str, int]  # version -> the largest N whose deletes are measured
     browser_rounds: int
     lone_pairs: int
     cost_rounds: int
@@ -35,9 +38,27 @@ class Settings:
 
     @staticmethod
     def make(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Settings:
+        """Rounds sized to the budget (make bench within 25 min on 2 cores). Every stop needs
+        fresh active runs, and every delete finished ones: 0.18.40's pipeline finishes about
+        one stopped run a second, so there deletes stop at N = 50 and the larger N are stops
+        only, each way on a fresh server (`bulk.stops_alone`)."""
         if quick:
-            return Settings({10: 1, 50: 1}, 1, 10, 3, databases)
-        return Settings({10: 3, 20: 2, 50: 2, 100: 2, 200: 1}, 3, 40, 5, databases)
+            deletes = {LEGACY_VERSION: 10, CURRENT_VERSION: 50}
+            return Settings({10: 1, 50: 1}, deletes, 1, 10, 3, databases)
+        return Settings(
+            {10: 2, 20: 2, 50: 1, 100: 1, 200: 1},
+            {LEGACY_VERSION: 50, CURRENT_VERSION: 200},
+            2,
+            30,
+            5,
+            databases,
+        )
+
+    def with_deletes(self, version: str) -> dict[int, int]:
+        return {n: r for n, r in self.rounds.items() if n <= self.deletes_up_to.get(version, 0)}
+
+    def stops_only(self, version: str) -> dict[int, int]:
+        return {n: r for n, r in self.rounds.items() if n > self.deletes_up_to.get(version, 0)}
 
 
 @dataclass
@@ -70,6 +91,7 @@ class Comparison:
             raw["policy"],
             Settings(
                 {int(k): v for k, v in s["rounds"].items()},
+                s["deletes_up_to"],
                 s["browser_rounds"],
                 s["lone_pairs"],
                 s["cost_rounds"],
@@ -125,6 +147,31 @@ def measure_version(
     return out
 
 
+def measure_alone(
+    workdir: Path, settings: Settings, spec: servers.ServerSpec, out: VersionResults
+) -> None:
+    """The N of `settings.stops_only`, each way on a fresh server (run it with no other server
+    of the bench running)."""
+    label = spec.label
+    alone = settings.stops_only(spec.version)
+    if alone:
+        print(f"== {label}: N at once, stops only, each way on a fresh server ==", flush=True)
+        started = time.monotonic()
+        for n, r in alone.items():
+            out.at_once += bulk.stops_alone(lambda: fresh(spec, workdir), n, r, label)
+        out.elapsed_s["stops_alone"] = time.monotonic() - started
+
+
+@contextlib.contextmanager
+def fresh(spec: servers.ServerSpec, workdir: Path) -> Iterator[tuple[DstackServer, str]]:
+    """A new server of `spec` and a proxy at its default configuration in front of it."""
+    with (
+        servers.running(spec) as server,
+        ProxyProcess(server.url, workdir / f"proxy-fresh-{spec.version}.log") as proxy,
+    ):
+        yield server, proxy.url
+
+
 def client_cost(workdir: Path, settings: Settings) -> tuple[list[ClientCost], float]:
     print("== the client's own cost: N at once against an instant upstream ==", flush=True)
     started = time.monotonic()
@@ -146,6 +193,7 @@ def main() -> None:
         for spec in servers.specs(servers.available(settings.databases)):
             with servers.running(spec) as server:
                 versions.append(measure_version(server, work, settings, spec))
+            measure_alone(work, settings, spec, versions[-1])
     result = Comparison(str(Config().policy), settings, versions, costs, cost_s)
     print(json.dumps(asdict(result)))
 

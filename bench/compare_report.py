@@ -225,6 +225,8 @@ def version_section(c: Comparison, v: VersionResults) -> str:
             "",
             *_at_once_table(c, v),
             "",
+            *_budget_notes(Comparison(c.policy, c.settings, [v], c.client_cost, 0.0)),
+            "",
             f"The browser shape: 20 one-run requests over at most 6 kept-alive connections, "
             f"each waiting for its answer ({c.settings.browser_rounds} round(s)).",
             "",
@@ -427,4 +429,19 @@ def targets_summary(c: Comparison) -> str:
     head = "| target (stops and deletes) | " + " | ".join(f"dstack {v.label}" for v in c.versions)
     lines = [head + " |", "|---" * (len(c.versions) + 1) + "|"]
     lines += [f"| {t} | " + " | ".join(vals) + " |" for t, vals in rows.items()]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *_budget_notes(c)])
+
+
+def _budget_notes(c: Comparison) -> list[str]:
+    notes = []
+    for v in c.versions:
+        alone = sorted(c.settings.stops_only(v.version))
+        if alone:
+            notes.append(
+                f"On dstack {v.label}, deletes were measured up to N = "
+                f"{c.settings.deletes_up_to.get(v.version, 0)}; N = "
+                f"{', '.join(map(str, alone))} are stops only, each way on a fresh server: a "
+                "delete needs finished runs, and this server finishes about one stopped run a "
+                "second, more than the bench's budget allows at those N."
+            )
+    return notes
