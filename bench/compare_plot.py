@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from .compare import Comparison
-from .compare_report import VERSIONS_PLOT, WAY_NAMES, cells, sizes
+from .compare_cells import VERSIONS_PLOT, WAY_NAMES, cells, sizes
 
 LABELS = {
     "direct singles": "direct, one request each",

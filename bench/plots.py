@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from . import compare_plot
-from .compare_report import VERSIONS_PLOT
+from .compare_cells import VERSIONS_PLOT
 from .report import (
     PASSTHROUGH_PLOT,
     POLICY_PLOT,

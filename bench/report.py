@@ -7,8 +7,9 @@ import statistics
 import textwrap
 from typing import Any
 
-from . import compare_report
+from . import compare_claims, compare_report
 from .compare import Comparison
+from .compare_cells import VERSIONS_PLOT
 from .memory import HOLD_FLAGS
 from .stats import median_interval
 from .tools import pct
@@ -489,14 +490,20 @@ def _profile_section(data: Data) -> str:
     )
 
 
+def _servers(data: Data) -> str:
+    c = comparison(data)
+    labels = [v.label for v in c.versions] if c else [data["machine"]["dstack"]]
+    return " and ".join(labels)
+
+
 def _header(data: Data) -> str:
     m = data["machine"]
     return _para(
         "Written by `make bench` (`python -m bench`) from one run, down to the marker at the "
         "end; hand-written notes go below it. "
         f"Run of {m['date']} on {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
-        f"Python {m['python']}, aiohttp {m['aiohttp']}, a real dstack {m['dstack']} "
-        f"server with SQLite on loopback, commit `{m['commit']}`; the whole run took "
+        f"Python {m['python']}, aiohttp {m['aiohttp']}, real dstack {_servers(data)} "
+        f"servers with SQLite on loopback, commit `{m['commit']}`; the whole run took "
         f"{data['elapsed_s'] / 60:.1f} min. Upstream calls are counted from the dstack "
         "server's own DEBUG log, never from the proxy's metrics. The machine is shared "
         f"with other work (load average {m['load']} at the start, {m['load_at_end']} at the "
@@ -546,15 +553,15 @@ def measurements_md(data: Data) -> str:
 def readme_measured(data: Data) -> str:
     """The body of the README's "Measured" section: the headline figures and one plot."""
     c = comparison(data)
-    headline = compare_report.headline(c) if c else []
+    headline = compare_claims.headline(c) if c else []
     pt = passthrough_figures(data)
     mem = _memory(data)
     m = data["machine"]
     return "\n".join(
         [
             _para(
-                f"From one `make bench` run ({m['date']}, {m['cores']} cores, a real dstack "
-                f"{m['dstack']} server; upstream calls counted from its own log). Details, "
+                f"From one `make bench` run ({m['date']}, {m['cores']} cores, real dstack "
+                f"{_servers(data)} servers; upstream calls counted from their own logs). Details, "
                 "policies and method: [docs/measurements.md](docs/measurements.md).",
             ),
             "",
@@ -575,7 +582,7 @@ def readme_measured(data: Data) -> str:
             "",
             _all_targets(data),
             "",
-            f"![N at once on dstack 0.18.40 and 0.22.5](docs/{compare_report.VERSIONS_PLOT})",
+            f"![N at once on dstack 0.18.40 and 0.22.5](docs/{VERSIONS_PLOT})",
             "",
             _para(
                 "Every caller still gets its own answer: when a batched call fails (say, a delete "
