@@ -51,6 +51,14 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def log_errors(text: str) -> tuple[int, int]:
+    """(lines naming "database is locked", other error lines) of a stretch of server log."""
+    lines = text.splitlines()
+    locked = sum(1 for line in lines if LOCKED in line)
+    errors = sum(1 for line in lines if LOCKED not in line and _ERROR_LINE.search(line))
+    return locked, errors
+
+
 @dataclass(frozen=True)
 class Usage:
     cpu_s: float  # CPU seconds the server's process tree used during the phase
@@ -91,8 +99,5 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, self._rss())
-        text = self._server.read_log(self._mark)
-        lines = text.splitlines()
-        locked = sum(1 for line in lines if LOCKED in line)
-        errors = sum(1 for line in lines if LOCKED not in line and _ERROR_LINE.search(line))
+        locked, errors = log_errors(self._server.read_log(self._mark))
         self.usage = Usage(cpu, self._peak, self._start_rss, locked, errors)
