@@ -12,6 +12,7 @@ from .compare_cells import (
     sizes,
     yes,
 )
+from .report_text import calls
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ def headline(c: Comparison) -> list[str]:
             continue
         d, p, b = (by[k] for k in keys)
         out.append(
-            f"- dstack {v.label}, {n} one-run stops at once: {d.wall_s:.2f} s and {d.calls} "
-            f"calls straight to dstack; {p.wall_s:.2f} s and {p.calls} calls through the proxy; "
+            f"- dstack {v.label}, {n} one-run stops at once: {d.wall_s:.2f} s and "
+            f"{calls(d.calls)} straight to dstack; {p.wall_s:.2f} s and {calls(p.calls)} through "
+            "the proxy; "
             f"one direct {n}-name stop {b.wall_s:.2f} s. Server CPU {d.cpu_s:.2f} → "
             f"{p.cpu_s:.2f} s."
         )

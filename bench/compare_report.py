@@ -17,6 +17,7 @@ from .compare_cells import (
     yes,
 )
 from .compare_claims import claims_table
+from .report_text import para
 
 
 def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
@@ -88,25 +89,37 @@ def _usage_table(v: VersionResults) -> list[str]:
 
 def version_section(c: Comparison, v: VersionResults) -> str:
     rounds = ", ".join(f"N = {n}: {r}" for n, r in c.settings.rounds.items())
+    alone = sorted(c.settings.stops_only(v.version))
+    fresh = (
+        f" Stops at N = {', '.join(map(str, alone))}: each way on a fresh server of its own."
+        if alone
+        else ""
+    )
     return "\n".join(
         [
             f"### dstack {v.label}",
             "",
-            f"N one-run requests at once (rounds: {rounds}; medians, the proxy's worst round "
-            "too). Bound = 1.15 × one N-name call + the client's own cost (the same N requests "
-            "through a proxy in front of an upstream that answers at once).",
+            para(
+                f"N one-run requests at once (rounds: {rounds}; medians, and the proxy's worst "
+                "round). Bound = 1.15 × one N-name call + the client's own cost (the same N "
+                "requests through a proxy in front of an upstream that answers at once)." + fresh
+            ),
             "",
             *_at_once_table(c, v),
             "",
-            *_budget_notes(Comparison(c.policy, c.settings, [v], c.client_cost, 0.0)),
+            *(para(note) for note in _budget_notes(c, [v])),
             "",
-            f"The browser shape: 20 one-run requests over at most 6 kept-alive connections, "
-            f"each waiting for its answer ({c.settings.browser_rounds} round(s)).",
+            para(
+                "The browser shape: 20 one-run requests over at most 6 kept-alive connections, "
+                f"each waiting for its answer ({c.settings.browser_rounds} round(s))."
+            ),
             "",
             *_browser_table(v),
             "",
-            "A lone request on a fresh run, direct and through the proxy in alternating order; "
-            "paired median of (proxy − direct) with its 95% bootstrap interval.",
+            para(
+                "A lone request on a fresh run, direct and through the proxy in alternating "
+                "order; paired median of (proxy − direct) with its 95% bootstrap interval."
+            ),
             "",
             *_lone_table(v),
             "",
@@ -121,11 +134,13 @@ def section(c: Comparison) -> str:
     """The whole section: the claims, then per version the targets and what each phase cost."""
     return "\n\n".join(
         [
-            "Per dstack version, in one run, the proxy at its shipped default (policy "
-            f"`{c.policy}`). Upstream calls, locking and errors are read from each server's own "
-            "log; CPU and peak RSS from /proc of the server's process tree, sampled every 10 ms "
-            "while the phase runs. Every stop names fresh active runs; the deletes then name the "
-            "same runs, stopped in between (not measured).",
+            para(
+                "Per dstack version, in one run, the proxy at its shipped default (policy "
+                f"`{c.policy}`). Upstream calls, locking and errors are read from each server's "
+                "own log; CPU and peak RSS from /proc of the server's process tree, sampled every "
+                "10 ms while the phase runs. Every stop names fresh active runs; the deletes then "
+                "name the same runs, stopped in between (not measured)."
+            ),
             "The seed's claims, as the seed states them, next to what was measured:",
             claims_table(c),
             f"![N at once on each version]({VERSIONS_PLOT})",
@@ -196,12 +211,12 @@ def targets_summary(c: Comparison) -> str:
     head = "| target (stops and deletes) | " + " | ".join(f"dstack {v.label}" for v in c.versions)
     lines = [head + " |", "|---" * (len(c.versions) + 1) + "|"]
     lines += [f"| {t} | " + " | ".join(vals) + " |" for t, vals in rows.items()]
-    return "\n".join([*lines, "", *_budget_notes(c)])
+    return "\n".join([*lines, "", *(para(n) for n in _budget_notes(c))])
 
 
-def _budget_notes(c: Comparison) -> list[str]:
+def _budget_notes(c: Comparison, versions: list[VersionResults] | None = None) -> list[str]:
     notes = []
-    for v in c.versions:
+    for v in c.versions if versions is None else versions:
         alone = sorted(c.settings.stops_only(v.version))
         if alone:
             notes.append(
