@@ -49,10 +49,12 @@ def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> dict[str, 
         data["passthrough"] = dataclasses.asdict(
             passthrough.run(work / "pt", settings["wrk_seconds"], settings["wrk_rounds"])
         )
+        lap: dict[str, float] = {}
         print("== where the pass-through time goes (py-spy) ==", flush=True)
         data["profile"] = hotspots.run(work / "profile", 8)
         print("== memory: 10 000 requests held, by the proxy and by bare aiohttp ==", flush=True)
         data["memory"] = [dataclasses.asdict(r) for r in memory.run(work / "mem", 100, 100)]
+        lap["passthrough, profile, memory"] = time.monotonic() - started
         cmp = compare.Settings.make(quick, databases)
         costs, cost_s = compare.client_cost(work / "cost", cmp)
         versions = []
@@ -75,6 +77,11 @@ def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> dict[str, 
             compare.Comparison(policy, cmp, versions, costs, cost_s)
         )
     data["elapsed_s"] = time.monotonic() - started
+    data["elapsed_sections_s"] = {
+        "passthrough, profile, memory": lap["passthrough, profile, memory"],
+        "client cost": cost_s,
+        **{f"{v.label} {k}": t for v in versions for k, t in v.elapsed_s.items()},
+    }
     data["machine"]["load_at_end"] = load()
     return data
 

@@ -126,6 +126,14 @@ def version_section(c: Comparison, v: VersionResults) -> str:
             "What each phase cost the server (its log and its process tree, /proc):",
             "",
             *_usage_table(v),
+            "",
+            para(
+                f"Time this version took in the run: server start {v.startup_s:.0f} s; "
+                + ", ".join(
+                    f"{k.replace('_', ' ')} {t / 60:.1f} min" for k, t in v.elapsed_s.items()
+                )
+                + "."
+            ),
         ]
     )
 
