@@ -1,4 +1,4 @@
-"""The workload the demo and the coalescing benchmark share: N runs on a real dstack server,
+"""The workload the demo and the benchmarks share: N runs on a real dstack server,
 stopped (then deleted) one of three ways, with upstream calls read from the server's own log."""
 
 from __future__ import annotations
