@@ -6,7 +6,7 @@ server's CPU seconds and peak RSS (`usage.py`). Also the browser shape (20 over 
 connections) and the client's own cost (the same N requests through a proxy in front of an
 upstream that answers at once).
 
-    .venv/bin/python -m bench.bulk [--sizes 10 50] [--rounds 1]
+    .venv/bin/python -m bench.bulk [--sizes 10 50] [--rounds 1] [--version 0.18.40]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 from tests.support.processes import FastUpstream, ProxyProcess
 from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
 from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION
 
+from . import servers
 from .usage import Sampler
 from .workload import WAYS, Way, bodies_for, post_all
 
@@ -228,14 +230,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--version", default=CURRENT_VERSION, help="dstack server version")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="bench-bulk-") as tmp,
-        DstackServer() as server,
+        servers.running(servers.ServerSpec(args.version)) as server,
         ProxyProcess(server.url, Path(tmp) / "proxy.log") as proxy,
     ):
-        rows = at_once(server, proxy.url, dict.fromkeys(args.sizes, args.rounds))
-        rows += browser(server, proxy.url, args.rounds)
+        rows = at_once(server, proxy.url, dict.fromkeys(args.sizes, args.rounds), args.version)
+        rows += browser(server, proxy.url, args.rounds, args.version)
     print(json.dumps([asdict(r) for r in rows]))
 
 
