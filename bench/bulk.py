@@ -145,10 +145,11 @@ def at_once(
 
 
 def _warm(server: DstackServer, proxy_url: str) -> None:
-    """A no-op stop (naming no run) straight and through the proxy: a fresh process pays its
-    lazy imports and first connections here, not in the measured phase."""
+    """20 no-op stops at once (naming no run), straight and through the proxy: a fresh process
+    pays its lazy imports and first connections (and the server its database pool) here, not
+    in the measured phase."""
     for base in (server.url, proxy_url):
-        bodies = bodies_for("proxy singles", "stop", ["warm-up"])
+        bodies = bodies_for("proxy singles", "stop", [f"warm-up-{i}" for i in range(20)])
         asyncio.run(post_all(base, "/api/project/main/runs/stop", bodies, server.admin_token))
 
 
