@@ -76,7 +76,7 @@ def run(server: DstackServer, proxy_url: str, pairs: int) -> list[LonePairs]:
     stops, deletes = LonePairs("stop"), LonePairs("delete")
     urls = {"direct": server.url, "proxy": proxy_url}
     for chunk in range(0, pairs, CHUNK):
-        project = f"lone{chunk}"
+        project = f"single{chunk}"
         create_project(server, project)
         size = min(CHUNK, pairs - chunk)
         names = {t: [f"l{chunk + i}-{t}" for i in range(size)] for t in urls}
