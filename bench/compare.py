@@ -134,7 +134,7 @@ def measure_version(
         out.at_once = _timed(
             out.elapsed_s,
             "at_once",
-            lambda: bulk.at_once(server, proxy.url, settings.rounds, label),
+            lambda: bulk.at_once(server, proxy.url, settings.with_deletes(spec.version), label),
         )
         print(f"== {label}: 20 over 6 connections ==", flush=True)
         out.browser = _timed(

@@ -94,3 +94,13 @@ def test_results_survive_the_json_file() -> None:
     again = Comparison.from_json(json.loads(json.dumps(dataclasses.asdict(c))))
     assert again == c
     assert section(again) == section(c)
+
+
+def test_every_n_is_measured_once_either_with_its_deletes_or_stops_only() -> None:
+    for quick in (True, False):
+        s = Settings.make(quick)
+        for version in ("0.18.40", "0.22.5"):
+            both, alone = s.with_deletes(version), s.stops_only(version)
+            assert not set(both) & set(alone)
+            assert {**both, **alone} == s.rounds
+    assert 100 not in Settings.make(False).with_deletes("0.18.40")
