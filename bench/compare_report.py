@@ -231,7 +231,8 @@ def _budget_notes(c: Comparison, versions: list[VersionResults] | None = None) -
                 f"On dstack {v.label}, deletes were measured up to N = "
                 f"{c.settings.deletes_up_to.get(v.version, 0)}; N = "
                 f"{', '.join(map(str, alone))} are stops only, each way on a fresh server: a "
-                "delete needs finished runs, and this server finishes about one stopped run a "
-                "second, more than the bench's budget allows at those N."
+                "delete needs finished runs, and waiting for this server's pipeline to finish "
+                "that many stopped runs does not fit the bench's budget (0.18.40 finishes about "
+                "one a second)."
             )
     return notes
