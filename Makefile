@@ -32,7 +32,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile tests/deploy/*.Dockerfile
 
-# Every measurement in one run (about 10-15 min): docs/measurements.md, docs/*.png, README.
+# Every measurement in one run, on dstack 0.18.40 and 0.22.5 (about 20-25 min; --quick: a smoke
+# run): docs/measurements.md, docs/*.png, README.
 # Needs nginx and wrk from Debian: installed here when run as root.
 bench: $(STAMP) bench-tools
 	$(BIN)/python -m bench

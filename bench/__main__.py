@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import Config
-from tests.support.processes import ProxyProcess
-from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION
 
-from . import coalescing, hotspots, memory, passthrough, plots, policies, report
+from . import compare, hotspots, memory, passthrough, plots, policies, report, servers
 from .tools import ROOT, load, machine
 from .wrk import POST_PATH
 
@@ -33,12 +32,10 @@ JSON = DOCS / "measurements.json"
 KEEP = "<!-- Hand-written below this line; make bench keeps it. -->"
 
 
-def measure(quick: bool) -> dict[str, Any]:
+def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> dict[str, Any]:
     settings = {
         "pairs": 20 if quick else 100,
         "policy_rounds": 1 if quick else 3,
-        "sweep_sizes": [10, 100] if quick else [10, 40, 100],
-        "sweep_rounds": 1,
         "wrk_seconds": 2 if quick else 3,
         "wrk_rounds": 1 if quick else 4,
         "post_path": POST_PATH,
@@ -52,23 +49,39 @@ def measure(quick: bool) -> dict[str, Any]:
         data["passthrough"] = dataclasses.asdict(
             passthrough.run(work / "pt", settings["wrk_seconds"], settings["wrk_rounds"])
         )
+        lap: dict[str, float] = {}
         print("== where the pass-through time goes (py-spy) ==", flush=True)
         data["profile"] = hotspots.run(work / "profile", 8)
         print("== memory: 10 000 requests held, by the proxy and by bare aiohttp ==", flush=True)
         data["memory"] = [dataclasses.asdict(r) for r in memory.run(work / "mem", 100, 100)]
-        print("== a real dstack server (about 20 s to start) ==", flush=True)
-        with DstackServer() as server:
-            print("== flush policies ==", flush=True)
-            data["policies"] = dataclasses.asdict(
-                policies.run(server, work / "pol", settings["pairs"], settings["policy_rounds"])
-            )
-            print("== batching against N ==", flush=True)
-            with ProxyProcess(server.url, work / "sweep-proxy.log") as proxy:
-                rows = coalescing.sweep(
-                    server, proxy.url, settings["sweep_sizes"], settings["sweep_rounds"]
-                )
-            data["sweep"] = [dataclasses.asdict(r) for r in rows]
+        lap["passthrough, profile, memory"] = time.monotonic() - started
+        cmp = compare.Settings.make(quick, databases)
+        costs, cost_s = compare.client_cost(work / "cost", cmp)
+        versions = []
+        for spec in servers.specs(servers.available(databases)):
+            print(f"== a real dstack {spec.label} server (about 20 s to start) ==", flush=True)
+            with servers.running(spec) as server:
+                versions.append(compare.measure_version(server, work, cmp, spec))
+                if spec.version == CURRENT_VERSION and spec.database == "sqlite":
+                    print("== flush policies (dstack 0.22.5) ==", flush=True)
+                    t0 = time.monotonic()
+                    data["policies"] = dataclasses.asdict(
+                        policies.run(
+                            server, work / "pol", settings["pairs"], settings["policy_rounds"]
+                        )
+                    )
+                    versions[-1].elapsed_s["policies"] = time.monotonic() - t0
+            compare.measure_alone(work, cmp, spec, versions[-1])
+        policy = str(settings["default_policy"])
+        data["compare"] = dataclasses.asdict(
+            compare.Comparison(policy, cmp, versions, costs, cost_s)
+        )
     data["elapsed_s"] = time.monotonic() - started
+    data["elapsed_sections_s"] = {
+        "passthrough, profile, memory": lap["passthrough, profile, memory"],
+        "client cost": cost_s,
+        **{f"{v.label} {k}": t for v in versions for k, t in v.elapsed_s.items()},
+    }
     data["machine"]["load_at_end"] = load()
     return data
 
@@ -90,8 +103,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples: a smoke run")
     parser.add_argument("--report-only", action="store_true", help="redraw from the JSON")
+    parser.add_argument(
+        "--databases",
+        nargs="+",
+        default=["sqlite"],
+        help="server databases to measure each version on (bench/servers.py LAUNCHERS)",
+    )
     args = parser.parse_args()
-    data = json.loads(JSON.read_text()) if args.report_only else measure(args.quick)
+    data = (
+        json.loads(JSON.read_text())
+        if args.report_only
+        else measure(args.quick, tuple(args.databases))
+    )
     write(data)
     print(report.measurements_md(data).split("## 1.")[0])
 

@@ -1,6 +1,7 @@
 """The main job: a real dstack server on loopback, dstack-coalescer in front of it, traffic
 passing through, and N one-run stops and deletes sent straight to the server and through the
-proxy, side by side.
+proxy, side by side; first on dstack 0.18.40 (the server whose web UI sends one stop per selected
+run), then on 0.22.5.
 
     make demo            (or: .venv/bin/python -m bench.demo [--runs 20])
 """
@@ -18,6 +19,7 @@ import aiohttp
 from tests.support.processes import ProxyProcess
 from tests.support.server import DstackServer
 
+from . import servers
 from .workload import Measured, stop_then_delete, table
 
 
@@ -35,19 +37,18 @@ async def _show_passthrough(server: DstackServer, proxy_url: str) -> None:
                 print(f"  {name} {method:4} {path:24} -> {resp.status} {text}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="dstack-coalescer demo")
-    parser.add_argument("--runs", type=int, default=20, help="runs per way (N callers)")
-    args = parser.parse_args()
-    n = args.runs
-    print("Starting a real dstack server on loopback (about 20 s) ...")
+def show(spec: servers.ServerSpec, n: int, workdir: Path) -> None:
+    """One server version: start it and a proxy, show traffic passing through, then the table."""
+    print(
+        f"\n=== dstack {spec.label} ===\n"
+        f"Starting a real dstack {spec.label} server (about 20 s) ..."
+    )
     with (
-        tempfile.TemporaryDirectory(prefix="coalescer-demo-") as tmp,
-        DstackServer() as server,
-        ProxyProcess(server.url, Path(tmp) / "proxy.log") as proxy,
+        servers.running(spec) as server,
+        ProxyProcess(server.url, workdir / f"proxy-{spec.version}.log") as proxy,
     ):
         print(
-            f"dstack server {server.url}, dstack-coalescer {proxy.url} "
+            f"dstack {server.version} at {server.url}, dstack-coalescer {proxy.url} "
             f"(admin {proxy.admin_url})\n\nTraffic passing through:"
         )
         asyncio.run(_show_passthrough(server, proxy.url))
@@ -58,13 +59,22 @@ def main() -> None:
                 "requests, then deleting them the same way ..."
             )
             names = [f"demo-{way.split()[0]}-{i}" for i in range(n)]
-            rows += stop_then_delete(server, proxy.url, way, "main", names)  # type: ignore[arg-type]
+            rows += stop_then_delete(server, proxy.url, way, "main", names)
         metrics = urllib.request.urlopen(f"{proxy.admin_url}/metrics").read().decode()
     rows.sort(key=lambda r: (r.op != "stop", r.way))
-    print("\n" + table(rows))
+    print(f"\ndstack {spec.label}:\n" + table(rows))
     saved = [ln for ln in metrics.splitlines() if ln.startswith("proxy_batch_calls_saved_total")]
     print("\nThe proxy's own count (admin /metrics):", *saved, sep="\n  ")
     print("Upstream calls above are counted from the dstack server's own log.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="dstack-coalescer demo")
+    parser.add_argument("--runs", type=int, default=20, help="runs per way (N callers)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="coalescer-demo-") as tmp:
+        for spec in servers.specs():  # 0.18.40 first
+            show(spec, args.runs, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -10,44 +10,16 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
 
+from . import compare_plot
+from .compare_cells import VERSIONS_PLOT
 from .report import (
-    BATCH_PLOT,
     PASSTHROUGH_PLOT,
     POLICY_PLOT,
     Data,
+    comparison,
     lone_figures,
     passthrough_figures,
 )
-
-WAYS = ("direct singles", "proxy singles", "direct batch")
-STYLE = {  # distinct markers and lines: proxy and batch overlap where both make one call
-    "direct singles": {"marker": "o", "linestyle": "-"},
-    "proxy singles": {"marker": "s", "linestyle": "-", "markersize": 8},
-    "direct batch": {"marker": "x", "linestyle": "--"},
-}
-LABELS = {"direct singles": "direct, one request each", "proxy singles": "through the proxy"}
-
-
-def batching(data: Data, path: Path) -> None:
-    """Upstream calls and wall time against N for the stops: direct vs proxy vs one batch."""
-    fig, (calls, wall) = plt.subplots(1, 2, figsize=(10, 4))
-    for way in WAYS:
-        rows = sorted(
-            (r for r in data["sweep"] if r["op"] == "stop" and r["way"] == way),
-            key=lambda r: r["callers"],
-        )
-        n = [r["callers"] for r in rows]
-        label = LABELS.get(way, "one direct request naming all N")
-        calls.plot(n, [r["upstream_calls"] for r in rows], label=label, **STYLE[way])
-        wall.plot(n, [r["wall_s"] for r in rows], label=label, **STYLE[way])
-    calls.set(xlabel="N one-run stops at once", ylabel="upstream calls", yscale="log")
-    wall.set(xlabel="N one-run stops at once", ylabel="wall time, s")
-    calls.set_title("calls reaching dstack")
-    wall.set_title("until every caller has its answer")
-    wall.legend()
-    for ax in (calls, wall):
-        ax.grid(alpha=0.3)
-    _save(fig, path)
 
 
 def policies(data: Data, path: Path) -> None:
@@ -103,9 +75,13 @@ def passthrough(data: Data, path: Path) -> None:
 
 
 def draw_all(data: Data, docs: Path) -> list[Path]:
-    paths = [docs / BATCH_PLOT, docs / POLICY_PLOT, docs / PASSTHROUGH_PLOT]
-    for draw, path in zip((batching, policies, passthrough), paths, strict=True):
+    paths = [docs / POLICY_PLOT, docs / PASSTHROUGH_PLOT]
+    for draw, path in zip((policies, passthrough), paths, strict=True):
         draw(data, path)
+    c = comparison(data)
+    if c is not None:
+        compare_plot.draw(c, docs)
+        paths.append(docs / VERSIONS_PLOT)
     return paths
 
 

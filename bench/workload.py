@@ -1,4 +1,4 @@
-"""The workload the demo and the coalescing benchmark share: N runs on a real dstack server,
+"""The workload the demo and the benchmarks share: N runs on a real dstack server,
 stopped (then deleted) one of three ways, with upstream calls read from the server's own log."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def measure(
     )
     wall = time.perf_counter() - started
     calls = server.count_requests(f"/runs/{op}", since=mark)
-    states = run_states(server, project, include_deleted=True)
+    states = run_states(server, project, include_deleted=True, created=names)
     wanted = {"deleted"} if op == "delete" else {"terminating", "terminated"}
     ok = {status for status, _ in answers} == {200} and all(states.get(n) in wanted for n in names)
     return Measured(way, op, len(names), calls, wall, ok)

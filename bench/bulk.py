@@ -1,0 +1,247 @@
+"""N one-run stops and then deletes at once on a real dstack server, three ways side by side:
+straight to the server (direct singles), through the proxy at its default configuration (proxy
+singles), and one request naming all N (direct batch). Per phase: time until the last caller
+has its answer, upstream calls and errors from the server's own log, non-200 answers, and the
+server's CPU seconds and peak RSS (`usage.py`). Also the browser shape (20 over 6 kept-alive
+connections) and the client's own cost (the same N requests through a proxy in front of an
+upstream that answers at once).
+
+    .venv/bin/python -m bench.bulk [--sizes 10 50] [--rounds 1] [--version 0.18.40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tests.support.processes import FastUpstream, ProxyProcess
+from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
+from tests.support.server import DstackServer
+from tests.support.versions import CURRENT_VERSION
+
+from . import servers
+from .usage import Sampler
+from .workload import WAYS, Way, bodies_for, post_all
+
+OPS = ("stop", "delete")
+BROWSER_N, BROWSER_CONNECTIONS = 20, 6
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One op sent one way: N callers' requests, until the last has its answer."""
+
+    way: Way
+    op: str
+    n: int
+    connections: int | None  # None: all at once, a connection each
+    wall_s: float
+    calls: int  # upstream calls, from the server's DEBUG log
+    non_200: int  # answers other than 200
+    ok: bool  # every answer 200 and every run as asked (terminating/terminated, or deleted)
+    locked: int  # "database is locked" lines in the server's log during the phase
+    errors: int  # other error lines (ERROR records, tracebacks, 5xx answers)
+    cpu_s: float  # the server's CPU seconds during the phase
+    peak_rss_mb: float  # the server's peak RSS during the phase
+    start_rss_mb: float  # its RSS when the phase began
+
+
+def phase(
+    server: DstackServer,
+    proxy_url: str,
+    way: Way,
+    op: str,
+    project: str,
+    names: list[str],
+    connections: int | None = None,
+) -> Phase:
+    base = proxy_url if way == "proxy singles" else server.url
+    mark = server.log_mark()
+    with Sampler(server) as sampler:
+        started = time.perf_counter()
+        answers = asyncio.run(
+            post_all(
+                base,
+                f"/api/project/{project}/runs/{op}",
+                bodies_for(way, op, names),
+                server.admin_token,
+                connections,
+            )
+        )
+        wall = time.perf_counter() - started
+    usage = sampler.usage
+    assert usage is not None
+    calls = server.count_requests(f"/runs/{op}", since=mark)
+    states = run_states(server, project, include_deleted=True, created=names)
+    wanted = {"deleted"} if op == "delete" else {"terminating", "terminated"}
+    non_200 = sum(1 for status, _ in answers if status != 200)
+    ok = non_200 == 0 and all(states.get(n) in wanted for n in names)
+    return Phase(
+        way,
+        op,
+        len(names),
+        connections,
+        wall,
+        calls,
+        non_200,
+        ok,
+        usage.locked,
+        usage.errors,
+        usage.cpu_s,
+        usage.peak_rss_mb,
+        usage.start_rss_mb,
+    )
+
+
+def stop_then_delete(
+    server: DstackServer,
+    proxy_url: str,
+    way: Way,
+    project: str,
+    names: list[str],
+    connections: int | None = None,
+) -> list[Phase]:
+    """Create `names`, stop them the given way, let them finish (not measured: with many runs
+    pending the pipeline can take minutes), delete them the same way."""
+    create_active_runs(server, project, names)
+    stopped = phase(server, proxy_url, way, "stop", project, names, connections)
+    stop_runs_until_finished(server, project, names, timeout=300)
+    deleted = phase(server, proxy_url, way, "delete", project, names, connections)
+    return [stopped, deleted]
+
+
+def _say(label: str, p: Phase) -> None:
+    print(
+        f"{label} {p.op} N={p.n} {p.way}{'' if p.connections is None else ' /6'}: "
+        f"{p.calls} calls, {p.wall_s:.3f} s, non-200 {p.non_200}, locked {p.locked}, "
+        f"errors {p.errors}, cpu {p.cpu_s:.2f} s, rss {p.peak_rss_mb:.0f} MB, ok={p.ok}",
+        flush=True,
+    )
+
+
+def at_once(
+    server: DstackServer, proxy_url: str, rounds: dict[int, int], label: str = ""
+) -> list[Phase]:
+    """Every N, `rounds[N]` times, the three ways interleaved in an order rotated each round
+    (so drift in the machine hits every way)."""
+    out: list[Phase] = []
+    serial = 0
+    for n, count in rounds.items():
+        for r in range(count):
+            for way in WAYS[r % 3 :] + WAYS[: r % 3]:
+                serial += 1
+                names = [f"n{serial}-{i}" for i in range(n)]
+                for p in stop_then_delete(server, proxy_url, way, "main", names):
+                    out.append(p)
+                    _say(f"{label} round {r + 1}", p)
+    return out
+
+
+def _warm(server: DstackServer, proxy_url: str) -> None:
+    """20 no-op stops at once (naming no run), straight and through the proxy: a fresh process
+    pays its lazy imports and first connections (and the server its database pool) here, not
+    in the measured phase."""
+    for base in (server.url, proxy_url):
+        bodies = bodies_for("proxy singles", "stop", [f"warm-up-{i}" for i in range(20)])
+        asyncio.run(post_all(base, "/api/project/main/runs/stop", bodies, server.admin_token))
+
+
+def stops_alone(
+    fresh: Callable[[], AbstractContextManager[tuple[DstackServer, str]]],
+    n: int,
+    rounds: int,
+    label: str = "",
+) -> list[Phase]:
+    """N stops at once, each way on a server of its own (`fresh()` starts one and a proxy in
+    front of it): no deletes, so the stopped runs are never waited for, and no backlog of them
+    loads the server while the next way is measured. For N where waiting for the server's
+    pipeline to finish every stopped run would not fit the budget (0.18.40 finishes about one
+    stopped run a second)."""
+    out: list[Phase] = []
+    for r in range(rounds):
+        for way in WAYS[r % 3 :] + WAYS[: r % 3]:
+            with fresh() as (server, proxy_url):
+                _warm(server, proxy_url)
+                names = [f"f{r}-{i}" for i in range(n)]
+                create_active_runs(server, "main", names)
+                p = phase(server, proxy_url, way, "stop", "main", names)
+                out.append(p)
+                _say(f"{label} fresh server, round {r + 1}", p)
+    return out
+
+
+def browser(server: DstackServer, proxy_url: str, rounds: int, label: str = "") -> list[Phase]:
+    """20 one-run stops then deletes over at most 6 kept-alive connections, each waiting for
+    its answer before it sends the next, as an HTTP/1.1 browser does: direct and through the
+    proxy, interleaved."""
+    out: list[Phase] = []
+    ways: tuple[Way, ...] = ("direct singles", "proxy singles")
+    for r in range(rounds):
+        for way in ways[r % 2 :] + ways[: r % 2]:
+            names = [f"h{r}-{way.split()[0]}-{i}" for i in range(BROWSER_N)]
+            for p in stop_then_delete(server, proxy_url, way, "main", names, BROWSER_CONNECTIONS):
+                out.append(p)
+                _say(f"{label} browser round {r + 1}", p)
+    return out
+
+
+@dataclass(frozen=True)
+class ClientCost:
+    """N one-run requests at once against an upstream that answers at once (`null`), through a
+    proxy at its default configuration and straight to it: what the client and the proxy cost
+    by themselves, the allowance of the N-at-once bound."""
+
+    op: str
+    n: int
+    proxy_s: list[float]
+    direct_s: list[float]
+
+
+def client_cost(workdir: Path, sizes: list[int], rounds: int) -> list[ClientCost]:
+    out = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (
+        FastUpstream(workdir / "instant.log") as fast,
+        ProxyProcess(fast.url, workdir / "instant-proxy.log") as proxy,
+    ):
+        for op in OPS:
+            for n in sizes:
+                cost = ClientCost(op, n, [], [])
+                for r in range(rounds + 1):  # the first round warms both up, not kept
+                    for base, kept in ((proxy.url, cost.proxy_s), (fast.url, cost.direct_s)):
+                        bodies = bodies_for("proxy singles", op, [f"c{r}-{i}" for i in range(n)])
+                        started = time.perf_counter()
+                        answers = asyncio.run(
+                            post_all(base, f"/api/project/main/runs/{op}", bodies, "bench")
+                        )
+                        if r and {s for s, _ in answers} == {200}:
+                            kept.append(time.perf_counter() - started)
+                out.append(cost)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--version", default=CURRENT_VERSION, help="dstack server version")
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-bulk-") as tmp,
+        servers.running(servers.ServerSpec(args.version)) as server,
+        ProxyProcess(server.url, Path(tmp) / "proxy.log") as proxy,
+    ):
+        rows = at_once(server, proxy.url, dict.fromkeys(args.sizes, args.rounds), args.version)
+        rows += browser(server, proxy.url, args.rounds, args.version)
+    print(json.dumps([asdict(r) for r in rows]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Issue 14's figures from a `compare.Comparison`: per (op, N, way) the medians over rounds,
+the N-at-once bound, and a lone request's added latency."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from .bulk import Phase
+from .compare import Comparison, VersionResults
+from .stats import median_interval, pct
+
+BOUND = 1.15  # the proxy within 1.15 x one N-name call plus the client's own cost
+BROWSER_CALLS = 5
+LONE_MS = 1.0
+VERSIONS_PLOT = "bench-versions.png"
+WAY_NAMES = {"direct singles": "direct singles", "proxy singles": "proxy", "direct batch": "batch"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (op, N, way) over its rounds: medians, and the worst round where it matters."""
+
+    rounds: int
+    wall_s: float
+    worst_s: float
+    calls: int  # median
+    worst_calls: int
+    non_200: int  # summed over rounds
+    locked: int  # summed
+    errors: int  # summed
+    cpu_s: float  # median
+    peak_rss_mb: float  # median
+    rss_growth_mb: float  # median of peak minus the RSS at the start of the phase
+    ok: bool  # every round
+
+
+def cell(phases: list[Phase]) -> Cell:
+    return Cell(
+        len(phases),
+        statistics.median(p.wall_s for p in phases),
+        max(p.wall_s for p in phases),
+        round(statistics.median(p.calls for p in phases)),
+        max(p.calls for p in phases),
+        sum(p.non_200 for p in phases),
+        sum(p.locked for p in phases),
+        sum(p.errors for p in phases),
+        statistics.median(p.cpu_s for p in phases),
+        statistics.median(p.peak_rss_mb for p in phases),
+        statistics.median(p.peak_rss_mb - p.start_rss_mb for p in phases),
+        all(p.ok for p in phases),
+    )
+
+
+def cells(phases: list[Phase]) -> dict[tuple[str, int, str], Cell]:
+    """(op, N, way) -> Cell."""
+    groups: dict[tuple[str, int, str], list[Phase]] = {}
+    for p in phases:
+        groups.setdefault((p.op, p.n, p.way), []).append(p)
+    return {k: cell(v) for k, v in groups.items()}
+
+
+def sizes(v: VersionResults) -> list[int]:
+    return sorted({p.n for p in v.at_once})
+
+
+def client_cost_s(c: Comparison, op: str, n: int) -> float:
+    """The median of N one-run requests through the proxy against an instant upstream."""
+    for cost in c.client_cost:
+        if cost.op == op and cost.n == n and cost.proxy_s:
+            return statistics.median(cost.proxy_s)
+    return 0.0
+
+
+def yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+@dataclass(frozen=True)
+class BoundRow:
+    op: str
+    n: int
+    direct: Cell
+    proxy: Cell
+    batch: Cell
+    cost_s: float
+
+    @property
+    def bound_s(self) -> float:
+        return BOUND * self.batch.wall_s + self.cost_s
+
+    @property
+    def within_bound(self) -> bool:
+        return self.proxy.wall_s <= self.bound_s
+
+    @property
+    def below_direct(self) -> bool:
+        return self.proxy.wall_s < self.direct.wall_s
+
+
+def bound_rows(c: Comparison, v: VersionResults) -> list[BoundRow]:
+    by = cells(v.at_once)
+    rows = []
+    for op in ("stop", "delete"):
+        for n in sizes(v):
+            keys = [(op, n, w) for w in WAY_NAMES]
+            if all(k in by for k in keys):
+                d, p, b = (by[k] for k in keys)
+                rows.append(BoundRow(op, n, d, p, b, client_cost_s(c, op, n)))
+    return rows
+
+
+@dataclass(frozen=True)
+class LoneFigures:
+    op: str
+    n: int
+    direct_p50: float
+    proxy_p50: float
+    paired: float
+    low: float
+    high: float
+
+    @property
+    def added_p50(self) -> float:
+        return self.proxy_p50 - self.direct_p50
+
+
+def lone_figures(v: VersionResults) -> list[LoneFigures]:
+    out = []
+    for pairs in v.lone:
+        if not pairs.direct_ms:
+            continue
+        diffs = [a - b for a, b in zip(pairs.proxy_ms, pairs.direct_ms, strict=True)]
+        low, high = median_interval(diffs)
+        out.append(
+            LoneFigures(
+                pairs.op,
+                len(diffs),
+                pct(pairs.direct_ms, 50),
+                pct(pairs.proxy_ms, 50),
+                statistics.median(diffs),
+                low,
+                high,
+            )
+        )
+    return out

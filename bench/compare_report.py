@@ -1,0 +1,238 @@
+"""The per-version section of docs/measurements.md (issue 14: targets of point 2, the seed's
+claims of point 3, what each phase cost the server) and the targets' summary, from a
+`compare.Comparison`."""
+
+from __future__ import annotations
+
+from .compare import Comparison, VersionResults
+from .compare_cells import (
+    BROWSER_CALLS,
+    LONE_MS,
+    VERSIONS_PLOT,
+    WAY_NAMES,
+    BoundRow,
+    bound_rows,
+    cells,
+    lone_figures,
+    yes,
+)
+from .compare_claims import claims_table
+from .report_text import para
+
+
+def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
+    lines = [
+        "| op | N | direct singles: s (calls) | proxy: s, worst (calls) | one N-name call: s "
+        "| client cost s | bound s | proxy ≤ bound | proxy < direct |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in bound_rows(c, v):
+        lines.append(
+            f"| {r.op} | {r.n} | {r.direct.wall_s:.3f} ({r.direct.calls}) "
+            f"| {r.proxy.wall_s:.3f}, {r.proxy.worst_s:.3f} ({r.proxy.calls}) "
+            f"| {r.batch.wall_s:.3f} | {r.cost_s:.3f} | {r.bound_s:.3f} "
+            f"| {yes(r.within_bound)} | {yes(r.below_direct)} |"
+        )
+    return lines
+
+
+def _browser_table(v: VersionResults) -> list[str]:
+    by = cells(v.browser)
+    lines = [
+        "| op | direct: s (calls) | proxy: s, worst (calls, worst) | proxy < direct "
+        f"| ≤ {BROWSER_CALLS} calls (worst round) |",
+        "|---|---|---|---|---|",
+    ]
+    for op in ("stop", "delete"):
+        d, p = by.get((op, 20, "direct singles")), by.get((op, 20, "proxy singles"))
+        if d is None or p is None:
+            continue
+        lines.append(
+            f"| {op} | {d.wall_s:.3f} ({d.calls}) | {p.wall_s:.3f}, {p.worst_s:.3f} "
+            f"({p.calls}, {p.worst_calls}) | {yes(p.wall_s < d.wall_s)} "
+            f"| {yes(p.worst_calls <= BROWSER_CALLS)} |"
+        )
+    return lines
+
+
+def _lone_table(v: VersionResults) -> list[str]:
+    lines = [
+        "| op | pairs | direct p50 ms | proxy p50 ms | added p50 | paired median [95%] "
+        f"| ≤ {LONE_MS:g} ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in lone_figures(v):
+        lines.append(
+            f"| {f.op} | {f.n} | {f.direct_p50:.1f} | {f.proxy_p50:.1f} | {f.added_p50:+.2f} "
+            f"| {f.paired:+.2f} [{f.low:+.2f}, {f.high:+.2f}] | {yes(f.added_p50 <= LONE_MS)} |"
+        )
+    return lines
+
+
+def _usage_table(v: VersionResults) -> list[str]:
+    by = cells(v.at_once)
+    lines = [
+        '| op | N | way | s | non-200 | "database is locked" | other errors | server CPU s '
+        "| peak RSS MB (growth) | all ok |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (op, n, way), x in sorted(
+        by.items(), key=lambda kv: (kv[0][0] != "stop", kv[0][1], list(WAY_NAMES).index(kv[0][2]))
+    ):
+        lines.append(
+            f"| {op} | {n} | {WAY_NAMES[way]} | {x.wall_s:.3f} | {x.non_200} | {x.locked} "
+            f"| {x.errors} | {x.cpu_s:.2f} | {x.peak_rss_mb:.0f} ({x.rss_growth_mb:+.0f}) "
+            f"| {yes(x.ok)} |"
+        )
+    return lines
+
+
+def version_section(c: Comparison, v: VersionResults) -> str:
+    rounds = ", ".join(f"N = {n}: {r}" for n, r in c.settings.rounds.items())
+    alone = sorted(c.settings.stops_only(v.version))
+    fresh = (
+        f" Stops at N = {', '.join(map(str, alone))}: each way on a fresh server of its own."
+        if alone
+        else ""
+    )
+    return "\n".join(
+        [
+            f"### dstack {v.label}",
+            "",
+            para(
+                f"N one-run requests at once (rounds: {rounds}; medians, and the proxy's worst "
+                "round). Bound = 1.15 × one N-name call + the client's own cost (the same N "
+                "requests through a proxy in front of an upstream that answers at once)." + fresh
+            ),
+            "",
+            *_at_once_table(c, v),
+            "",
+            *(para(note) for note in _budget_notes(c, [v])),
+            "",
+            para(
+                "The browser shape: 20 one-run requests over at most 6 kept-alive connections, "
+                f"each waiting for its answer ({c.settings.browser_rounds} round(s))."
+            ),
+            "",
+            *_browser_table(v),
+            "",
+            para(
+                "A lone request on a fresh run, direct and through the proxy in alternating "
+                "order; paired median of (proxy − direct) with its 95% bootstrap interval."
+            ),
+            "",
+            *_lone_table(v),
+            "",
+            "What each phase cost the server (its log and its process tree, /proc):",
+            "",
+            *_usage_table(v),
+            "",
+            para(
+                f"Time this version took in the run: server start {v.startup_s:.0f} s; "
+                + ", ".join(
+                    f"{k.replace('_', ' ')} {t / 60:.1f} min" for k, t in v.elapsed_s.items()
+                )
+                + "."
+            ),
+        ]
+    )
+
+
+def section(c: Comparison) -> str:
+    """The whole section: the claims, then per version the targets and what each phase cost."""
+    return "\n\n".join(
+        [
+            para(
+                "Per dstack version, in one run, the proxy at its shipped default (policy "
+                f"`{c.policy}`). Upstream calls, locking and errors are read from each server's "
+                "own log; CPU and peak RSS from /proc of the server's process tree, sampled every "
+                "10 ms while the phase runs. Every stop names fresh active runs; the deletes then "
+                "name the same runs, stopped in between (not measured)."
+            ),
+            "The seed's claims, as the seed states them, next to what was measured:",
+            claims_table(c),
+            f"![N at once on each version]({VERSIONS_PLOT})",
+            *(version_section(c, v) for v in c.versions),
+        ]
+    )
+
+
+def _cells_met(rows: list[BoundRow], test: str) -> str:
+    if not rows:
+        return "not measured"
+    met = [r for r in rows if (r.within_bound if test == "bound" else r.below_direct)]
+    if test == "bound":
+        worst = max(rows, key=lambda r: r.proxy.wall_s / r.bound_s)
+        detail = (
+            f"worst {worst.op} N = {worst.n}: {worst.proxy.wall_s:.3f} s vs {worst.bound_s:.3f} s"
+        )
+    else:
+        worst = max(rows, key=lambda r: r.proxy.wall_s / r.direct.wall_s)
+        detail = (
+            f"worst {worst.op} N = {worst.n}: {worst.proxy.wall_s:.3f} s vs direct "
+            f"{worst.direct.wall_s:.3f} s"
+        )
+    return f"{len(met)} of {len(rows)} cells; {detail} ({yes(len(met) == len(rows))})"
+
+
+def _browser_met(v: VersionResults) -> tuple[str, str]:
+    by = cells(v.browser)
+    faster, calls = [], []
+    for op in ("stop", "delete"):
+        d, p = by.get((op, 20, "direct singles")), by.get((op, 20, "proxy singles"))
+        if d is None or p is None:
+            continue
+        faster.append(f"{op} {p.wall_s:.3f} vs {d.wall_s:.3f} s ({yes(p.wall_s < d.wall_s)})")
+        calls.append(f"{op} {p.worst_calls} ({yes(p.worst_calls <= BROWSER_CALLS)})")
+    return "; ".join(faster) or "not measured", "; ".join(calls) or "not measured"
+
+
+def targets_summary(c: Comparison) -> str:
+    """Issue 14's point 2, one column per server version."""
+    rows: dict[str, list[str]] = {
+        "N at once: proxy ≤ 1.15 × one N-name call + client cost (median)": [],
+        "N at once: proxy < direct singles (median)": [],
+        "20 over ≤ 6 connections: proxy < direct (median)": [],
+        f"20 over ≤ 6 connections: ≤ {BROWSER_CALLS} upstream calls (worst round)": [],
+        f"a lone request adds ≤ {LONE_MS:g} ms at p50": [],
+    }
+    for v in c.versions:
+        bound = bound_rows(c, v)
+        faster, calls = _browser_met(v)
+        lone = "; ".join(
+            f"{f.op} {f.added_p50:+.2f} ms, paired {f.paired:+.2f} [{f.low:+.2f}, {f.high:+.2f}] "
+            f"({yes(f.added_p50 <= LONE_MS)})"
+            for f in lone_figures(v)
+        )
+        for target, value in zip(
+            rows,
+            (
+                _cells_met(bound, "bound"),
+                _cells_met(bound, "direct"),
+                faster,
+                calls,
+                lone or "not measured",
+            ),
+            strict=True,
+        ):
+            rows[target].append(value)
+    head = "| target (stops and deletes) | " + " | ".join(f"dstack {v.label}" for v in c.versions)
+    lines = [head + " |", "|---" * (len(c.versions) + 1) + "|"]
+    lines += [f"| {t} | " + " | ".join(vals) + " |" for t, vals in rows.items()]
+    return "\n".join([*lines, "", *(para(n) for n in _budget_notes(c))])
+
+
+def _budget_notes(c: Comparison, versions: list[VersionResults] | None = None) -> list[str]:
+    notes = []
+    for v in c.versions if versions is None else versions:
+        alone = sorted(c.settings.stops_only(v.version))
+        if alone:
+            notes.append(
+                f"On dstack {v.label}, deletes were measured up to N = "
+                f"{c.settings.deletes_up_to.get(v.version, 0)}; N = "
+                f"{', '.join(map(str, alone))} are stops only, each way on a fresh server: a "
+                "delete needs finished runs, and waiting for this server's pipeline to finish "
+                "that many stopped runs does not fit the bench's budget (0.18.40 finishes about "
+                "one a second)."
+            )
+    return notes

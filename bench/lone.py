@@ -1,0 +1,89 @@
+"""A lone stop, and a lone delete, with nothing else happening: straight to the server and
+through the proxy at its default configuration, one at a time in alternating order on kept-alive
+connections, each naming a fresh run (active for the stop, finished for the delete)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tests.support.api import create_project
+from tests.support.runs import create_active_runs, stop_runs_until_finished
+from tests.support.server import DstackServer
+
+CHUNK = 10  # pairs per batch of fresh runs: keeps the server's pipeline small
+
+
+@dataclass
+class LonePairs:
+    op: str
+    direct_ms: list[float] = field(default_factory=list)
+    proxy_ms: list[float] = field(default_factory=list)  # adjacent in time to direct_ms[i]
+
+
+def _connect(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+
+
+def _timed(conn: http.client.HTTPConnection, op: str, project: str, name: str, token: str) -> float:
+    body: dict[str, object] = {"runs_names": [name]}
+    if op == "stop":
+        body["abort"] = False
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    conn.request("POST", f"/api/project/{project}/runs/{op}", json.dumps(body), headers)
+    resp = conn.getresponse()
+    resp.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    if resp.status != 200:
+        raise RuntimeError(f"lone {op} via {conn.host}:{conn.port} -> {resp.status}")
+    return elapsed
+
+
+def _pairs(
+    server: DstackServer,
+    urls: dict[str, str],
+    op: str,
+    project: str,
+    names: dict[str, list[str]],
+    kept: LonePairs,
+    offset: int,
+) -> None:
+    """One op at a time to both targets in alternating order, on connections opened and warmed
+    up (a no-op stop naming no run) just before: a connection idle while runs are created
+    would be closed by the server's keep-alive timeout."""
+    conns = {t: _connect(url) for t, url in urls.items()}
+    try:
+        for conn in conns.values():
+            _timed(conn, "stop", project, "warm-up", server.admin_token)
+        for i in range(len(names["direct"])):
+            order = ("direct", "proxy") if (offset + i) % 2 == 0 else ("proxy", "direct")
+            for t in order:
+                ms = _timed(conns[t], op, project, names[t][i], server.admin_token)
+                (kept.direct_ms if t == "direct" else kept.proxy_ms).append(ms)
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def run(server: DstackServer, proxy_url: str, pairs: int) -> list[LonePairs]:
+    """`pairs` lone stops and then `pairs` lone deletes per target, CHUNK fresh runs per
+    target at a time; the order of the two targets alternates."""
+    stops, deletes = LonePairs("stop"), LonePairs("delete")
+    urls = {"direct": server.url, "proxy": proxy_url}
+    for chunk in range(0, pairs, CHUNK):
+        project = f"single{chunk}"
+        create_project(server, project)
+        size = min(CHUNK, pairs - chunk)
+        names = {t: [f"l{chunk + i}-{t}" for i in range(size)] for t in urls}
+        every = names["direct"] + names["proxy"]
+        create_active_runs(server, project, every)
+        _pairs(server, urls, "stop", project, names, stops, chunk)
+        # The stop race can put a run back: finish them all before the deletes.
+        stop_runs_until_finished(server, project, every, timeout=300)
+        _pairs(server, urls, "delete", project, names, deletes, chunk)
+    return [stops, deletes]

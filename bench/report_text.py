@@ -1,0 +1,32 @@
+"""Helpers every section of docs/measurements.md shares: the run's plain data, verdicts,
+wrapped paragraphs."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+Data = dict[str, Any]
+
+
+def yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def memory_by_target(data: Data) -> dict[str, Data]:
+    return {m["target"]: m for m in data["memory"]}
+
+
+def para(*parts: str, indent: str = "") -> str:
+    """One Markdown paragraph (or list item, with `indent`), wrapped at 100 columns."""
+    return textwrap.fill(
+        "".join(parts),
+        100,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
+def calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"

@@ -1,0 +1,106 @@
+"""The per-version benchmark's bookkeeping (bench/compare*.py, bench/usage.py): what it counts in
+a server log, the verdicts it writes next to the seed's claims and the targets, and that its
+results survive the JSON file. Synthetic figures; no timing is asserted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from bench.bulk import ClientCost, Phase
+from bench.compare import Comparison, Settings, VersionResults
+from bench.compare_cells import bound_rows
+from bench.compare_claims import claims
+from bench.compare_report import section, targets_summary
+from bench.lone import LonePairs
+from bench.usage import log_errors
+
+LOG = """\
+DEBUG 2026-12-06T02:40:02.236 dstack._internal.server.app Processed request POST http://127.0.0.1:1/api/project/main/runs/stop in 0.026237s. Status: 200
+ERROR 2026-12-06T02:40:02.300 dstack._internal.server.app Error processing request
+sqlite3.OperationalError: database is locked
+Traceback (most recent call last):
+DEBUG 2026-12-06T02:40:02.400 dstack._internal.server.app Processed request POST http://127.0.0.1:1/api/project/main/runs/stop in 5.0s. Status: 500
+INFO 2026-12-06T02:40:02.500 dstack._internal.server.background run(abc) submitted -> pending, ERROR in name only
+"""  # noqa: E501
+
+
+def test_log_errors_count_locking_apart_from_other_errors() -> None:
+    assert log_errors(LOG) == (1, 3)
+    assert log_errors("") == (0, 0)
+
+
+def _phase(way: str, op: str, n: int, wall: float, cpu: float = 1.0, locked: int = 0) -> Phase:
+    calls = n if way == "direct singles" else 1
+    return Phase(way, op, n, None, wall, calls, 0, True, locked, 0, cpu, 300.0, 290.0)  # type: ignore[arg-type]
+
+
+def _comparison(proxy_10: float, proxy_cpu_100: float, locked_50: int) -> Comparison:
+    at_once = []
+    for op in ("stop", "delete"):
+        at_once += [
+            _phase("direct singles", op, 10, 0.44),
+            _phase("proxy singles", op, 10, proxy_10),
+            _phase("direct batch", op, 10, 0.25),
+            _phase("direct singles", op, 50, 0.7),
+            _phase("proxy singles", op, 50, 0.5, locked=locked_50),
+            _phase("direct batch", op, 50, 0.3),
+        ]
+    at_once += [
+        _phase("direct singles", "stop", 100, 1.5, cpu=1.5),
+        _phase("proxy singles", "stop", 100, 0.9, cpu=proxy_cpu_100),
+        _phase("direct batch", "stop", 100, 0.4, cpu=0.3),
+    ]
+    browser = [
+        dataclasses.replace(_phase("direct singles", op, 20, 1.1), connections=6)
+        for op in ("stop", "delete")
+    ] + [
+        dataclasses.replace(_phase("proxy singles", op, 20, 1.0), connections=6, calls=4)
+        for op in ("stop", "delete")
+    ]
+    lone = [LonePairs("stop", [10.0, 11.0, 12.0], [10.5, 11.2, 12.4])]
+    version = VersionResults("0.18.40", "sqlite", 20.0, at_once, browser, lone, {"at_once": 1.0})
+    settings = Settings({10: 1, 50: 1, 100: 1}, {"0.18.40": 50}, 1, 3, 1)
+    costs = [ClientCost(op, n, [0.02], [0.01]) for op in ("stop", "delete") for n in (10, 50, 100)]
+    return Comparison("adaptive", settings, [version], costs, 1.0)
+
+
+def test_claims_say_plainly_where_they_do_not_hold() -> None:
+    slower = {c.claim: c for c in claims(_comparison(0.48, 2.0, 3))}
+    assert slower["about 80% less request time for 10 runs"].holds == "**no**"
+    assert "9% more" in slower["about 80% less request time for 10 runs"].measured
+    assert slower['no "database is locked" at 50'].holds == "**no**"
+    assert slower["less server CPU and memory at 100 and more"].holds == "**no**"
+    better = {c.claim: c for c in claims(_comparison(0.08, 0.5, 0))}
+    assert better["about 80% less request time for 10 runs"].holds == "yes"
+    assert better['no "database is locked" at 50'].holds == "yes"
+    # Peak RSS was the same for both ways: not less, so the claim still fails.
+    assert better["less server CPU and memory at 100 and more"].holds == "**no**"
+
+
+def test_bound_is_115_percent_of_one_call_plus_the_client_cost() -> None:
+    c = _comparison(0.48, 2.0, 0)
+    rows = {(r.op, r.n): r for r in bound_rows(c, c.versions[0])}
+    assert rows[("stop", 10)].bound_s == 1.15 * 0.25 + 0.02
+    assert not rows[("stop", 10)].within_bound and not rows[("stop", 10)].below_direct
+    assert rows[("stop", 100)].within_bound is False  # 0.9 > 1.15 * 0.4 + 0.02
+    assert ("delete", 100) not in rows  # deletes not measured there: no verdict invented
+    summary = targets_summary(c)
+    assert "0 of 5 cells" in summary and "deletes were measured up to N = 50" in summary
+
+
+def test_results_survive_the_json_file() -> None:
+    c = _comparison(0.48, 2.0, 1)
+    again = Comparison.from_json(json.loads(json.dumps(dataclasses.asdict(c))))
+    assert again == c
+    assert section(again) == section(c)
+
+
+def test_every_n_is_measured_once_either_with_its_deletes_or_stops_only() -> None:
+    for quick in (True, False):
+        s = Settings.make(quick)
+        for version in ("0.18.40", "0.22.5"):
+            both, alone = s.with_deletes(version), s.stops_only(version)
+            assert not set(both) & set(alone)
+            assert {**both, **alone} == s.rounds
+    assert 100 not in Settings.make(False).with_deletes("0.18.40")
