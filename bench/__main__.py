@@ -34,7 +34,7 @@ KEEP = "<!-- Hand-written below this line; make bench keeps it. -->"
 
 def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> dict[str, Any]:
     settings = {
-        "pairs": 20 if quick else 100,
+        "pairs": 20 if quick else 60,
         "policy_rounds": 1 if quick else 3,
         "wrk_seconds": 2 if quick else 3,
         "wrk_rounds": 1 if quick else 4,

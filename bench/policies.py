@@ -29,10 +29,10 @@ from tests.support.server import DstackServer
 from .tools import proxy_flags
 from .workload import Measured, bodies_for, measure, post_all
 
-POLICIES = ("window", "idle", "adaptive")
+POLICIES = ("quiet", "window", "idle", "adaptive")
 CHUNK = 10  # lone pairs per batch of fresh runs: keeps the server's pipeline small
-INSTANT_PAIRS = 300  # lone stop pairs per policy against the instant upstream
-UNKNOWN_PAIRS = 200  # lone stops of unknown runs per target on the real server
+INSTANT_PAIRS = 200  # lone stop pairs per policy against the instant upstream
+UNKNOWN_PAIRS = 120  # lone stops of unknown runs per target on the real server
 
 
 @dataclass
