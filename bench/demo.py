@@ -62,7 +62,11 @@ def main() -> None:
         metrics = urllib.request.urlopen(f"{proxy.admin_url}/metrics").read().decode()
     rows.sort(key=lambda r: (r.op != "stop", r.way))
     print("\n" + table(rows))
-    saved = [ln for ln in metrics.splitlines() if ln.startswith("proxy_batch_calls_saved_total")]
+    saved = [
+        ln
+        for ln in metrics.splitlines()
+        if ln.startswith("dstack_coalescer_batch_calls_saved_total")
+    ]
     print("\nThe proxy's own count (admin /metrics):", *saved, sep="\n  ")
     print("Upstream calls above are counted from the dstack server's own log.")
 

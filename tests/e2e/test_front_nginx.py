@@ -28,7 +28,7 @@ from tests.support.versions import CURRENT_VERSION
 # The deployment front is checked against the current server only (CI's time budget).
 pytestmark = pytest.mark.server_versions(CURRENT_VERSION)
 
-BATCHED = "proxy_batch_size_sum"  # requests that went out in batches, per endpoint
+BATCHED = "dstack_coalescer_batch_size_sum"  # requests that went out in batches, per endpoint
 FINISHED = {"terminated", "failed", "done"}
 # Project names to try until two hash to different replicas (all 24 on one: p = 2^-23).
 CANDIDATES = tuple(f"team-{i}" for i in range(24))

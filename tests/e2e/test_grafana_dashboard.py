@@ -23,7 +23,7 @@ from tests.support.processes import FastUpstream, ProxyProcess
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
 # Labels Prometheus adds to every scraped series, and the histogram bucket bound.
 TARGET_LABELS = {"instance", "job"}
-_METRIC = re.compile(r"\bproxy_[a-z0-9_]+\b")
+_METRIC = re.compile(r"\bdstack_coalescer_[a-z0-9_]+\b")
 _BY = re.compile(r"\bby\s*\(([^)]*)\)\s*\(")
 _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
 
@@ -97,8 +97,12 @@ def test_every_metric_a_panel_queries_is_exported(exported: dict[str, Metric]) -
     assert used <= names, sorted(used - names)
     # The traffic really went through the batch path the panels watch.
     # The first stop finds its key idle and goes alone (the panels count it as a bypass).
-    batched = next(f for f in exported.values() if f.name.startswith("proxy_batched_requests"))
-    bypass = next(f for f in exported.values() if f.name.startswith("proxy_batch_bypass"))
+    batched = next(
+        f for f in exported.values() if f.name.startswith("dstack_coalescer_batched_requests")
+    )
+    bypass = next(
+        f for f in exported.values() if f.name.startswith("dstack_coalescer_batch_bypass")
+    )
     alone = sum(s.value for s in bypass.samples if s.labels.get("reason") == "alone")
     together = sum(s.value for s in batched.samples if s.name.endswith("_total"))
     assert together > 0 and together + alone == 10
@@ -132,6 +136,6 @@ def test_every_label_a_query_groups_or_filters_by_exists() -> None:
             grouped = {x.strip() for x in m.group(1).split(",") if x.strip()}
             for metric in _METRIC.findall(_argument(expr, m.end())):
                 assert grouped <= labels[metric], (expr, metric, grouped - labels[metric])
-        for selector in re.finditer(r"(proxy_[a-z0-9_]+)\{([^}]*)\}", expr):
+        for selector in re.finditer(r"(dstack_coalescer_[a-z0-9_]+)\{([^}]*)\}", expr):
             used = set(_MATCHER.findall(selector.group(2)))
             assert used <= labels[selector.group(1)], (expr, used)
