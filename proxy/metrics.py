@@ -6,8 +6,17 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -16,6 +25,13 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Client-facing durations reach batch_timeout (30 s) behind a slow dstack, and more for streams.
+_DURATION_BUCKETS = (*_LATENCY_BUCKETS, 60, 300)
+
+# The request's storage key naming how it was answered, for the duration histogram's `route`:
+# "batched" (from a batch call), "alone" (sent singly as its key's leader), else
+# "passthrough" (including batchable requests that bypassed batching) or "websocket".
+WAY: Final = web.RequestKey("dstack_coalescer.way", str)
 
 
 class Metrics:
@@ -29,6 +45,20 @@ class Metrics:
             ("route", "status"),
         )
         r.register(self.requests)
+        self.duration = LoopHistogram(
+            "dstack_coalescer_request_duration_seconds",
+            "Client-facing time from a request's arrival to its answer, by how it was answered",
+            "route",
+            _DURATION_BUCKETS,
+        )
+        r.register(self.duration)
+        self.upstream_healthy = Gauge(
+            "dstack_coalescer_upstream_healthy",
+            "1 when dstack's /healthcheck answered 200 at the last scrape, else 0",
+            registry=r,
+        )
+        # Memory, CPU, open files and start time of this process (process_* on Linux).
+        ProcessCollector(registry=r)
         self.in_flight = Gauge(
             "dstack_coalescer_requests_in_flight", "Client requests being handled", registry=r
         )
