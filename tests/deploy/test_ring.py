@@ -38,6 +38,8 @@ from tests.support.front import (
     NginxFront,
     Replica,
     make_certificate,
+    sample,
+    scrape,
 )
 from tests.support.processes import find_free_port
 
@@ -180,12 +182,15 @@ async def settle(
 
 
 @contextlib.asynccontextmanager
-async def ring_stack(workdir: Path, discovery: str) -> AsyncIterator[Stack]:
+async def ring_stack(
+    workdir: Path, discovery: str, count: int = REPLICAS, delay: float = UPSTREAM_DELAY
+) -> AsyncIterator[Stack]:
     base = f"127.{random.randint(64, 250)}.{random.randint(0, 250)}"
-    addresses = [f"{base}.{10 + i}" for i in range(REPLICAS)]
+    addresses = [f"{base}.{10 + i}" for i in range(count)]
     port, admin_port = find_free_port(addresses[0]), find_free_port(addresses[0])
     cert = make_certificate(workdir)
-    async with upstream_sites(REPLICAS) as upstream:
+    async with upstream_sites(count) as upstream:
+        upstream.delay = delay
 
         def start_replica(i: int) -> Replica:
             return Replica(
@@ -205,7 +210,7 @@ async def ring_stack(workdir: Path, discovery: str) -> AsyncIterator[Stack]:
         replicas: list[Replica | None] = []
         dns = Dnsmasq(workdir / "dns")
         try:
-            replicas = [start_replica(i) for i in range(REPLICAS)]
+            replicas = [start_replica(i) for i in range(count)]
             with dns:
                 env["RING_NAMESERVER"] = dns.address
                 with (
@@ -225,7 +230,7 @@ async def ring_stack(workdir: Path, discovery: str) -> AsyncIterator[Stack]:
                             dns, discovery, addresses, replicas, upstream, front, client,
                             start_replica,
                         )  # fmt: skip
-                        dns.serve(stack.records(set(range(REPLICAS))))
+                        dns.serve(stack.records(set(range(count))))
                         yield stack
         finally:
             for r in replicas:
@@ -274,3 +279,77 @@ async def test_each_project_on_one_replica_through_dns_changes(
         assert third == first
         MEASURED[f"ring {discovery}: replica {gone} back"] = split(third)
         assert_each_name_sent_once(stack.upstream)
+
+
+# The shipped Kubernetes timing, scaled down: the preStop hook waits for DNS to drop the pod
+# (15 s there, for endpoint propagation and CoreDNS's 5 s TTL; here dnsmasq answers at once,
+# and the ring notices within its resolve interval plus `hold nx`, about 3 s).
+PRE_STOP = 4.0
+ROLLOUT_DELAY = 5.0  # each stop call takes 5 s upstream: callers are held when SIGTERM comes
+
+
+def in_flight(replica: Replica) -> int:
+    metrics = scrape(replica.admin_url)
+    return int(sample(metrics, "dstack_coalescer_requests_in_flight"))
+
+
+async def test_a_rolling_restart_under_a_steady_stream_of_stops_loses_no_caller(
+    tmp_path: Path,
+) -> None:
+    """Two replicas restarted one after the other as Kubernetes does it (the name leaves DNS,
+    preStop waits, SIGTERM drains with the shipped drain_seconds, a new pod takes the name),
+    while stops keep arriving for ten projects: each gets dstack's answer, none is sent twice."""
+    projects = PROJECTS[:10]
+    async with ring_stack(tmp_path, "statefulset.cfg", count=2, delay=ROLLOUT_DELAY) as stack:
+        await settle(stack, projects, lambda landed: len(set(landed.values())) == 2, starting=True)
+        mark = len(stack.upstream.calls)
+        answers: list[tuple[int, bytes]] = []
+        waits: list[float] = []
+        running = True
+
+        async def caller(project: str) -> None:
+            began = time.monotonic()
+            answers.append(await stack.stop(project))
+            waits.append(time.monotonic() - began)
+
+        async def stream() -> None:
+            tasks = []
+            for i in itertools.count():
+                if not running:
+                    break
+                tasks.append(asyncio.create_task(caller(projects[i % len(projects)])))
+                await asyncio.sleep(0.05)  # below 1 000 in all: nginx's per-connection cap
+            await asyncio.gather(*tasks)
+
+        streaming = asyncio.create_task(stream())
+        await asyncio.sleep(1.5)
+        drains = []
+        # A StatefulSet's rolling update: the highest ordinal first. dstack takes longer to
+        # answer than the preStop wait, so SIGTERM finds callers still held on the replica,
+        # which must get their real answers within drain_seconds.
+        for i in (1, 0):
+            stack.dns.serve(stack.records({0, 1} - {i}))
+            await asyncio.sleep(PRE_STOP)
+            replica = stack.replicas[i]
+            assert replica is not None
+            held = await asyncio.to_thread(in_flight, replica)
+            began = time.monotonic()
+            assert await asyncio.to_thread(replica.stop) == 0, replica.log_tail()
+            drains.append(f"{held} held, drained in {time.monotonic() - began:.1f} s")
+            stack.replicas[i] = stack.start_replica(i)  # type: ignore[operator]
+            stack.dns.serve(stack.records({0, 1}))
+            await asyncio.sleep(3.0)  # resolved and checked healthy before the next one goes
+        running = False
+        await streaming
+        calls = stack.upstream.since(mark)
+        assert len(answers) > 300
+        assert Counter(answers) == Counter({(200, b"null"): len(answers)})
+        assert sum(len(c.names) for c in calls) == len(answers)  # every stop reached dstack
+        assert_each_name_sent_once(stack.upstream)
+        waits.sort()
+        MEASURED["rollout: callers, upstream calls"] = f"{len(answers)}, {len(calls)}"
+        MEASURED["rollout: caller wait p50 / max"] = (
+            f"{waits[len(waits) // 2]:.2f} s / {waits[-1]:.2f} s"
+        )
+        MEASURED["rollout: at SIGTERM"] = "; ".join(drains)
+        assert not any(d.startswith("0 held") for d in drains), drains
