@@ -130,6 +130,10 @@ class NginxFront:
         self.url = f"https://127.0.0.1:{self.port}"
         self.values = {
             "FRONT_LISTEN": f"127.0.0.1:{self.port}",
+            "FRONT_PUBLIC_PORT": str(self.port),
+            # Debian 12's nginx (1.22) predates `http2 on;`.
+            "FRONT_LISTEN_HTTP2": " http2",
+            "FRONT_HTTP2": "",
             "FRONT_TLS_CERT": str(cert[0]),
             "FRONT_TLS_KEY": str(cert[1]),
             "FRONT_COALESCER_SERVERS": " ".join(f"server {a};" for a in coalescers),
