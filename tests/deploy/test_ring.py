@@ -298,7 +298,8 @@ async def test_each_project_on_one_replica_through_dns_changes(
 # (15 s there, for endpoint propagation and CoreDNS's 5 s TTL; here dnsmasq answers at once,
 # and the ring notices within its resolve interval plus `hold nx`, about 3 s).
 PRE_STOP = 4.0
-ROLLOUT_DELAY = 5.0  # each stop call takes 5 s upstream: callers are held when SIGTERM comes
+ROLLOUT_DELAY = 3.0  # each stop call takes 3 s upstream: a flight and the batch behind it
+# outlast the preStop wait, so callers are still held when SIGTERM comes
 
 
 def in_flight(replica: Replica) -> int:
