@@ -63,7 +63,11 @@ def show(spec: servers.ServerSpec, n: int, workdir: Path) -> None:
         metrics = urllib.request.urlopen(f"{proxy.admin_url}/metrics").read().decode()
     rows.sort(key=lambda r: (r.op != "stop", r.way))
     print(f"\ndstack {spec.label}:\n" + table(rows))
-    saved = [ln for ln in metrics.splitlines() if ln.startswith("proxy_batch_calls_saved_total")]
+    saved = [
+        ln
+        for ln in metrics.splitlines()
+        if ln.startswith("dstack_coalescer_batch_calls_saved_total")
+    ]
     print("\nThe proxy's own count (admin /metrics):", *saved, sep="\n  ")
     print("Upstream calls above are counted from the dstack server's own log.")
 

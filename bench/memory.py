@@ -46,7 +46,8 @@ class MemoryResults:
     target: str
     requests: int
     projects: int
-    held: int  # proxy_requests_in_flight (bare: client sockets) once every request was sent
+    # dstack_coalescer_requests_in_flight (bare: client sockets) once every request was sent
+    held: int
     upstream_calls: int  # calls the slow upstream was holding then
     idle_rss_mb: float
     held_rss_mb: float  # VmRSS while every request is held
@@ -110,7 +111,7 @@ async def _hold(
 
 def _in_flight(admin_url: str) -> Callable[[], int]:
     """Requests the proxy is handling, from its own gauge."""
-    return lambda: int(metric(admin_url, "proxy_requests_in_flight"))
+    return lambda: int(metric(admin_url, "dstack_coalescer_requests_in_flight"))
 
 
 def _client_sockets(pid: int, before: int) -> Callable[[], int]:

@@ -29,22 +29,29 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    """Ready when not draining and the upstream's /healthcheck answers 200."""
+    """Ready unless draining. dstack's health is not part of it: a slow /healthcheck during a
+    burst would turn every replica unready at once, and the front would have none left
+    (it is the `dstack_coalescer_upstream_healthy` metric instead)."""
     public = request.app[PUBLIC_APP_KEY]
     if public[STATE_KEY].draining:
         return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def upstream_healthy(public: web.Application) -> bool:
+    """Whether dstack's /healthcheck answers 200 within READINESS_TIMEOUT."""
     url = public[CONFIG_KEY].upstream + "/healthcheck"
     try:
         async with public[SESSION_KEY].get(url, timeout=READINESS_TIMEOUT) as resp:
             await resp.read()
-            upstream_ok = resp.status == 200
+            return resp.status == 200
     except (aiohttp.ClientError, TimeoutError):
-        upstream_ok = False
-    if not upstream_ok:
-        return web.json_response({"status": "upstream unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
+        return False
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    body = request.app[PUBLIC_APP_KEY][METRICS_KEY].render()
+    """The metrics, with dstack's health probed once per scrape."""
+    public = request.app[PUBLIC_APP_KEY]
+    public[METRICS_KEY].upstream_healthy.set(1 if await upstream_healthy(public) else 0)
+    body = public[METRICS_KEY].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

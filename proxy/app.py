@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from time import perf_counter
 from typing import Any, Final
 
 import aiohttp
@@ -22,7 +23,7 @@ from .intake import Intake, ReplyBatcher
 from .keys import CONFIG_KEY, FORWARDER_KEY, INTAKE_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
 from .limits import Limits
 from .logs import REQUEST, new_request_serial
-from .metrics import Metrics
+from .metrics import WAY, Metrics
 from .state import State
 from .upstream import ALLOWED_METHODS, SentAsGiven, check_target
 from .websocket import handle_websocket, is_websocket_upgrade
@@ -201,8 +202,10 @@ def _entry(metrics: Metrics, state: State) -> Handler:
     (docs/measurements.md)."""
     count = metrics.requests.inc
     arrived, answered = state.follow_ups.arrived, state.follow_ups.answered
+    took = metrics.duration.labels
 
     async def entry(request: web.Request) -> web.StreamResponse:
+        began = perf_counter()
         token = REQUEST.set((new_request_serial(), request.method, request.raw_path))
         arrived(request)
         task = state.enter()
@@ -222,7 +225,10 @@ def _entry(metrics: Metrics, state: State) -> Handler:
                 response = error_response(
                     UpstreamTimeout("the proxy shut down before the upstream answered")
                 )
-            count(_route_class(request, response), str(response.status))
+            route_class = _route_class(request, response)
+            count(route_class, str(response.status))
+            way = "websocket" if route_class == "websocket" else request.get(WAY, "passthrough")
+            took(way).observe(perf_counter() - began)
             return response
         finally:
             state.leave(task)

@@ -77,7 +77,8 @@ class Config:
     )
     drain_seconds: float = field(default=8.0, metadata={"help": "shutdown drain budget"})
     trusted_proxies: tuple[str, ...] = field(
-        default=(), metadata={"help": "peers whose X-Forwarded-* are believed"}
+        default=(),
+        metadata={"help": "peers (addresses or CIDR networks) whose X-Forwarded-* are believed"},
     )
     log_format: str = field(default="json", metadata={"help": "json or console"})
     event_loop: str = field(default="uvloop", metadata={"help": "uvloop or asyncio"})

@@ -1,6 +1,6 @@
 """Whether a request on a batchable path fits a batch: its request line and headers, and its body
 read within bounds (its key is built in batches.py). Every "no" has a reason, the label of
-`proxy_batch_bypass_total`."""
+`dstack_coalescer_batch_bypass_total`."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from .errors import UpstreamError, UpstreamTimeout, error_response
 from .fit import BypassReason, precheck, read_capped
 from .headers import client_response_headers
 from .limits import Limits
-from .metrics import Metrics
+from .metrics import WAY, Metrics
 from .shadow import Shadow
 from .state import State
 from .upstream import request_target
@@ -125,6 +125,7 @@ class Intake:
         try:
             if self._send_alone is not None and (land := self._batcher.lead(key, member)):
                 self._alone.inc()
+                request[WAY] = "alone"
                 try:
                     return await self._send_alone(request, prefix=body)
                 finally:
@@ -152,6 +153,7 @@ class Intake:
         body: bytes,
         follow_up: float | None,
     ) -> web.StreamResponse:
+        request[WAY] = "batched"
         try:
             # The target is built only if this request opens a batch: joiners would hold one each.
             target = partial(self._target, request, spec)
@@ -183,6 +185,7 @@ class Intake:
         self, request: web.Request, reason: BypassReason, body: bytes = b""
     ) -> web.StreamResponse:
         self._metrics.bypasses.labels(reason.value).inc()
+        request[WAY] = "passthrough"
         return await self._passthrough(request, prefix=body)
 
 

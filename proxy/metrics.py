@@ -6,8 +6,17 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -16,6 +25,13 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Client-facing durations reach batch_timeout (30 s) behind a slow dstack, and more for streams.
+_DURATION_BUCKETS = (*_LATENCY_BUCKETS, 60, 300)
+
+# The request's storage key naming how it was answered, for the duration histogram's `route`:
+# "batched" (from a batch call), "alone" (sent singly as its key's leader), else
+# "passthrough" (including batchable requests that bypassed batching) or "websocket".
+WAY: Final = web.RequestKey("dstack_coalescer.way", str)
 
 
 class Metrics:
@@ -24,104 +40,125 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = LoopCounter(
-            "proxy_requests_total",
+            "dstack_coalescer_requests_total",
             "Client requests answered, by route class and status",
             ("route", "status"),
         )
         r.register(self.requests)
+        self.duration = LoopHistogram(
+            "dstack_coalescer_request_duration_seconds",
+            "Client-facing time from a request's arrival to its answer, by how it was answered",
+            "route",
+            _DURATION_BUCKETS,
+        )
+        r.register(self.duration)
+        self.upstream_healthy = Gauge(
+            "dstack_coalescer_upstream_healthy",
+            "1 when dstack's /healthcheck answered 200 at the last scrape, else 0",
+            registry=r,
+        )
+        # Memory, CPU, open files and start time of this process (process_* on Linux).
+        ProcessCollector(registry=r)
         self.in_flight = Gauge(
-            "proxy_requests_in_flight", "Client requests being handled", registry=r
+            "dstack_coalescer_requests_in_flight", "Client requests being handled", registry=r
         )
         self.upstream_latency = LoopHistogram(
-            "proxy_upstream_latency_seconds",
+            "dstack_coalescer_upstream_latency_seconds",
             "Upstream time to response headers",
             "kind",
             _LATENCY_BUCKETS,
         )
         r.register(self.upstream_latency)
         self.upstream_errors = Counter(
-            "proxy_upstream_errors_total", "Upstream failures by kind", ["kind", "code"], registry=r
+            "dstack_coalescer_upstream_errors_total",
+            "Upstream failures by kind",
+            ["kind", "code"],
+            registry=r,
         )
         self.batched = Counter(
-            "proxy_batched_requests_total",
+            "dstack_coalescer_batched_requests_total",
             "Requests answered from a batch",
             ["endpoint"],
             registry=r,
         )
         self.batch_calls = Counter(
-            "proxy_batch_upstream_calls_total",
+            "dstack_coalescer_batch_upstream_calls_total",
             "Upstream calls made for batches: first call, later split or round, probe",
             ["endpoint", "purpose"],
             registry=r,
         )
         self.calls_saved = Counter(
-            "proxy_batch_calls_saved_total",
+            "dstack_coalescer_batch_calls_saved_total",
             "Requests minus upstream calls, per batch",
             ["endpoint"],
             registry=r,
         )
         self.batch_size = Histogram(
-            "proxy_batch_size",
+            "dstack_coalescer_batch_size",
             "Requests per flushed batch",
             ["endpoint"],
             buckets=_SIZE_BUCKETS,
             registry=r,
         )
         self.batch_wait = Histogram(
-            "proxy_batch_wait_seconds",
+            "dstack_coalescer_batch_wait_seconds",
             "Time the oldest request of a batch waited to be sent",
             ["endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.flushes = Counter(
-            "proxy_batch_flushes_total",
+            "dstack_coalescer_batch_flushes_total",
             "Batches sent, by reason",
             ["endpoint", "reason"],
             registry=r,
         )
         self.expired = Counter(
-            "proxy_batch_expired_total",
+            "dstack_coalescer_batch_expired_total",
             "Requests answered 503 unsent: max_wait passed behind a flight for their key",
             ["endpoint"],
             registry=r,
         )
         self.bisections = Counter(
-            "proxy_batch_bisections_total",
+            "dstack_coalescer_batch_bisections_total",
             "Batch calls split to isolate a failure",
             ["endpoint"],
             registry=r,
         )
         self.bypasses = Counter(
-            "proxy_batch_bypass_total",
+            "dstack_coalescer_batch_bypass_total",
             "Batchable-path requests passed through singly",
             ["reason"],
             registry=r,
         )
-        self.pending = Gauge("proxy_batch_pending", "Requests waiting in batches", registry=r)
+        self.pending = Gauge(
+            "dstack_coalescer_batch_pending", "Requests waiting in batches", registry=r
+        )
         self.keys = Gauge(
-            "proxy_batch_keys", "Keys with a batch waiting or a flight in the air", registry=r
+            "dstack_coalescer_batch_keys",
+            "Keys with a batch waiting or a flight in the air",
+            registry=r,
         )
         self.tasks = Gauge(
-            "proxy_event_loop_tasks",
+            "dstack_coalescer_event_loop_tasks",
             "Tasks alive on the proxy's event loop; growth under steady traffic is a leak",
             registry=r,
         )
         self.tasks.set_function(_live_tasks)
         self.shadow_batches = Counter(
-            "proxy_shadow_batches_total",
+            "dstack_coalescer_shadow_batches_total",
             "Batches shadow mode would have formed",
             ["endpoint"],
             registry=r,
         )
         self.disconnects = Counter(
-            "proxy_client_disconnects_total",
+            "dstack_coalescer_client_disconnects_total",
             "Clients gone before their answer was written",
             ["route"],
             registry=r,
         )
         self.drain_cancelled = Counter(
-            "proxy_drain_cancelled_total",
+            "dstack_coalescer_drain_cancelled_total",
             "Requests whose wait the drain deadline ended (answered 504)",
             ["route"],
             registry=r,

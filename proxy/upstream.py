@@ -13,6 +13,7 @@ from yarl import URL
 from .config import Config
 from .errors import BadRequestTarget, MethodNotAllowed
 from .headers import SKIP_AUTO_HEADERS, upstream_request_headers
+from .values import is_trusted
 
 # CONNECT would open a tunnel and TRACE echo credentials back; dstack serves neither.
 ALLOWED_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -53,7 +54,7 @@ def request_target(
         request.headers,
         remote=request.remote,
         scheme=request.scheme,
-        trusted_peer=request.remote in config.trusted_proxies,
+        trusted_peer=is_trusted(request.remote, config.trusted_proxies),
         body_rewritten=rewritten or hdrs.CONTENT_ENCODING in request.headers,
     )
     return url, headers

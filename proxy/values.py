@@ -3,6 +3,7 @@ returns the typed value or raises ValueError saying what was expected."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -92,14 +93,49 @@ def _upstream(v: Any) -> str:
     return str(url.origin())
 
 
-def _addresses(v: Any) -> tuple[str, ...]:
+def _peers(v: Any) -> tuple[str, ...]:
+    """Addresses ("10.0.0.7") and networks in CIDR form ("10.0.0.0/8"), normalised; a network
+    with host bits set ("10.0.0.7/8") is refused rather than guessed at."""
     items = v.split(",") if isinstance(v, str) else v
     if not isinstance(items, (list, tuple)):
-        raise ValueError("expected a list of IP addresses")
+        raise ValueError("expected a list of IP addresses or CIDR networks")
     try:
-        return tuple(str(ipaddress.ip_address(str(i).strip())) for i in items if str(i).strip())
+        return tuple(_peer(str(i).strip()) for i in items if str(i).strip())
     except ValueError:
-        raise ValueError("expected a list of IP addresses") from None
+        raise ValueError("expected a list of IP addresses or CIDR networks") from None
+
+
+def _peer(text: str) -> str:
+    if "/" in text:
+        return str(ipaddress.ip_network(text, strict=True))
+    return str(ipaddress.ip_address(text))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(
+    trusted: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(t) for t in trusted)
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_networks(remote: str, trusted: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:  # a Unix socket peer, or none
+        return False
+    return any(address in network for network in _networks(trusted))
+
+
+def is_trusted(remote: str | None, trusted: tuple[str, ...]) -> bool:
+    """Whether a peer address is one of `trusted_proxies`' addresses or inside one of its
+    networks. Peers are few (the front's pods), so each answer is remembered."""
+    if not trusted or remote is None:
+        return False
+    return remote in trusted or _in_networks(remote, trusted)
 
 
 PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
@@ -128,7 +164,7 @@ PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "buffer_budget_bytes": _non_negative_int,
     "websocket_heartbeat": _positive_float,
     "drain_seconds": _positive_float,
-    "trusted_proxies": _addresses,
+    "trusted_proxies": _peers,
     "log_format": _choice(LOG_FORMATS),
     "event_loop": _choice(EVENT_LOOPS),
     "log_level": _choice(LOG_LEVELS),

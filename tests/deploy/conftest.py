@@ -15,6 +15,7 @@ from .engine import (
     COALESCER_IMAGE,
     DSTACK_IMAGE,
     DSTACK_REQUIREMENT,
+    HAPROXY_IMAGE,
     HERE,
     NGINX_IMAGE,
     ROOT,
@@ -95,3 +96,14 @@ def nginx_image(engine: Engine) -> str:
         args={"BASE_IMAGE": engine.base_image},
     )
     return NGINX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def haproxy_image(engine: Engine) -> str:
+    build_image(
+        HAPROXY_IMAGE,
+        HERE,
+        dockerfile=HERE / "haproxy.Dockerfile",
+        args={"BASE_IMAGE": engine.base_image},
+    )
+    return HAPROXY_IMAGE

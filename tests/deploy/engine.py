@@ -26,6 +26,7 @@ DSTACK_REQUIREMENT = "dstack[server]==0.22.5"
 COALESCER_IMAGE = "dstack-coalescer:test"
 DSTACK_IMAGE = "dstack-coalescer-test-dstack:0.22.5"
 NGINX_IMAGE = "dstack-coalescer-test-nginx:bookworm"
+HAPROXY_IMAGE = "dstack-coalescer-test-haproxy:bookworm"
 # A fixed port when free, so that the build argument naming it, and so docker's layer cache,
 # stay the same from one run to the next.
 WHEELHOUSE_PORT = 38941

@@ -108,6 +108,10 @@ def override(images: dict[str, str], ports: dict[str, int], tls: Path) -> dict[s
                     "FRONT_LISTEN": f"127.0.0.1:{ports['front']}",
                     "FRONT_COALESCER_SERVERS": f"server 127.0.0.1:{ports['proxy']};",
                     "FRONT_DSTACK_SERVER": f"127.0.0.1:{ports['dstack']}",
+                    # The stand-in is Debian's nginx 1.22: the listen flag, not `http2 on;`.
+                    "FRONT_LISTEN_HTTP2": " http2",
+                    "FRONT_HTTP2": "",
+                    "FRONT_PUBLIC_PORT": str(ports["front"]),
                 },
                 "volumes": [f"{tls}:/etc/nginx/tls:ro"],
             },
@@ -151,6 +155,17 @@ def test_the_shipped_file_wires_health_and_hardening(engine: Any) -> None:
     assert "network_mode" not in proxy and "network_mode" not in dstack  # normal networks
     assert services["front"]["profiles"] == ["front"]
     assert services["front"]["depends_on"]["dstack-coalescer"] == {"condition": "service_healthy"}
+    # The ring shares the front's network and reaches both upstreams by name through Docker's
+    # DNS; the front reaches the ring on loopback.
+    ring, front = services["ring"], services["front"]
+    assert ring["network_mode"] == "service:front" and ring["profiles"] == ["front"]
+    assert ring["environment"]["RING_SERVICE"] == "dstack-coalescer:8080"
+    assert ring["environment"]["RING_DSTACK_SERVER"] == "dstack-server:3000"
+    assert front["environment"]["FRONT_COALESCER_SERVERS"] == (
+        f"server {ring['environment']['RING_LISTEN']};"
+    )
+    assert front["environment"]["FRONT_DSTACK_SERVER"] == ring["environment"]["RING_DSTACK_LISTEN"]
+    assert proxy["environment"]["COALESCER_ADMIN_HOST"] == "0.0.0.0"  # the ring's checks
     missing = compose("--file", str(COMPOSE_FILE), "config", check=False, env={})
     assert missing.returncode != 0 and "set DSTACK_SERVER_ADMIN_TOKEN" in missing.stderr
 

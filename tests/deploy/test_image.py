@@ -195,7 +195,7 @@ async def test_docker_stop_drains_callers_and_exits_zero_within_the_grace_period
         coalescer_image,
         dstack_server.url,
         "COALESCER_WINDOW_MS=5000",
-        "COALESCER_MAX_WAIT_MS=5000",
+        "COALESCER_MAX_WAIT_MS=30000",  # the least allowed: batch_timeout
     )
     names = [f"drain-{i}" for i in range(10)]
     try:
@@ -208,7 +208,7 @@ async def test_docker_stop_drains_callers_and_exits_zero_within_the_grace_period
         callers = asyncio.create_task(burst(box.url, STOP, bodies, dstack_server.admin_token))
         await asyncio.to_thread(
             wait_for,
-            lambda: metric(box.admin_url, "proxy_requests_in_flight") >= len(names),
+            lambda: metric(box.admin_url, "dstack_coalescer_requests_in_flight") >= len(names),
             "the burst to be held in the proxy",
         )
         assert dstack_server.count_requests("/runs/stop", since=mark) == 0  # still held

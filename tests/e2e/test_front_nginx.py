@@ -5,6 +5,7 @@ the HTTP/1.1 browser shape is still batched, and everything else reaches dstack 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import ssl
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from tests.support.versions import CURRENT_VERSION
 # The deployment front is checked against the current server only (CI's time budget).
 pytestmark = pytest.mark.server_versions(CURRENT_VERSION)
 
-BATCHED = "proxy_batch_size_sum"  # requests that went out in batches, per endpoint
+BATCHED = "dstack_coalescer_batch_size_sum"  # requests that went out in batches, per endpoint
 FINISHED = {"terminated", "failed", "done"}
 # Project names to try until two hash to different replicas (all 24 on one: p = 2^-23).
 CANDIDATES = tuple(f"team-{i}" for i in range(24))
@@ -335,3 +336,34 @@ async def test_forwarded_headers_keepalive_and_websockets_at_a_recording_upstrea
     assert "forwarded" not in headers and "x-real-ip" not in headers
     assert len({s["peer_port"] for s in seen}) == 1  # one kept-alive upstream connection
     assert reply == "echo: hello"
+
+
+async def test_a_body_over_the_fronts_bound_is_refused_before_any_upstream(setup: Setup) -> None:
+    """An internet-facing listener takes no body of any size: one announced over 64 MiB is
+    answered 413 by nginx, read no further and sent nowhere; one just under still streams."""
+    tls = ssl.create_default_context(cafile=str(setup.cert[0]))
+    mark = setup.front.log_mark()
+
+    def announce(length: int) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection("127.0.0.1", setup.front.port, context=tls)
+        try:
+            conn.putrequest("POST", "/api/runs/list")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(length))
+            conn.endheaders()
+            if length <= 64 << 20:
+                conn.send(b" " * (length - 2) + b"{}")
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    status, body = await asyncio.to_thread(announce, (64 << 20) + 1)
+    assert status == 413 and b"Request Entity Too Large" in body
+    status, _ = await asyncio.to_thread(announce, 1 << 20)
+    assert status == 401  # to dstack, which refuses it unauthenticated
+    logged = setup.front.logged(mark, at_least=2)
+    assert [(line.status, line.upstream) for line in logged] == [
+        (413, ""),
+        (401, _host_port(setup.server.url)),
+    ]

@@ -14,16 +14,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import Metric
+import yaml
+from prometheus_client import Metric, ProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.metrics import Metrics
 from tests.support.processes import FastUpstream, ProxyProcess
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yaml"
 # Labels Prometheus adds to every scraped series, and the histogram bucket bound.
 TARGET_LABELS = {"instance", "job"}
-_METRIC = re.compile(r"\bproxy_[a-z0-9_]+\b")
+_METRIC = re.compile(r"\b(?:dstack_coalescer|process)_[a-z0-9_]+\b")
 _BY = re.compile(r"\bby\s*\(([^)]*)\)\s*\(")
 _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
 
@@ -40,6 +42,9 @@ def _queries() -> list[str]:
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             exprs.append(variable["query"]["query"])
+    # The example alerting rules shipped beside it ask only for exported metrics too.
+    rules = yaml.safe_load(ALERTS.read_text())
+    exprs += [r["expr"] for group in rules["groups"] for r in group["rules"]]
     return exprs
 
 
@@ -97,8 +102,12 @@ def test_every_metric_a_panel_queries_is_exported(exported: dict[str, Metric]) -
     assert used <= names, sorted(used - names)
     # The traffic really went through the batch path the panels watch.
     # The first stop finds its key idle and goes alone (the panels count it as a bypass).
-    batched = next(f for f in exported.values() if f.name.startswith("proxy_batched_requests"))
-    bypass = next(f for f in exported.values() if f.name.startswith("proxy_batch_bypass"))
+    batched = next(
+        f for f in exported.values() if f.name.startswith("dstack_coalescer_batched_requests")
+    )
+    bypass = next(
+        f for f in exported.values() if f.name.startswith("dstack_coalescer_batch_bypass")
+    )
     alone = sum(s.value for s in bypass.samples if s.labels.get("reason") == "alone")
     together = sum(s.value for s in batched.samples if s.name.endswith("_total"))
     assert together > 0 and together + alone == 10
@@ -122,16 +131,40 @@ def test_every_label_a_query_groups_or_filters_by_exists() -> None:
         # prometheus_client's own metrics keep these private; the proxy's LoopCounter and
         # LoopHistogram (proxy/metrics.py) make them public.
         declared = set(
-            getattr(collector, "labelnames", None) or collector._labelnames  # type: ignore[attr-defined]
+            getattr(collector, "labelnames", None) or getattr(collector, "_labelnames", ())
         )
         if (getattr(collector, "type", None) or getattr(collector, "_type", "")) == "histogram":
             declared.add("le")
         labels.update(dict.fromkeys(series, declared | TARGET_LABELS))
+    # The process collector describes nothing before it collects (Linux: /proc).
+    for family in ProcessCollector(registry=None).collect():
+        for sample in family.samples:
+            labels[sample.name] = set(sample.labels) | TARGET_LABELS
     for expr in _queries():
         for m in _BY.finditer(expr):
             grouped = {x.strip() for x in m.group(1).split(",") if x.strip()}
             for metric in _METRIC.findall(_argument(expr, m.end())):
                 assert grouped <= labels[metric], (expr, metric, grouped - labels[metric])
-        for selector in re.finditer(r"(proxy_[a-z0-9_]+)\{([^}]*)\}", expr):
+        for selector in re.finditer(r"((?:dstack_coalescer|process)_[a-z0-9_]+)\{([^}]*)\}", expr):
             used = set(_MATCHER.findall(selector.group(2)))
             assert used <= labels[selector.group(1)], (expr, used)
+
+
+def test_the_red_panels_read_the_client_facing_duration_by_route(
+    exported: dict[str, Metric],
+) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    by_title = {p["title"]: p for p in _panels(dashboard["panels"])}
+    rate = by_title["Request rate by route"]["targets"][0]["expr"]
+    errors = by_title["Error ratio"]["targets"][0]["expr"]
+    duration = [t["expr"] for t in by_title["Request duration by route"]["targets"]]
+    assert "dstack_coalescer_request_duration_seconds_count" in rate and "by (route)" in rate
+    assert 'status=~"5.."' in errors and errors.count("dstack_coalescer_requests_total") == 2
+    assert all("by (le, route)" in e for e in duration)
+    assert "process_resident_memory_bytes" in by_title["Memory per replica"]["targets"][0]["expr"]
+    # The traffic's stops were answered batched and alone, its bypass passed through: each
+    # route the panels split by has its own series, one observation per request.
+    family = exported["dstack_coalescer_request_duration_seconds"]
+    counts = {s.labels["route"]: s.value for s in family.samples if s.name.endswith("_count")}
+    assert counts["batched"] + counts["alone"] == 10 and counts["passthrough"] >= 1, counts
+    assert counts["batched"] > 0

@@ -127,12 +127,14 @@ def tally(proxy: ProxyProcess, endpoint: str) -> Tally:
     metrics = read_metrics(proxy.admin_url)
     at = f'endpoint="{endpoint}"'
     return Tally(
-        metrics.get(f"proxy_batched_requests_total{{{at}}}", 0.0),
+        metrics.get(f"dstack_coalescer_batched_requests_total{{{at}}}", 0.0),
         sum(
-            v for k, v in metrics.items() if k.startswith("proxy_batch_flushes_total{") and at in k
+            v
+            for k, v in metrics.items()
+            if k.startswith("dstack_coalescer_batch_flushes_total{") and at in k
         ),
-        metrics.get(f'proxy_batch_upstream_calls_total{{{at},purpose="probe"}}', 0.0),
-        metrics.get('proxy_batch_bypass_total{reason="alone"}', 0.0),
+        metrics.get(f'dstack_coalescer_batch_upstream_calls_total{{{at},purpose="probe"}}', 0.0),
+        metrics.get('dstack_coalescer_batch_bypass_total{reason="alone"}', 0.0),
     )
 
 

@@ -29,10 +29,10 @@ MEMBER = {"Authorization": "Bearer member"}
 STOP = "/api/project/main/runs/stop"
 DELETE = "/api/project/main/runs/delete"
 # Metric names in one place, as the metrics module spells them.
-BYPASSES = "proxy_batch_bypass_total"
-BATCHED = "proxy_batched_requests_total"
-CALLS_SAVED = "proxy_batch_calls_saved_total"
-BISECTIONS = "proxy_batch_bisections_total"
+BYPASSES = "dstack_coalescer_batch_bypass_total"
+BATCHED = "dstack_coalescer_batched_requests_total"
+CALLS_SAVED = "dstack_coalescer_batch_calls_saved_total"
+BISECTIONS = "dstack_coalescer_batch_bisections_total"
 
 
 async def _stop_all(
@@ -276,7 +276,7 @@ async def test_a_caller_that_leaves_does_not_cancel_the_batch(
     (call,) = fake.runs_calls()
     assert call.json["runs_names"] == ["leaver", "stayer"]  # accepted means executed
     await asyncio.sleep(0.05)  # the leaver's handler finishes with the batch
-    assert metric(proxy, "proxy_client_disconnects_total", route="batched") == 1
+    assert metric(proxy, "dstack_coalescer_client_disconnects_total", route="batched") == 1
 
 
 async def test_shutdown_flushes_open_windows_at_once(
@@ -297,7 +297,10 @@ async def test_shutdown_flushes_open_windows_at_once(
     assert await asyncio.wait_for(callers, 5) == [(200, b"null")] * 3
     (call,) = fake.runs_calls()
     assert call.json["runs_names"] == ["x", "y", "z"]
-    assert metric(proxy, "proxy_batch_flushes_total", endpoint="runs/stop", reason="close") == 1
+    assert (
+        metric(proxy, "dstack_coalescer_batch_flushes_total", endpoint="runs/stop", reason="close")
+        == 1
+    )
 
 
 async def test_shadow_mode_forwards_singly_and_counts_the_batch_it_would_form(
@@ -309,7 +312,7 @@ async def test_shadow_mode_forwards_singly_and_counts_the_batch_it_would_form(
     assert len(fake.runs_calls()) == 3
     await asyncio.sleep(0.5)  # the shadow batch (a quiet gap of 250 ms) closes after the answers
     # What the shipped policy would send: the first alone, the other two in one call.
-    assert metric(proxy, "proxy_shadow_batches_total", endpoint="runs/stop") == 2
+    assert metric(proxy, "dstack_coalescer_shadow_batches_total", endpoint="runs/stop") == 2
 
 
 async def test_mode_off_is_pure_pass_through(make_proxy: ProxyFactory, fake: FakeUpstream) -> None:

@@ -118,6 +118,6 @@ async def test_at_shutdown_a_caller_queued_behind_a_stuck_flight_gets_a_504(
         assert [d["code"] for d in body["detail"]] == ["upstream_timeout"]  # type: ignore[index]
     assert [c.json["runs_names"] for c in fake.runs_calls()] == [["a"]]  # sent once only
     # The deadline cut them short, not their clients: counted as such, never as disconnects.
-    assert metric(proxy, "proxy_client_disconnects_total", route="batched") == 0
-    assert metric(proxy, "proxy_client_disconnects_total", route="alone") == 0
+    assert metric(proxy, "dstack_coalescer_client_disconnects_total", route="batched") == 0
+    assert metric(proxy, "dstack_coalescer_client_disconnects_total", route="alone") == 0
     fake.gate.set()  # let the fake's handler finish, so its server closes at once

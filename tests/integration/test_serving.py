@@ -87,15 +87,21 @@ async def test_admin_listener_reports_health_readiness_and_metrics(
         async with session.get(proxy_process.admin_url + "/metrics") as resp:
             text = await resp.text()
             assert resp.headers["Content-Type"].startswith("text/plain")
-        assert 'proxy_requests_total{route="api",status="200"} 1.0' in text
-        assert "proxy_upstream_latency_seconds_bucket" in text
-        assert "proxy_requests_in_flight" in text
+        assert 'dstack_coalescer_requests_total{route="api",status="200"} 1.0' in text
+        assert "dstack_coalescer_upstream_latency_seconds_bucket" in text
+        assert "dstack_coalescer_requests_in_flight" in text
+        assert 'dstack_coalescer_request_duration_seconds_count{route="passthrough"} 1.0' in text
+        assert "dstack_coalescer_upstream_healthy 1.0" in text
+        assert "process_resident_memory_bytes" in text
         # dstack's own /metrics on the public port is the upstream's, not the proxy's
         async with session.get(proxy_process.url + "/metrics") as resp:
-            assert "proxy_requests_total" not in await resp.text()
+            assert "dstack_coalescer_requests_total" not in await resp.text()
         await upstream_server.close()
+        # dstack's health is a metric; readiness stays the proxy's own (503 only when draining).
         async with session.get(proxy_process.admin_url + "/readyz") as resp:
-            assert resp.status == 503
+            assert (resp.status, await resp.json()) == (200, {"status": "ready"})
+        async with session.get(proxy_process.admin_url + "/metrics") as resp:
+            assert "dstack_coalescer_upstream_healthy 0.0" in await resp.text()
 
 
 async def test_logs_are_json_name_upstream_errors_and_never_credentials(

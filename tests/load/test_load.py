@@ -21,7 +21,7 @@ from tests.support.processes import ProxyProcess, SlowUpstream, proc_status
 
 REQUESTS, PROJECTS, TOKENS = 10_000, 100, 1_000
 DENIED = b'{"detail":[{"msg":"Access denied","code":null}]}'
-IN_FLIGHT = "proxy_requests_in_flight"
+IN_FLIGHT = "dstack_coalescer_requests_in_flight"
 
 
 def _caller(i: int) -> tuple[str, str, str]:

@@ -30,7 +30,7 @@ UPLOAD = b"u" * (64 << 10)
 # Growth from the warm-up sample to the end one that fails the test. A leak of one descriptor,
 # thread or kilobyte per request would exceed these many times over.
 FD_SLACK, THREAD_SLACK, TASK_SLACK, RSS_SLACK_KIB = 10, 4, 10, 8 << 10
-TASKS = "proxy_event_loop_tasks"
+TASKS = "dstack_coalescer_event_loop_tasks"
 
 
 async def _one(session: aiohttp.ClientSession, base: str, n: int) -> str:
@@ -122,4 +122,4 @@ def test_mixed_traffic_soak_answers_right_and_grows_nothing(tmp_path: Path) -> N
     assert end["VmRSS"] <= warm["VmRSS"] + RSS_SLACK_KIB
     assert after[PENDING] == 0
     assert after[KEYS] == 0
-    assert after["proxy_requests_in_flight"] == 0
+    assert after["dstack_coalescer_requests_in_flight"] == 0

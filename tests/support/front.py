@@ -11,16 +11,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .processes import find_free_port
+from .processes import Process, find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # The flush policy of replicas behind the front, as deploy/kubernetes configures them: bursts
@@ -58,24 +60,31 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def nginx_executable() -> str:
-    """The nginx binary; installed from Debian's `nginx` package when missing (CI runs as
-    root). Raises with the reason when it cannot be had: the tests then fail, never skip."""
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+def debian_tool(binary: str, package: str) -> str:
+    """The path of `binary`, installed from Debian's `package` when missing (CI runs as root).
+    Raises with the reason when it cannot be had: the tests then fail, never skip."""
+    path = "/usr/sbin:/usr/local/sbin:/usr/bin"
+    found = shutil.which(binary) or shutil.which(binary, path=path)
     if found:
         return found
     if os.geteuid() != 0:
-        raise RuntimeError("nginx is not installed and installing it needs root")
+        raise RuntimeError(f"{binary} is not installed and installing it needs root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=300"]  # another install may hold the lock
-    for args in ([*apt, "update"], [*apt, "install", "-y", "--no-install-recommends", "nginx"]):
+    install = [*apt, "install", "-y", "--no-install-recommends", package]
+    for args in ([*apt, "update"], install):
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    found = shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/bin")
+    found = shutil.which(binary, path=path)
     if not found:
-        raise RuntimeError("nginx is still missing after apt-get install nginx")
+        raise RuntimeError(f"{binary} is still missing after apt-get install {package}")
     return found
+
+
+def nginx_executable() -> str:
+    """The nginx binary (Debian's `nginx` package)."""
+    return debian_tool("nginx", "nginx")
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -121,6 +130,10 @@ class NginxFront:
         self.url = f"https://127.0.0.1:{self.port}"
         self.values = {
             "FRONT_LISTEN": f"127.0.0.1:{self.port}",
+            "FRONT_PUBLIC_PORT": str(self.port),
+            # Debian 12's nginx (1.22) predates `http2 on;`.
+            "FRONT_LISTEN_HTTP2": " http2",
+            "FRONT_HTTP2": "",
             "FRONT_TLS_CERT": str(cert[0]),
             "FRONT_TLS_KEY": str(cert[1]),
             "FRONT_COALESCER_SERVERS": " ".join(f"server {a};" for a in coalescers),
@@ -211,3 +224,142 @@ def sample(
     """The sum of the samples called `name` whose labels include `labels`."""
     want = set(labels.items())
     return sum(v for (n, ls), v in metrics.items() if n == name and want <= set(ls))
+
+
+RING_DIR = ROOT / "deploy" / "haproxy"
+
+
+def free_dns_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` a moment ago (a DNS server takes both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+
+
+class Dnsmasq:
+    """A real DNS server (Debian's dnsmasq) on a free loopback UDP port, authoritative for
+    `domain`: the names set with `serve` (several addresses per name allowed), NXDOMAIN for
+    any other name under it. `serve` rewrites its hosts file and reloads it (SIGHUP)."""
+
+    def __init__(self, directory: Path, domain: str = "test") -> None:
+        self.dir, self.domain = directory, domain
+        self.port = free_dns_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.hosts = directory / "hosts"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def serve(self, records: Mapping[str, Sequence[str]]) -> None:
+        lines = [f"{ip} {name}" for name, ips in records.items() for ip in ips]
+        self.hosts.write_text("".join(f"{line}\n" for line in lines))
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def __enter__(self) -> Dnsmasq:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.hosts.exists():
+            self.hosts.write_text("")
+        user = ["--user=root"] if os.geteuid() == 0 else []  # else it drops to `nobody`
+        with (self.dir / "dnsmasq.log").open("ab") as log:
+            self.proc = self._start(log, user)
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited:\n{(self.dir / 'dnsmasq.log').read_text()}")
+        return self
+
+    def _start(self, log: IO[bytes], user: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                debian_tool("dnsmasq", "dnsmasq-base"),
+                "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={self.port}",
+                f"--addn-hosts={self.hosts}", f"--local=/{self.domain}/", "--local-ttl=0",
+                "--pid-file=", "--log-facility=-", *user,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )  # fmt: skip
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class HaproxyRing:
+    """The shipped hash ring (deploy/haproxy/ring.cfg and a discovery file), run by a real
+    HAProxy with the environment the deployment sets, on a free loopback port."""
+
+    def __init__(self, directory: Path, discovery: str, env: Mapping[str, str]) -> None:
+        self.dir, self.discovery = directory, discovery
+        self.port = find_free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {"PATH": os.environ.get("PATH", ""), "RING_LISTEN": self.address, **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "haproxy.log"
+
+    def __enter__(self) -> HaproxyRing:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        files = ["-f", str(RING_DIR / "ring.cfg"), "-f", str(RING_DIR / self.discovery)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [debian_tool("haproxy", "haproxy"), "-db", *files],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"haproxy did not listen:\n{self.log_tail()}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log.exists() else ""
+
+
+class Replica(Process):
+    """A proxy replica (`python -m proxy`) on its own loopback address, with the shipped
+    Kubernetes configuration file: the same ports on every replica, as pods have."""
+
+    def __init__(
+        self, address: str, port: int, admin_port: int, upstream: str, config: Path, log: Path
+    ) -> None:
+        self.address, self.port = address, port
+        self.url = f"http://{address}:{port}"
+        self.admin_url = f"http://{address}:{admin_port}"
+        super().__init__(
+            [
+                sys.executable, "-m", "proxy", "--config", str(config),
+                "--upstream", upstream, "--host", address, "--port", str(port),
+                "--admin-host", address, "--admin-port", str(admin_port),
+                "--trusted-proxies", "127.0.0.1", "--log-format", "console",
+            ],
+            f"{self.admin_url}/healthz",
+            log,
+            grace=120.0,
+        )  # fmt: skip

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 import urllib.request
 
-PENDING = "proxy_batch_pending"  # callers waiting for a batch's answer
-KEYS = "proxy_batch_keys"  # keys with a batch waiting or a flight in the air
-BATCHED = "proxy_batched_requests_total"  # requests answered through a batch, by endpoint
+PENDING = "dstack_coalescer_batch_pending"  # callers waiting for a batch's answer
+KEYS = "dstack_coalescer_batch_keys"  # keys with a batch waiting or a flight in the air
+# Requests answered through a batch, by endpoint.
+BATCHED = "dstack_coalescer_batched_requests_total"
 
 
 def batched(admin_url: str, timeout: float = 10.0) -> float:
@@ -22,7 +23,7 @@ def batched(admin_url: str, timeout: float = 10.0) -> float:
 
 
 def read_metrics(admin_url: str) -> dict[str, float]:
-    """`{sample: value}` with the labels as written, e.g. `proxy_requests_total{...}`."""
+    """`{sample: value}` with the labels as written, e.g. `dstack_coalescer_requests_total{...}`."""
     with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
     samples = {}

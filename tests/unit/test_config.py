@@ -12,6 +12,7 @@ import yaml
 
 from proxy.config import OPTIONS, Config, ConfigError, load_config, read_file
 from proxy.endpoints import DEFAULT_ENDPOINTS
+from proxy.values import is_trusted
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -206,9 +207,9 @@ FILE = "config file"
         pytest.param(
             [],
             {},
-            "trusted_proxies: [10.0.0.0/8]\n",
-            ["trusted_proxies", FILE, "10.0.0.0/8"],
-            id="trusted_proxies network",
+            "trusted_proxies: [10.0.0.7/8]\n",
+            ["trusted_proxies", FILE, "10.0.0.7/8"],
+            id="trusted_proxies network with host bits",
         ),
         pytest.param(
             ["--connect-timeout", "nan"],
@@ -325,3 +326,15 @@ def test_python_m_proxy_with_a_bad_flag_exits_2_with_one_stderr_line(tmp_path: P
     assert len(lines) == 1, done.stderr
     assert "window_ms" in lines[0] and "abc" in lines[0]
     assert done.stdout == ""
+
+
+def test_trusted_proxies_take_addresses_and_cidr_networks() -> None:
+    environ = {"COALESCER_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/64, 192.168.1.9"}
+    config = load_config([], environ)
+    assert config.trusted_proxies == ("10.0.0.0/8", "fd00::/64", "192.168.1.9")
+    trusted = config.trusted_proxies
+    assert is_trusted("10.244.3.17", trusted) and is_trusted("192.168.1.9", trusted)
+    assert is_trusted("fd00::1234", trusted)
+    assert not is_trusted("11.0.0.1", trusted) and not is_trusted("192.168.1.10", trusted)
+    assert not is_trusted("fd01::1", trusted) and not is_trusted(None, trusted)
+    assert not is_trusted("10.0.0.1", ())

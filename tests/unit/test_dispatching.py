@@ -406,9 +406,11 @@ async def test_the_dispatcher_counts_calls_and_logs_one_line_per_batch() -> None
         return metrics.registry.get_sample_value(name, {"endpoint": "runs/delete", **labels}) or 0
 
     assert len(answers) == 4
-    assert value("proxy_batch_upstream_calls_total", purpose="batch") == 1
-    assert value("proxy_batch_upstream_calls_total", purpose="probe") == 1
-    assert value("proxy_batch_upstream_calls_total", purpose="split") == len(fake.calls) - 2
-    assert value("proxy_batch_bisections_total") == 2  # [a b | c d], then [a | b]
-    assert value("proxy_batched_requests_total") == 5
-    assert value("proxy_batch_flushes_total", reason="window") == 1
+    assert value("dstack_coalescer_batch_upstream_calls_total", purpose="batch") == 1
+    assert value("dstack_coalescer_batch_upstream_calls_total", purpose="probe") == 1
+    assert (
+        value("dstack_coalescer_batch_upstream_calls_total", purpose="split") == len(fake.calls) - 2
+    )
+    assert value("dstack_coalescer_batch_bisections_total") == 2  # [a b | c d], then [a | b]
+    assert value("dstack_coalescer_batched_requests_total") == 5
+    assert value("dstack_coalescer_batch_flushes_total", reason="window") == 1

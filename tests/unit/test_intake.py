@@ -187,7 +187,7 @@ class Rig:
 
     def bypasses(self, reason: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "proxy_batch_bypass_total", {"reason": reason}
+            "dstack_coalescer_batch_bypass_total", {"reason": reason}
         )
         return value or 0.0
 
@@ -348,7 +348,7 @@ async def test_shadow_mode_passes_through_and_counts_what_the_configured_policy_
     await r.intake.aclose(timeout=1)
     assert r.batches == []  # nothing was sent as a batch
     observed = r.metrics.registry.get_sample_value(
-        "proxy_shadow_batches_total", {"endpoint": "runs/stop"}
+        "dstack_coalescer_shadow_batches_total", {"endpoint": "runs/stop"}
     )
     assert observed == would_form
 

@@ -57,7 +57,7 @@ def test_loop_counter_renders_like_prometheus_clients(increments: list[tuple[str
 
 
 def _tasks(metrics: Metrics) -> float:
-    value = metrics.registry.get_sample_value("proxy_event_loop_tasks")
+    value = metrics.registry.get_sample_value("dstack_coalescer_event_loop_tasks")
     assert value is not None
     return value
 
