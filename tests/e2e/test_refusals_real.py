@@ -251,6 +251,7 @@ async def test_a_non_members_burst_is_refused_as_a_whole_after_one_probe(
 # 0.18.40 refuses a bad version in a middleware that its request log never sees, so the calls
 # cannot be counted there (docs/dstack-api.md, "Differences in 0.18.40").
 @pytest.mark.server_versions(CURRENT_VERSION)
+@pytest.mark.databases("sqlite", "postgres")
 async def test_an_incompatible_api_version_costs_a_few_calls_not_one_per_caller(
     dstack_server: DstackServer, proxy_process: ProxyProcess
 ) -> None:

@@ -200,8 +200,7 @@ class Postgres:
                 tail = self.log_tail()
                 self._kill()
                 raise ProcessStartError(
-                    f"postgres did not accept connections in {self._startup_timeout:.0f} s:\n"
-                    f"{tail}"
+                    f"postgres did not accept connections in {self._startup_timeout:.0f} s:\n{tail}"
                 )
             time.sleep(0.05)
 

@@ -32,11 +32,11 @@ the count is stable.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
-import contextlib
-import itertools
 import secrets
 import shutil
 import signal
