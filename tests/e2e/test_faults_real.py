@@ -8,10 +8,11 @@ What every caller may get: its real answer, or a 502 or 504 in dstack's error sh
 request may reach dstack twice (counted from the server's own log), and the first burst after
 dstack is back must be served without a single error.
 
-Each test has a server and a proxy of its own (a few seconds to start): the shared session
-server must not die under the other tests. A flight is kept in the air by freezing the server
-(SIGSTOP) before the burst: the first request, sent alone on the idle key, waits for its answer
-while the others queue behind it, as the proxy's pending gauge shows; only then comes the fault.
+The server is one per version for this module and each test has a proxy of its own: the
+shared session server must not die under the other tests. A flight is kept in the air by
+freezing the server (SIGSTOP) before the burst: the first request, sent alone on the idle key,
+waits for its answer while the others queue behind it, as the proxy's pending gauge shows; only
+then comes the fault.
 What the callers got is in docs/measurements.md (Faults under a burst).
 """
 
@@ -66,22 +67,32 @@ def proxy_args() -> tuple[str, ...]:
     return ()
 
 
-@pytest.fixture(params=SERVER_VERSIONS)
+@pytest.fixture(scope="module", params=SERVER_VERSIONS)
+def fault_server(request: pytest.FixtureRequest) -> Iterator[DstackServer]:
+    """One server per version for the module: each test leaves it running (restarted if it
+    killed it), thawed."""
+    executable = legacy_dstack() if request.param == LEGACY_VERSION else None
+    with DstackServer(executable=executable) as server:
+        assert server.version == request.param
+        yield server
+
+
+@pytest.fixture
 def setup(
-    request: pytest.FixtureRequest,
+    fault_server: DstackServer,
     tmp_path_factory: pytest.TempPathFactory,
     proxy_args: tuple[str, ...],
 ) -> Iterator[Setup]:
-    executable = legacy_dstack() if request.param == LEGACY_VERSION else None
+    """The module's server, with a fresh proxy in front (no pooled connection from before)."""
     log = tmp_path_factory.mktemp("faults") / "proxy.log"
-    with DstackServer(executable=executable) as server:
-        assert server.version == request.param
-        with ProxyProcess(server.url, log, *proxy_args) as proxy:
-            try:
-                yield Setup(server, proxy)
-            finally:
-                if server.is_running():
-                    server.send_signal(signal.SIGCONT)  # a failed test must not leave it frozen
+    try:
+        with ProxyProcess(fault_server.url, log, *proxy_args) as proxy:
+            yield Setup(fault_server, proxy)
+    finally:
+        if fault_server.is_running():
+            fault_server.send_signal(signal.SIGCONT)  # a failed test must not leave it frozen
+        else:
+            fault_server.start_again()
 
 
 def _stops(tag: str, n: int = CALLERS) -> list[dict[str, object]]:
