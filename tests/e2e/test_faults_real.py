@@ -95,9 +95,12 @@ def setup(
             fault_server.start_again()
 
 
-def _stops(tag: str, n: int = CALLERS) -> list[dict[str, object]]:
-    # Runs nobody created: dstack answers 200 `null` to each, processed like any stop.
-    return [{"runs_names": [f"{tag}-{i}"], "abort": False} for i in range(n)]
+def _stops(tag: str, n: int = CALLERS, *, common: bool = False) -> list[dict[str, object]]:
+    """One stop per caller, of a run of its own; with `common`, each also names one run they all
+    share, so no batch may fly beside the first call: they queue behind it whatever the policy.
+    Runs nobody created: dstack answers 200 `null`, having processed the stop like any other."""
+    shared = [f"{tag}-all"] if common else []
+    return [{"runs_names": [*shared, f"{tag}-{i}"], "abort": False} for i in range(n)]
 
 
 async def timed_burst(base: str, path: str, bodies: Sequence[object], token: str) -> list[Answer]:
@@ -193,7 +196,9 @@ async def test_sigkill_with_a_flight_in_the_air_and_callers_queued(setup: Setup)
     version = s.server.version
     mark = s.server.log_mark()
     s.server.send_signal(signal.SIGSTOP)  # the first call stays in the air
-    burst = asyncio.ensure_future(timed_burst(s.proxy.url, STOP, _stops("killed"), token))
+    burst = asyncio.ensure_future(
+        timed_burst(s.proxy.url, STOP, _stops("killed", common=True), token)
+    )
     await wait_for_queue(s.proxy, CALLERS - 1)
     killed_at = time.monotonic()
     await asyncio.to_thread(s.server.kill)
@@ -227,7 +232,9 @@ async def test_sigstop_longer_than_batch_timeout_then_sigcont(setup: Setup) -> N
     mark = s.server.log_mark()
     s.server.send_signal(signal.SIGSTOP)
     frozen = time.monotonic()
-    burst = asyncio.ensure_future(timed_burst(s.proxy.url, STOP, _stops("frozen"), token))
+    burst = asyncio.ensure_future(
+        timed_burst(s.proxy.url, STOP, _stops("frozen", common=True), token)
+    )
     await wait_for_queue(s.proxy, CALLERS - 1)
     await asyncio.sleep(FREEZE - (time.monotonic() - frozen))
     s.server.send_signal(signal.SIGCONT)
