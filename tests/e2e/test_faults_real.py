@@ -301,3 +301,48 @@ async def test_restart_between_bursts_while_the_proxy_holds_idle_connections(
             "first_burst_after": back,
         },
     )
+
+
+SHORT_BATCH, SHORT_CONNECT = 3.0, 1.0  # seconds: the bound below is theirs, not the defaults'
+PROXY_SLACK = 0.25  # the proxy counts from reading a request, the client from sending it
+
+
+@pytest.mark.parametrize(
+    "proxy_args",
+    [("--batch-timeout", str(SHORT_BATCH), "--connect-timeout", str(SHORT_CONNECT))],
+    ids=["batch-timeout-3s"],
+)
+async def test_callers_queued_late_behind_a_frozen_call_hear_within_the_bound(
+    setup: Setup, proxy_args: tuple[str, ...]
+) -> None:
+    # The first call leaves; the others arrive a moment later and queue behind it. dstack stays
+    # frozen for over two batch_timeouts: when the first call times out, the queued batch leaves
+    # into the same silence. Its callers have already waited most of their time, so it gets only
+    # what is left of it, never a batch_timeout of its own: before, they waited almost two.
+    s, token = setup, setup.server.admin_token
+    bound = SHORT_BATCH + SHORT_CONNECT
+    mark = s.server.log_mark()
+    s.server.send_signal(signal.SIGSTOP)
+    frozen = time.monotonic()
+    bodies = _stops("late", common=True)
+    lead = asyncio.ensure_future(timed_burst(s.proxy.url, STOP, bodies[:1], token))
+    await asyncio.sleep(0.5)
+    late = asyncio.ensure_future(timed_burst(s.proxy.url, STOP, bodies[1:], token))
+    await wait_for_queue(s.proxy, CALLERS - 1)
+    await asyncio.sleep(3 * SHORT_BATCH - (time.monotonic() - frozen))
+    s.server.send_signal(signal.SIGCONT)
+    answers = [*await lead, *await late]
+
+    assert [(a.status, a.proxy_error) for a in answers] == [(504, "upstream_timeout")] * CALLERS
+    for a in answers:
+        detail = json.loads(a.body)["detail"]
+        assert len(detail) == 1 and detail[0]["code"] == "upstream_timeout", a
+    slowest = max(a.seconds for a in answers)
+    assert slowest <= bound + PROXY_SLACK, (summary(answers), bound)
+    # Both calls left, and each ran once when dstack thawed.
+    calls = s.server.wait_for_count("/runs/stop", since=mark, at_least=2, settle=1.0)
+    assert calls == 2, calls
+    report(
+        f"{s.server.version} late queue, batch_timeout {SHORT_BATCH:.0f} s",
+        {**summary(answers), "bound_s": bound, "upstream_stop_calls": calls},
+    )
