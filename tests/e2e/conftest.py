@@ -97,6 +97,10 @@ def dstack_server(request: pytest.FixtureRequest) -> Iterator[DstackServer]:
         executable=executable, server_config=SERVER_CONFIG, database=variant.database
     ) as server:
         assert server.version == variant.version
+        if variant.database == "postgres":  # dstack really keeps its data there
+            assert server.postgres is not None and server.database_url is not None
+            database = server.database_url.rpartition("/")[2]
+            assert server.postgres.psql(database, "SELECT name FROM projects").split() == ["main"]
         yield server
 
 
