@@ -12,7 +12,7 @@ fail() { log "$*"; exit 1; }
 bindir() {
     # The newest installed major version's binaries (Debian keeps them off PATH).
     local dir
-    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    dir="$({ ls -d /usr/lib/postgresql/*/bin 2>/dev/null || true; } | sort -V | tail -n 1)"
     if [ -n "$dir" ] && [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ]; then
         echo "$dir"
     fi
