@@ -3,9 +3,11 @@ session it uses, kept apart from pass-through traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import types
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Final
 
 import aiohttp
@@ -16,11 +18,17 @@ from yarl import URL
 from .batches import BatchTarget, Outcome, SharedFields, UpstreamReply
 from .config import Config
 from .endpoints import render_body
-from .errors import UpstreamError, classify
+from .errors import UpstreamBusy, UpstreamError, classify
 from .metrics import Metrics
 from .upstream import SentAsGiven
 
 log = structlog.get_logger(__name__)
+
+BATCH_OPENED: ContextVar[float | None] = ContextVar("batch_opened", default=None)
+"""When the batch being sent took its first caller (the running loop's clock); set by the
+dispatcher for the flight's calls. A caller is owed an answer within batch_timeout plus the
+connect timeout of arriving, so a batch that waited behind a slow flight gets only what is left
+of that, never a whole batch_timeout of its own (docs/measurements.md, Faults under a burst)."""
 
 
 def make_batch_session(config: Config) -> aiohttp.ClientSession:
@@ -41,6 +49,22 @@ def make_batch_session(config: Config) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.batch_timeout
         ),
+    )
+
+
+def _timeout(session: aiohttp.ClientSession, deadline: float | None) -> aiohttp.ClientTimeout:
+    """The session's timeouts, and none of them past `deadline` (the loop's clock)."""
+    usual = session.timeout
+    if deadline is None:
+        return usual
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise UpstreamBusy("the callers' time ran out behind an earlier call; not sent")
+    connect = usual.sock_connect
+    return aiohttp.ClientTimeout(
+        total=left,
+        sock_connect=left if connect is None else min(connect, left),
+        sock_read=usual.sock_read,
     )
 
 
@@ -72,13 +96,18 @@ def _reuse_tracer() -> aiohttp.TraceConfig:
 
 
 async def post_json(
-    session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str], body: bytes
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: CIMultiDict[str],
+    body: bytes,
+    deadline: float | None = None,
 ) -> UpstreamReply:
-    """POST `body` and read the whole answer. It is sent again only where it cannot have
-    reached the upstream: a connection that could not be opened (once more), or a pooled one
-    that the upstream had closed and that failed before any answer began (up to _MAX_STALE
-    times). uvicorn closes a connection right after a 500 whose application raised, so the next
-    call on it would otherwise fail: the probe after an item's 500, say."""
+    """POST `body` and read the whole answer, by `deadline` (the loop's clock) if given, every
+    try included. It is sent again only where it cannot have reached the upstream: a connection
+    that could not be opened (once more), or a pooled one that the upstream had closed and that
+    failed before any answer began (up to _MAX_STALE times). uvicorn closes a connection right
+    after a 500 whose application raised, so the next call on it would otherwise fail: the probe
+    after an item's 500, say."""
     connect_failed, stale = False, 0
     while True:
         attempt, answered = _Attempt(), False
@@ -90,6 +119,7 @@ async def post_json(
                 allow_redirects=False,
                 auto_decompress=True,  # the proxy reads this body itself
                 trace_request_ctx=attempt,
+                timeout=_timeout(session, deadline),
             ) as resp:
                 answered = True
                 return UpstreamReply(resp.status, resp.headers, await resp.read())
@@ -111,6 +141,9 @@ class HttpSend:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._session = session
         self._metrics = metrics
+        # What a caller may wait in all, from arriving: batch_timeout plus the connect timeout.
+        timeout = session.timeout
+        self._owed = (timeout.sock_read or 0.0) + (timeout.sock_connect or 0.0) or None
 
     async def __call__(
         self, target: BatchTarget, names: Sequence[str | int], shared: SharedFields, call_id: str
@@ -118,9 +151,11 @@ class HttpSend:
         headers = target.headers.copy()
         headers["X-Request-ID"] = call_id
         body = render_body(target.spec, names, shared)
+        opened = BATCH_OPENED.get()
+        deadline = None if opened is None or self._owed is None else opened + self._owed
         started = time.perf_counter()
         try:
-            reply = await post_json(self._session, target.url, headers, body)
+            reply = await post_json(self._session, target.url, headers, body, deadline)
         except UpstreamError as exc:
             self._metrics.upstream_errors.labels("batch", exc.code).inc()
             log.warning(

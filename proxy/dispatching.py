@@ -47,6 +47,7 @@ from .batches import (
     chunks,
     rounds_of,
 )
+from .calls import BATCH_OPENED
 from .errors import UpstreamBusy, UpstreamError, classify
 from .logs import PROCESS_ID
 from .metrics import Metrics
@@ -220,6 +221,7 @@ class Dispatcher:
             finally:
                 batch.heard()  # the upstream answered (or failed) a call: not stuck
 
+        opened = BATCH_OPENED.set(batch.opened_at)  # the calls answer within the callers' time
         flight = Flight(
             send,
             batch.context,
@@ -231,6 +233,7 @@ class Dispatcher:
         try:
             await flight.run(batch.members)
         finally:
+            BATCH_OPENED.reset(opened)
             self._record(batch, flight, batch_id, time.perf_counter() - started)
 
     def expire(self, batch: ClosedBatch[BatchKey, Member, BatchTarget]) -> UpstreamBusy:

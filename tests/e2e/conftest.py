@@ -11,18 +11,25 @@ Both servers start with a `server/config.yml` that keeps SSH fleets to admins
 (`default_permissions.allow_non_admins_manage_ssh_fleets: false`), so that a project member's
 delete of an SSH fleet gets dstack's own bare 403 (tests/e2e/test_refusals_real.py). Nothing
 else in the suite manages SSH fleets.
+
+Production dstack servers run on Postgres (`DSTACK_DATABASE_URL`): a test marked
+`@pytest.mark.databases("sqlite", "postgres")` also runs against a Postgres-backed server of each
+version (its id ends in `-postgres`), with a throw-away cluster that the tests start
+(tests/support/postgres.py). Unmarked tests run on SQLite only; `COALESCER_DATABASES=postgres`
+runs the Postgres variants only.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.processes import ProxyProcess
-from tests.support.server import DstackServer
+from tests.support.server import DATABASES, DstackServer
 from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION, legacy_dstack
 
 SERVER_VERSIONS = tuple(
@@ -32,6 +39,30 @@ SERVER_VERSIONS = tuple(
     ).split(",")
     if v
 )
+DATABASES_RUN = tuple(
+    d for d in os.environ.get("COALESCER_DATABASES", ",".join(DATABASES)).split(",") if d
+)
+
+
+@dataclass(frozen=True)
+class ServerVariant:
+    version: str
+    database: str
+
+    @property
+    def id(self) -> str:
+        return self.version if self.database == "sqlite" else f"{self.version}-{self.database}"
+
+
+VARIANTS = tuple(ServerVariant(v, d) for d in DATABASES_RUN for v in SERVER_VERSIONS)
+
+
+def _wanted(item: pytest.Item, variant: ServerVariant) -> bool:
+    versions = item.get_closest_marker("server_versions")
+    databases = item.get_closest_marker("databases")
+    return (versions is None or variant.version in versions.args) and variant.database in (
+        databases.args if databases is not None else ("sqlite",)
+    )
 
 
 SERVER_CONFIG = """\
@@ -43,13 +74,13 @@ default_permissions:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Drop the version variants a test is not meant for (`server_versions` marker)."""
+    """Drop the server variants a test is not meant for (`server_versions` and `databases`
+    markers)."""
     kept, dropped = [], []
     for item in items:
-        marker = item.get_closest_marker("server_versions")
         callspec = getattr(item, "callspec", None)
-        version = callspec.params.get("dstack_server") if callspec else None
-        if marker is not None and version is not None and version not in marker.args:
+        variant = callspec.params.get("dstack_server") if callspec else None
+        if isinstance(variant, ServerVariant) and not _wanted(item, variant):
             dropped.append(item)
         else:
             kept.append(item)
@@ -58,11 +89,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
-@pytest.fixture(scope="session", params=SERVER_VERSIONS)
+@pytest.fixture(scope="session", params=VARIANTS, ids=lambda v: v.id)
 def dstack_server(request: pytest.FixtureRequest) -> Iterator[DstackServer]:
-    executable = legacy_dstack() if request.param == LEGACY_VERSION else None
-    with DstackServer(executable=executable, server_config=SERVER_CONFIG) as server:
-        assert server.version == request.param
+    variant: ServerVariant = request.param
+    executable = legacy_dstack() if variant.version == LEGACY_VERSION else None
+    with DstackServer(
+        executable=executable, server_config=SERVER_CONFIG, database=variant.database
+    ) as server:
+        assert server.version == variant.version
+        if variant.database == "postgres":  # dstack really keeps its data there
+            assert server.postgres is not None and server.database_url is not None
+            database = server.database_url.rpartition("/")[2]
+            assert server.postgres.psql(database, "SELECT name FROM projects").split() == ["main"]
         yield server
 
 

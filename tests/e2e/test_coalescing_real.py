@@ -30,6 +30,7 @@ def cleanup(dstack_server: DstackServer) -> Iterator[list[str]]:
     stop_runs_until_finished(dstack_server, PROJECT, names)
 
 
+@pytest.mark.databases("sqlite", "postgres")
 async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_call_each(
     dstack_server: DstackServer, proxy_url: str, cleanup: list[str]
 ) -> None:
@@ -65,6 +66,7 @@ async def test_concurrent_one_run_stops_then_deletes_reach_the_server_as_one_cal
     assert {after[n] for n in names} == {"deleted"}
 
 
+@pytest.mark.databases("sqlite", "postgres")
 async def test_one_active_run_fails_only_its_own_delete_with_dstacks_own_answer(
     dstack_server: DstackServer, proxy_url: str, cleanup: list[str]
 ) -> None:

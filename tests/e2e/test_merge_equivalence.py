@@ -202,6 +202,7 @@ REFUSED_DELETES = Scenario(
 
 
 @pytest.mark.server_versions(CURRENT_VERSION)
+@pytest.mark.databases("sqlite", "postgres")
 @settings(
     max_examples=3,
     deadline=None,
@@ -241,6 +242,7 @@ def test_proxied_burst_is_equivalent_to_direct_one_by_one(
 # examples only, which cover stops beside a non-member's, and deletes one of which is refused
 # (the batched stop bursts of test_coalescing_real.py run there too).
 @pytest.mark.server_versions(LEGACY_VERSION)
+@pytest.mark.databases("sqlite", "postgres")
 @pytest.mark.parametrize(
     "scenario",
     [BATCHING_EXAMPLES[1], REFUSED_DELETES],

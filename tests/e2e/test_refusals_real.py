@@ -47,6 +47,9 @@ from tests.support.processes import ProxyProcess, find_free_port
 from tests.support.server import DstackServer
 from tests.support.versions import CURRENT_VERSION
 
+# Every refusal case also runs against a Postgres-backed server (issue 18).
+pytestmark = pytest.mark.databases("sqlite", "postgres")
+
 PROJECT = "refusals"
 STOP = "/api/project/main/runs/stop"
 FLEETS = f"/api/project/{PROJECT}/fleets"
@@ -318,25 +321,34 @@ async def test_locked_fleets_fail_only_the_callers_that_name_them(
     assert calls <= most_calls(sent, bound(len(names))), (calls, sent)
 
 
-def _database(server: DstackServer) -> sqlite3.Connection:
-    return sqlite3.connect(server.home / ".dstack" / "server" / "data" / "sqlite.db", timeout=30)
+def _update_fleet(server: DstackServer, lock_until: datetime | None, fleet: str) -> int:
+    """Set `fleet`'s `lock_expires_at` in the server's own database (SQLite or Postgres); the
+    rows changed."""
+    if server.postgres is not None and server.database_url is not None:
+        value = "NULL" if lock_until is None else f"'{lock_until.isoformat(sep=' ')}'"
+        out = server.postgres.psql(
+            server.database_url.rpartition("/")[2],
+            f"WITH changed AS (UPDATE fleets SET lock_expires_at = {value}"
+            f" WHERE name = '{fleet}' AND NOT deleted RETURNING 1) SELECT count(*) FROM changed",
+        )
+        return int(out.strip())
+    path = server.home / ".dstack" / "server" / "data" / "sqlite.db"
+    with sqlite3.connect(path, timeout=30) as db:
+        return db.execute(
+            "UPDATE fleets SET lock_expires_at = ? WHERE name = ? AND deleted = 0",
+            (None if lock_until is None else lock_until.isoformat(sep=" "), fleet),
+        ).rowcount
 
 
 def hold_lock(server: DstackServer, fleet: str) -> None:
     """Mark `fleet` as held by the background pipeline for a minute, as the pipeline does while
     it processes a fleet (its `lock_expires_at` column)."""
     until = (datetime.now(UTC) + timedelta(minutes=1)).replace(tzinfo=None)
-    with _database(server) as db:
-        changed = db.execute(
-            "UPDATE fleets SET lock_expires_at = ? WHERE name = ? AND deleted = 0",
-            (until.isoformat(sep=" "), fleet),
-        ).rowcount
-    assert changed == 1
+    assert _update_fleet(server, until, fleet) == 1
 
 
 def release_lock(server: DstackServer, fleet: str) -> None:
-    with _database(server) as db:
-        db.execute("UPDATE fleets SET lock_expires_at = NULL WHERE name = ?", (fleet,))
+    _update_fleet(server, None, fleet)
 
 
 def test_the_test_server_refuses_ssh_fleets_to_members(

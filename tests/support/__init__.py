@@ -4,7 +4,9 @@ CLI (`cli.py`), bursts of concurrent requests and the server's record of stops (
 and the one way to start and stop a child process (`processes.py`). For the adversarial suites:
 the server versions and the legacy 0.18.40 environment (`versions.py`, with `legacy_sdk.py` run
 by that environment's interpreter), raw HTTP over a socket (`rawhttp.py`), a recording upstream
-that can hold its calls (`slow_upstream.py`) and the proxy's own metrics (`metrics.py`).
+that can hold its calls (`slow_upstream.py`) and the proxy's own metrics (`metrics.py`). A
+throw-away PostgreSQL cluster for a Postgres-backed server (`postgres.py`, used through
+`DstackServer(database="postgres")`).
 
 Standard library plus the project's own dependencies; no pytest, so scripts can use it too.
 Server-side helpers are synchronous and blocking: from an async test call them through

@@ -1,5 +1,7 @@
-"""A real `dstack server` on a free loopback port, with a temporary HOME and SQLite, and its
-log, from which tests count the upstream calls it processed.
+"""A real `dstack server` on a free loopback port, with a temporary HOME and SQLite (or
+PostgreSQL: `database="postgres"`), and its log, from which tests count the upstream calls it
+processed. It can be signalled, killed and started again on the same port and data
+(`send_signal`, `kill`, `restart`) for the fault tests.
 
 Environment of the server process: every inherited `DSTACK_*` variable is dropped, `HOME` and
 `XDG_*` point into the temp dir, `DSTACK_SERVER_DIR` is `<home>/.dstack/server` (so SQLite lives
@@ -7,6 +9,12 @@ in `<home>/.dstack/server/data/sqlite.db` and `~/.dstack` is never touched), an 
 generated, and `DSTACK_SERVER_LOG_LEVEL=DEBUG` with `DSTACK_SERVER_LOG_FORMAT=standard` (one
 record per line; the default `rich` format wraps long lines). Project `main` exists from the
 start, with `admin` as its admin member.
+
+Postgres: `database="postgres"` starts a cluster of the server's own (postgres.py) and points
+`DSTACK_DATABASE_URL` at a fresh database in it; `database=<a running Postgres>` takes a fresh
+database in that cluster instead (several servers, one cluster). dstack 0.18.40 and 0.22.5
+both take `DSTACK_DATABASE_URL` (asyncpg is in their `server` extra). The cluster outlives
+`kill`/`restart` of the server and is stopped with it when the server owns it.
 
 Counting upstream calls: with DEBUG logging an HTTP middleware of the server writes one line per
 request, every method and path, `/healthcheck` included:
@@ -24,11 +32,14 @@ the count is stable.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -39,9 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .postgres import Postgres
 from .processes import Process, ProcessStartError, find_free_port
 
 PathLike = str | os.PathLike[str]
+DATABASES = ("sqlite", "postgres")
+_DATABASE_SERIALS = itertools.count(1)
 
 _SERVER_LOG_NAME = "server.log"
 _PROCESSED_RE = re.compile(
@@ -152,6 +166,9 @@ class DstackServer:
             default: the one installed next to the running interpreter.
         server_config: the text of `server/config.yml`, written before the first start (the
             server applies it at start-up); default: none, the server writes its own.
+        database: `"sqlite"` (default: a file in the server's HOME), `"postgres"` (a cluster
+            of its own, started first and stopped with it), or a running `Postgres` to take a
+            fresh database in (the caller stops it).
     """
 
     def __init__(
@@ -166,7 +183,14 @@ class DstackServer:
         keep_workdir: bool = False,
         executable: PathLike | None = None,
         server_config: str | None = None,
+        database: str | Postgres = "sqlite",
     ) -> None:
+        if isinstance(database, str) and database not in DATABASES:
+            raise ValueError(f"database must be one of {DATABASES} or a Postgres: {database!r}")
+        self._database = database
+        self._postgres: Postgres | None = None  # the cluster in use, once started
+        self._owns_postgres = database == "postgres"
+        self._database_url: str | None = None
         self._owns_workdir = workdir is None
         self._workdir = (
             Path(tempfile.mkdtemp(prefix="dstack-harness-"))
@@ -249,6 +273,21 @@ class DstackServer:
         return self._version
 
     @property
+    def database(self) -> str:
+        """`"sqlite"` or `"postgres"`."""
+        return "sqlite" if self._database == "sqlite" else "postgres"
+
+    @property
+    def database_url(self) -> str | None:
+        """The `DSTACK_DATABASE_URL` given to the server; None for its default SQLite."""
+        return self._database_url
+
+    @property
+    def postgres(self) -> Postgres | None:
+        """The Postgres cluster behind the server, if any."""
+        return self._postgres
+
+    @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
@@ -265,24 +304,46 @@ class DstackServer:
         """
         if self._process is not None:
             raise RuntimeError("server already started")
+        if self._database_url is None and self._database != "sqlite":
+            self._prepare_postgres()
         attempts = 1 if self._requested_port is not None else 3
         for attempt in range(attempts):
             try:
-                self._start_once()
+                self._start_once(self._requested_port or find_free_port())
                 return self
             except ProcessStartError as exc:
                 port_clash = "address already in use" in str(exc).lower()
                 if not port_clash or attempt == attempts - 1:
+                    self._stop_postgres()  # `with` never calls stop() when start fails
+                    self._database_url = None
                     raise
         raise AssertionError("unreachable")
 
-    def _start_once(self) -> None:
+    def _prepare_postgres(self) -> None:
+        if isinstance(self._database, Postgres):
+            self._postgres = self._database
+        else:
+            self._postgres = Postgres().start()
+        name = f"dstack{os.getpid()}x{next(_DATABASE_SERIALS)}"
+        try:
+            self._database_url = self._postgres.create_database(name)
+        except BaseException:
+            self._stop_postgres()
+            raise
+
+    def _stop_postgres(self) -> None:
+        postgres, self._postgres = self._postgres, None
+        if postgres is not None and self._owns_postgres:
+            postgres.stop()
+
+    def _start_once(self, port: int) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         config = self.home / ".dstack" / "server" / "config.yml"
         if self._server_config is not None and not config.exists():
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(self._server_config, encoding="utf-8")
-        self._port = self._requested_port or find_free_port()
+        self._port = port
+        database = {"DSTACK_DATABASE_URL": self._database_url} if self._database_url else {}
         env = isolated_env(
             self.home,
             {
@@ -292,6 +353,7 @@ class DstackServer:
                 "DSTACK_SERVER_LOG_FORMAT": "standard",
                 "DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT": "1",
                 "DSTACK_SERVER_RELOAD_DISABLED": "1",
+                **database,
                 **self._extra_env,
             },
         )
@@ -319,8 +381,64 @@ class DstackServer:
         process, self._process = self._process, None
         if process is not None:
             process.stop()
+        self._stop_postgres()
+        self._database_url = None
         if self._owns_workdir and not self._keep_workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+    # -- faults -------------------------------------------------------------
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the server's process group (SIGSTOP freezes it, SIGCONT thaws it)."""
+        if self._process is None or self._process.pid is None:
+            raise RuntimeError("server not started")
+        os.killpg(self._process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown of any kind), keeping its port, data and log for
+        `restart`; its database cluster, if any, goes on."""
+        process, self._process = self._process, None
+        if process is None or process.proc is None:
+            raise RuntimeError("server not started")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.proc.pid, signal.SIGKILL)
+        process.proc.wait(timeout=10)
+        process.stop()  # forget it (atexit)
+
+    def restart(self, *, graceful: bool = True) -> DstackServer:
+        """Stop the server (SIGTERM, then SIGKILL after `stop_timeout`; or SIGKILL at once when
+        not `graceful`) and start it again on the same port, data and log, appended to, so
+        marks taken before stay valid. Returns once it answers again."""
+        if self._process is not None:
+            if graceful:
+                process, self._process = self._process, None
+                process.stop()
+            else:
+                self.kill()
+        self._start_once_on_port()
+        return self
+
+    def start_again(self) -> DstackServer:
+        """Start a server that was `kill`ed, on the same port, data and log."""
+        if self._process is not None:
+            raise RuntimeError("server already running")
+        self._start_once_on_port()
+        return self
+
+    def _start_once_on_port(self) -> None:
+        # The port must stay the same (the proxy points at it): retried while a socket of the
+        # old process still holds it, never moved.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._start_once(self.port)
+                return
+            except ProcessStartError as exc:
+                if "address already in use" not in str(exc).lower():
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def __enter__(self) -> DstackServer:
         return self.start()
