@@ -4,7 +4,7 @@ same for the bare aiohttp pass-through, the floor of the stack.
 
     .venv/bin/python -m bench.memory [--projects 100] [--per-project 100] [--loops uvloop,asyncio]
 
-The proxy runs its default configuration except `--batch-timeout 300 --max-wait-ms 300000`, so
+The proxy runs its default configuration except `--batch-timeout 300 --max-wait-ms 305000`, so
 that calls held on purpose neither time out nor are refused while the last clients connect.
 Every request is then answered, and must come back 200 `null`. Both run on each event loop of
 `--loops` in turn (both by default); a run on another loop than the process's default (the
@@ -37,7 +37,7 @@ from .tools import metric, peak_rss_mb
 TARGETS = ("proxy", "bare aiohttp")
 LOOPS = ("uvloop", "asyncio")
 DEFAULT_LOOP = {"proxy": "uvloop", "bare aiohttp": "asyncio"}
-HOLD_FLAGS = ("--batch-timeout", "300", "--max-wait-ms", "300000")
+HOLD_FLAGS = ("--batch-timeout", "300", "--max-wait-ms", "305000")
 CONNECTING = 200  # connections opened at once: stays inside the listen backlog
 
 

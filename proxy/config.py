@@ -51,7 +51,7 @@ class Config:
     max_batch: int = field(default=500, metadata={"help": "requests per batch at most"})
     max_names: int = field(default=MAX_NAMES, metadata={"help": "names per upstream call at most"})
     max_wait_ms: int = field(
-        default=30000, metadata={"help": "bound on a request's wait to be sent"}
+        default=35000, metadata={"help": "bound on a request's wait to be sent"}
     )
     max_pending: int = field(default=10000, metadata={"help": "pending requests before bypass"})
     max_pending_per_key: int = field(default=1000, metadata={"help": "pending requests per key"})
@@ -123,15 +123,18 @@ def build_config(values: Mapping[str, tuple[Any, str]]) -> Config:
     def where(name: str) -> str:
         return values[name][1] if name in values else "default"
 
-    # A healthy upstream answers every batch call within batch_timeout, so a flight hears back
-    # at least that often: a caller behind it must never get max_wait's 503 (docs/design.md).
-    for floor, name in ((config.window_ms, "window_ms"), (config.batch_timeout * 1000, "")):
+    # Any batch call ends within connect_timeout + batch_timeout, answered or timed out, so a
+    # flight hears back at least that often: a caller behind one must never get max_wait's
+    # 503 while the upstream answers, or merely times out (docs/design.md, Flush policy).
+    floors = {
+        "window_ms": config.window_ms,
+        "connect_timeout + batch_timeout": 1000 * (config.connect_timeout + config.batch_timeout),
+    }
+    for what, floor in floors.items():
         if config.max_wait_ms < floor:
-            other = name or "batch_timeout"
             raise ConfigError(
-                f"invalid max_wait_ms from {where('max_wait_ms')}: {config.max_wait_ms!r} (must "
-                f"be >= {other} {getattr(config, other)!r} from {where(other)}"
-                + (" in ms)" if not name else ")")
+                f"invalid max_wait_ms from {where('max_wait_ms')}: {config.max_wait_ms!r} "
+                f"(must be >= {what}, {floor:g} ms)"
             )
     return config
 

@@ -195,7 +195,7 @@ async def test_docker_stop_drains_callers_and_exits_zero_within_the_grace_period
         coalescer_image,
         dstack_server.url,
         "COALESCER_WINDOW_MS=5000",
-        "COALESCER_MAX_WAIT_MS=30000",  # the least allowed: batch_timeout
+        "COALESCER_MAX_WAIT_MS=35000",  # the least allowed: connect + batch timeouts
     )
     names = [f"drain-{i}" for i in range(10)]
     try:

@@ -36,7 +36,9 @@ async def proxy_process(upstream_server: Any, tmp_path: Path) -> AsyncIterator[P
         "--max-wait-ms",
         "5000",
         "--batch-timeout",
-        "5",
+        "4",
+        "--connect-timeout",
+        "1",
         "--drain-seconds",
         "5",
     )
