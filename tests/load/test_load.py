@@ -80,7 +80,14 @@ def test_ten_thousand_held_callers_get_their_own_answers_and_leave_nothing_behin
     with (
         SlowUpstream(tmp_path / "upstream.log", delay=0.2) as upstream,
         ProxyProcess(
-            upstream.url, tmp_path / "proxy.log", "--log-level", "warning", "--batch-timeout", "300"
+            upstream.url,
+            tmp_path / "proxy.log",
+            "--log-level",
+            "warning",
+            "--batch-timeout",
+            "300",
+            "--max-wait-ms",
+            "305000",
         ) as proxy,
     ):
         assert proxy.pid is not None
