@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 
 class Timer(Protocol):
@@ -27,3 +27,35 @@ class LoopClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return asyncio.get_running_loop().call_later(delay, callback)
+
+
+H = TypeVar("H", bound=Hashable)
+
+
+class Recent(Generic[H]):
+    """When each key was last seen, for `span` seconds: oldest first, so forgetting is a walk
+    from the front and memory follows live keys only (burst memory, landings, connections)."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self._at: dict[H, float] = {}
+
+    def note(self, key: H, now: float) -> None:
+        self._at.pop(key, None)
+        self._at[key] = now
+        self.forget(now)
+
+    def at(self, key: H, now: float) -> float | None:
+        """When `key` was last seen, if within `span` of `now`."""
+        seen = self._at.get(key)
+        return seen if seen is not None and seen > now - self.span else None
+
+    def forget(self, now: float) -> None:
+        while self._at:
+            oldest, seen = next(iter(self._at.items()))
+            if seen > now - self.span:
+                return
+            del self._at[oldest]
+
+    def __iter__(self) -> Iterator[H]:
+        return iter(self._at)

@@ -6,6 +6,8 @@ import enum
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
+from .clock import Recent
+
 K = TypeVar("K", bound=Hashable)
 
 BURST_MEMORY: Final = 1.0  # seconds a key counts as bursty after it had company
@@ -57,11 +59,9 @@ class FlushPolicy(Generic[K]):
         self.policy = policy
         self.window = window
         self.quiet_gap = min(quiet, window)  # `quiet`: the pause in arrivals that ends a batch
-        # Keys that had company within BURST_MEMORY, oldest first (re-inserted when seen again),
-        # so forgetting is a walk from the front: memory follows live bursts only.
-        self._company: dict[K, float] = {}
+        self._company = Recent[K](BURST_MEMORY)  # keys that had company lately
+        self._landed = Recent[K](BURST_MEMORY)  # `quiet`: each key's last landing
         self._call_time: dict[Hashable, float] = {}  # per family: a moving average of flights
-        self._landed: dict[K, float] = {}  # `quiet`: each key's last landing, oldest first
 
     @property
     def beside(self) -> bool:
@@ -70,8 +70,7 @@ class FlushPolicy(Generic[K]):
 
     def had_company(self, key: K, now: float) -> None:
         if self.policy in (Policy.ADAPTIVE, Policy.QUIET):
-            self._company.pop(key, None)
-            self._company[key] = now
+            self._company.note(key, now)
 
     def may_lead(self, key: K, now: float) -> bool:
         """Whether a request on idle `key` may go at once, as it came."""
@@ -103,23 +102,11 @@ class FlushPolicy(Generic[K]):
     def landed(self, key: K, now: float) -> None:
         """A flight of `key` landed (`quiet` remembers it for BURST_MEMORY)."""
         if self.policy == Policy.QUIET:
-            self._landed.pop(key, None)
-            self._landed[key] = now
-            for oldest, at in self._landed.items():
-                if at >= now - BURST_MEMORY:
-                    break
-                del self._landed[oldest]
-                break  # one at a time, amortised
+            self._landed.note(key, now)
 
     def landed_at(self, key: K, now: float) -> float | None:
         """When a flight of `key` last landed, if within BURST_MEMORY."""
-        at = self._landed.get(key)
-        return at if at is not None and at >= now - BURST_MEMORY else None
+        return self._landed.at(key, now)
 
     def _bursty(self, key: K, now: float) -> bool:
-        while self._company:
-            oldest, at = next(iter(self._company.items()))
-            if at >= now - BURST_MEMORY:
-                break
-            del self._company[oldest]
-        return key in self._company
+        return self._company.at(key, now) is not None

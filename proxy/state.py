@@ -9,6 +9,8 @@ from typing import Final
 
 from aiohttp import web
 
+from .clock import Recent
+
 FOLLOW_UP_WITHIN: Final = 0.25  # seconds after an answer on a connection (a busy machine's)
 
 
@@ -19,8 +21,7 @@ class FollowUps:
     `Batcher.submit(follow_up=True)`, docs/design.md, Flush policy)."""
 
     def __init__(self) -> None:
-        # connection -> when its last answer was done, oldest first: memory follows live ones.
-        self._answered: dict[int, float] = {}
+        self._answered = Recent[int](FOLLOW_UP_WITHIN)  # connection -> its last answer
         # How long clients take to send a follow-up, lately: a peak that decays by a fifth at
         # each follow-up (Chromium on a busy machine: 6-60 ms; aiohttp: about 1 ms).
         self.delay = 0.0
@@ -28,29 +29,17 @@ class FollowUps:
     def arrived(self, request: web.Request) -> None:
         """Learn from every request, batchable or not, that follows an answer on its
         connection: a browser's list refreshes teach the delay before its first burst."""
-        last = self._answered.get(id(request.protocol))
-        if last is not None:
-            delay = asyncio.get_running_loop().time() - last
-            if delay < FOLLOW_UP_WITHIN:
-                self.delay = max(delay, 0.8 * self.delay)
+        now = asyncio.get_running_loop().time()
+        if (last := self._answered.at(id(request.protocol), now)) is not None:
+            self.delay = max(now - last, 0.8 * self.delay)
 
     def follows(self, request: web.Request) -> float | None:
         """None, or how long clients take to send a follow-up lately, if `request` is one."""
-        last = self._answered.get(id(request.protocol))
-        if last is None or asyncio.get_running_loop().time() - last >= FOLLOW_UP_WITHIN:
-            return None
-        return self.delay
+        now = asyncio.get_running_loop().time()
+        return None if self._answered.at(id(request.protocol), now) is None else self.delay
 
     def answered(self, request: web.Request) -> None:
-        now = asyncio.get_running_loop().time()
-        connection = id(request.protocol)
-        self._answered.pop(connection, None)
-        self._answered[connection] = now
-        for oldest, at in self._answered.items():
-            if at >= now - FOLLOW_UP_WITHIN:
-                break
-            del self._answered[oldest]
-            break  # one at a time: amortised, and the dict is not iterated while changed
+        self._answered.note(id(request.protocol), asyncio.get_running_loop().time())
 
 
 @dataclass(eq=False, slots=True)

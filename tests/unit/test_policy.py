@@ -11,6 +11,7 @@ from functools import partial
 import pytest
 
 from proxy.batcher import Batcher, ClosedBatch, FlushReason, Policy
+from proxy.clock import Recent
 from proxy.policy import BURST_MEMORY
 
 from .manual_clock import ManualClock, settle
@@ -412,3 +413,14 @@ async def test_quiet_a_follow_up_before_any_landing_does_not_wait_for_the_leader
     await run_until(clock, lambda: len(upstream.batches) == 1)
     assert upstream.batches[0].closed_at == pytest.approx(QUIET)
     await run_until(clock, lambda: lone.done() and all(c.done() for c in rest))
+
+
+def test_recent_remembers_a_key_for_its_span_and_forgets_the_oldest_first() -> None:
+    recent = Recent[str](1.0)
+    recent.note("a", 0.0)
+    recent.note("b", 0.5)
+    recent.note("a", 0.6)  # seen again: now the newest
+    assert (recent.at("a", 1.2), recent.at("b", 1.2)) == (0.6, 0.5)
+    assert recent.at("b", 1.5) is None
+    recent.note("c", 1.7)  # forgets what is older than its span
+    assert list(recent) == ["c"]
