@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import Config
@@ -385,13 +385,7 @@ async def _post_both(
     return [direct, proxied], took
 
 
-@settings(
-    max_examples=examples(ci=60, long=500),
-    deadline=None,
-    database=None,
-    derandomize=True,  # the same sample on every run, so CI never hangs on a new draw
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(ci=60, long=500)
 @given(request=batchable_requests())
 def test_fuzzed_batchable_bodies_get_the_same_answer_direct_and_via_the_proxy(
     dstack_server: DstackServer,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.api import add_member, create_project, create_user
@@ -109,13 +109,7 @@ async def _burst_then_direct(
     return list(proxied), direct
 
 
-@settings(
-    max_examples=examples(ci=8, long=40),
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(ci=8, long=40)
 @given(burst=st.lists(callers(), min_size=3, max_size=12))
 def test_a_non_member_never_changes_anything_and_everyone_gets_dstacks_answer(
     dstack_server: DstackServer,

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import aiohttp
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.modes import examples
@@ -122,13 +122,7 @@ def _project(path: str) -> str:
     return unquote(path.split("/")[3]).lower()
 
 
-@settings(
-    max_examples=examples(ci=40, long=400),
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(ci=40, long=400)
 @given(batch=st.lists(requests, min_size=2, max_size=30))
 def test_no_upstream_call_mixes_credentials_projects_or_versions(
     stack: tuple[SlowUpstream, ProxyProcess], batch: list[Request]

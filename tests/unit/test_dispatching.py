@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -218,11 +218,7 @@ def test_the_fake_answers_an_empty_list_as_dstack_does() -> None:
         assert FakeDstack(key_wide=key_wide).answer([]).status == status
 
 
-@settings(
-    max_examples=examples(ci=400, long=4000),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@examples(ci=400, long=4000)
 @given(scenario=scenarios())
 def test_every_caller_gets_its_own_alone_answer_and_calls_stay_within_budget(
     scenario: tuple[str, list[Member], FakeDstack, int | None],

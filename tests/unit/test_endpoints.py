@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.endpoints import (
@@ -169,7 +169,6 @@ def test_render_body_writes_the_list_field_then_the_shared_fields() -> None:
     )
 
 
-@settings(database=None)
 @given(names=st.lists(st.text(), min_size=1), abort=st.booleans())
 def test_parse_body_reads_back_whatever_render_body_wrote(names: list[str], abort: bool) -> None:
     equal = (("abort", abort),)
