@@ -20,9 +20,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tests.support import nginx
 from tests.support.processes import Process, ProxyProcess
 
-from . import nginx
 from .passthrough import LOAD_CPU, SUT_CPU, BarePassthrough
 from .tools import cpu_seconds, pin
 from .wrk import POST_PATH, POST_SCRIPT, wrk

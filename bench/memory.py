@@ -1,5 +1,6 @@
 """Memory: the proxy's peak resident set (VmHWM) while it holds 10 000 one-run stops across 100
-projects, in front of an upstream that answers only when told to (`slow_upstream.py`); then the
+projects, in front of an upstream that answers only when told to (the recording
+`slow_upstream.py`, its calls held); then the
 same for the bare aiohttp pass-through, the floor of the stack.
 
     .venv/bin/python -m bench.memory [--projects 100] [--per-project 100] [--loops uvloop,asyncio]
@@ -20,7 +21,6 @@ import contextlib
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 import urllib.request
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.support.processes import Process, ProxyProcess, find_free_port
+from tests.support.processes import ProxyProcess, SlowUpstream
 
 from .passthrough import BarePassthrough
 from .tools import metric, peak_rss_mb
@@ -56,13 +56,8 @@ class MemoryResults:
     seconds_to_hold: float
 
 
-class SlowUpstream(Process):
-    def __init__(self, log: Path) -> None:
-        port = find_free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        super().__init__(
-            [sys.executable, "-m", "bench.slow_upstream", str(port)], f"{self.url}/healthcheck", log
-        )
+def _post(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30).close()
 
 
 async def _one(host: str, port: int, project: str, name: str, gate: asyncio.Semaphore) -> bool:
@@ -102,9 +97,9 @@ async def _hold(
     seconds = time.perf_counter() - started
     await asyncio.sleep(1)  # let the batches settle into their calls
     held_rss = peak_rss_mb(pid)[1]
-    stats = await asyncio.to_thread(urllib.request.urlopen, f"{upstream.url}/_stats")
-    calls = int(json.loads(stats.read())["calls"])
-    await asyncio.to_thread(urllib.request.urlopen, f"{upstream.url}/_release")
+    seen = await asyncio.to_thread(urllib.request.urlopen, f"{upstream.url}/_calls")
+    calls = len(json.loads(seen.read()))
+    await asyncio.to_thread(_post, f"{upstream.url}/_release")
     ok = sum(await asyncio.gather(*tasks))
     return holding, calls, seconds, held_rss, ok
 
@@ -123,6 +118,7 @@ def measure(workdir: Path, target: str, projects: int, each: int, loop: str) -> 
     """Hold `projects * each` requests in the proxy, or in the bare pass-through, on `loop`."""
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(SlowUpstream(workdir / f"slow-{target}-{loop}.log"))
+        _post(f"{upstream.url}/_hold")
         server = stack.enter_context(
             ProxyProcess(
                 upstream.url, workdir / f"proxy-{loop}.log", *HOLD_FLAGS, "--event-loop", loop

@@ -23,9 +23,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tests.support import nginx
 from tests.support.processes import Process, ProxyProcess, find_free_port
 
-from . import nginx
 from .tools import cpu_seconds, pin
 from .wrk import POST_PATH, POST_SCRIPT, WrkResult, wrk
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .nginx import debian_tool, nginx_executable, write_conf
 from .processes import Process, find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,24 +31,13 @@ REPLICA_POLICY = "window"
 TEMPLATE = ROOT / "deploy" / "nginx" / "dstack-coalescer.conf.template"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
-# The wrapper a test runs the shipped snippet in: everything under the test's own directory,
-# and an access log naming the client connection, protocol and upstream of each request.
-_NGINX_CONF = """\
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 1024; }}
-http {{
+# The http block a test runs the shipped snippet in (inside nginx.py's wrapper): an access log
+# naming the client connection, protocol and upstream of each request.
+_FRONT_HTTP = """\
     log_format front escape=json '{{"connection": $connection, "protocol": "$server_protocol",'
         ' "status": $status, "uri": "$request_uri", "upstream": "$upstream_addr"}}';
     access_log {dir}/access.log front;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    include {dir}/front.conf;
-}}
-"""
+    include {dir}/front.conf;"""
 
 
 def render(template: str, values: Mapping[str, str]) -> str:
@@ -58,33 +47,6 @@ def render(template: str, values: Mapping[str, str]) -> str:
     if missing:
         raise KeyError(f"no value for placeholders {missing}")
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-
-
-def debian_tool(binary: str, package: str) -> str:
-    """The path of `binary`, installed from Debian's `package` when missing (CI runs as root).
-    Raises with the reason when it cannot be had: the tests then fail, never skip."""
-    path = "/usr/sbin:/usr/local/sbin:/usr/bin"
-    found = shutil.which(binary) or shutil.which(binary, path=path)
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise RuntimeError(f"{binary} is not installed and installing it needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=300"]  # another install may hold the lock
-    install = [*apt, "install", "-y", "--no-install-recommends", package]
-    for args in ([*apt, "update"], install):
-        done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    found = shutil.which(binary, path=path)
-    if not found:
-        raise RuntimeError(f"{binary} is still missing after apt-get install {package}")
-    return found
-
-
-def nginx_executable() -> str:
-    """The nginx binary (Debian's `nginx` package)."""
-    return debian_tool("nginx", "nginx")
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -149,12 +111,12 @@ class NginxFront:
     def __enter__(self) -> NginxFront:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "front.conf").write_text(render(TEMPLATE.read_text(), self.values))
-        (self.dir / "nginx.conf").write_text(_NGINX_CONF.format(dir=self.dir))
+        conf = write_conf(self.dir, _FRONT_HTTP.format(dir=self.dir), "info", 1024)
         self.proc = subprocess.Popen(
             [
                 nginx_executable(),
                 "-p", str(self.dir),
-                "-c", str(self.dir / "nginx.conf"),
+                "-c", str(conf),
                 "-e", str(self.dir / "error.log"),
                 "-g", "daemon off;",
             ],
