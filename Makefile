@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check proxy bench tests
 	$(BIN)/ruff format --check proxy bench tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile tests/deploy/*.Dockerfile
 
 # Every measurement in one run, on dstack 0.18.40 and 0.22.5 (about 20-25 min; --quick: a smoke

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .config import ConfigError, load_config
-from .logs import configure_logging
+from .ops.logs import configure_logging
 from .serving import serve
 
 

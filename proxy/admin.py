@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from .keys import CONFIG_KEY, METRICS_KEY, PUBLIC_APP_KEY, SESSION_KEY, STATE_KEY
-from .metrics import CONTENT_TYPE
+from .ops.metrics import CONTENT_TYPE
 
 READINESS_TIMEOUT: Final = aiohttp.ClientTimeout(total=2.0)
 

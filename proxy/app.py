@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from time import perf_counter
 from typing import Any, Final
@@ -13,20 +14,25 @@ import structlog
 from aiohttp import hdrs, web
 from yarl import URL
 
-from .batches import batcher_for
-from .calls import HttpSend, make_batch_session
+from .batching.dispatching import Dispatcher
 from .config import Config
-from .dispatching import Dispatcher
-from .errors import ProxyError, UpstreamTimeout, error_response
-from .forwarding import Forwarder, forward
-from .intake import Intake, ReplyBatcher
+from .edge.answers import error_response
+from .edge.forwarding import Forwarder
+from .edge.upstream import (
+    ALLOWED_METHODS,
+    check_target,
+    make_batch_session,
+    make_passthrough_session,
+)
+from .edge.websocket import handle_websocket, is_websocket_upgrade
+from .errors import ProxyError, UpstreamTimeout
+from .intake.build import batcher_for, limits_for
+from .intake.calls import HttpSend
+from .intake.route import WAY, Intake, ReplyBatcher
 from .keys import CONFIG_KEY, FORWARDER_KEY, INTAKE_KEY, METRICS_KEY, SESSION_KEY, STATE_KEY
-from .limits import Limits
-from .logs import REQUEST, new_request_serial
-from .metrics import WAY, Metrics
+from .ops.logs import REQUEST, new_request_serial
+from .ops.metrics import Metrics
 from .state import State
-from .upstream import ALLOWED_METHODS, SentAsGiven, check_target
-from .websocket import handle_websocket, is_websocket_upgrade
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +57,7 @@ def make_app(
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[STATE_KEY] = state
-    app.cleanup_ctx.append(_session_context(session))
-    app.cleanup_ctx.append(_intake_context(batch_session))
+    app.cleanup_ctx.append(_upstream_context(session, batch_session))
     app.on_shutdown.append(_drain)
     app.router.register_resource(_EveryTarget(_entry(metrics, state)))
     return app
@@ -62,73 +67,58 @@ def route(request: web.Request) -> Awaitable[web.StreamResponse]:
     """Where a request goes: batched if it fits a batchable endpoint exactly, else passed
     through. Not a coroutine itself: the caller awaits the handler's own, so a request held for
     long keeps one frame less (thousands may be held)."""
+    app = request.app
     if is_websocket_upgrade(request):
-        return handle_websocket(request)
-    intake = request.app[INTAKE_KEY]
+        return handle_websocket(
+            request, app[SESSION_KEY], app[CONFIG_KEY], app[STATE_KEY].websockets
+        )
+    intake = app[INTAKE_KEY]
     if (match := intake.match(request)) is not None:
         return intake.handle(request, *match)
-    return request.app[FORWARDER_KEY].forward(request)
+    return app[FORWARDER_KEY].forward(request)
 
 
-def make_passthrough_session(config: Config) -> aiohttp.ClientSession:
-    """Pass-through's session: bytes passed as sent, no cookie jar, every wait bounded.
-
-    The connector has no cap of its own (forwarding.Forwarder counts the connections held);
-    idle connections are closed below uvicorn's 5 s keep-alive, since reusing one the server
-    has just closed fails at random with "server disconnected"."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
-        # A jar would replay one user's cookies to the next.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # aiohttp would otherwise invent headers, and the upstream might gzip for a client
-        # that never asked.
-        request_class=SentAsGiven,
-        auto_decompress=False,
-        trust_env=False,  # HTTP(S)_PROXY in the environment must not reroute upstream calls
-        # No total: streams and downloads last as long as they last. Connecting and every
-        # idle gap while reading are bounded (the connector has no pool to wait for).
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
-        ),
-    )
-
-
-def _session_context(
-    given: aiohttp.ClientSession | None,
+def _upstream_context(
+    given: aiohttp.ClientSession | None, given_batch: aiohttp.ClientSession | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Everything that talks to the upstream, made and closed together: pass-through's session
+    and forwarder, and the batchable route (intake) with the batch calls' own session, so they
+    never queue behind pass-through. Given sessions are used as they are and never closed."""
+
     async def context(app: web.Application) -> AsyncIterator[None]:
-        config = app[CONFIG_KEY]
-        session = given or make_passthrough_session(config)
-        app[SESSION_KEY] = session
-        app[FORWARDER_KEY] = Forwarder(session, config, app[METRICS_KEY])
-        yield
-        if given is None:
-            await session.close()
+        config, metrics, state = app[CONFIG_KEY], app[METRICS_KEY], app[STATE_KEY]
+        async with contextlib.AsyncExitStack() as made:
+            session = given or _closed_after(made, make_passthrough_session(config))
+            batch_session = given_batch or _closed_after(made, make_batch_session(config))
+            forwarder = Forwarder(session, config, metrics)
+            dispatcher = Dispatcher(
+                HttpSend(batch_session, metrics), metrics, max_names=config.max_names
+            )
+            batcher: ReplyBatcher = batcher_for(config, dispatcher.flush, dispatcher.expire)
+            metrics.keys.set_function(lambda: batcher.keys)
+            # A request sent alone (its key idle) goes as it came, on the batch calls' session.
+            alone = Forwarder(batch_session, config, metrics, kind="alone", pooled=False)
+            app[SESSION_KEY], app[FORWARDER_KEY] = session, forwarder
+            app[INTAKE_KEY] = Intake(
+                config,
+                batcher,
+                limits_for(config),
+                metrics,
+                forwarder.forward,
+                state,
+                send_alone=alone.forward,
+            )
+            yield
 
     return context
 
 
-def _intake_context(
-    given: aiohttp.ClientSession | None,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        config, metrics = app[CONFIG_KEY], app[METRICS_KEY]
-        # Batch calls get a session of their own, so they never queue behind pass-through.
-        session = given or make_batch_session(config)
-        dispatcher = Dispatcher(HttpSend(session, metrics), metrics, max_names=config.max_names)
-        batcher: ReplyBatcher = batcher_for(config, dispatcher.flush, dispatcher.expire)
-        metrics.keys.set_function(lambda: batcher.keys)
-        limits = Limits(config.max_pending, config.max_pending_per_key, config.max_pending_bytes)
-        # A request sent alone (its key idle) goes as it came, on the batch calls' session.
-        alone = Forwarder(session, config, metrics, kind="alone", pooled=False)
-        app[INTAKE_KEY] = Intake(
-            config, batcher, limits, metrics, forward, app[STATE_KEY], send_alone=alone.forward
-        )
-        yield
-        if given is None:
-            await session.close()
-
-    return context
+def _closed_after(
+    stack: contextlib.AsyncExitStack, session: aiohttp.ClientSession
+) -> aiohttp.ClientSession:
+    """`session`, to be closed when `stack` closes (a session the app made itself)."""
+    stack.push_async_callback(session.close)
+    return session
 
 
 async def _drain(app: web.Application) -> None:

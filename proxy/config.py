@@ -16,8 +16,8 @@ from typing import Any, Final
 
 import yaml
 
-from .endpoints import DEFAULT_ENDPOINTS, EndpointSpec
-from .policy import Policy
+from .batching.endpoints import DEFAULT_ENDPOINTS, EndpointSpec
+from .batching.policy import Policy
 from .values import PARSERS
 
 ENV_PREFIX: Final = "COALESCER_"

@@ -1,19 +1,12 @@
-"""The proxy's own errors and the one place that turns them into answers.
-
-Each error carries the status the client gets; `error_response` renders it in dstack's own error
-shape (`{"detail": [{"msg", "code"}]}`, docs/dstack-api.md, Errors), so clients that show
-dstack's errors show these too, marked with `X-Proxy-Error` so operators can tell them apart.
+"""The proxy's own errors, with the one status mapping: each error carries the status and code
+the client gets. Free of HTTP libraries, so the batching core can use them; the edge renders
+them (`edge.answers.error_response`) and tells an HTTP client's failures apart
+(`edge.upstream.classify`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
 from typing import Final
-
-import aiohttp
-import orjson
-from aiohttp import web
 
 PROXY_ERROR_HEADER: Final = "X-Proxy-Error"
 
@@ -64,22 +57,10 @@ class UpstreamBusy(UpstreamError):
 
 
 def classify(exc: BaseException) -> UpstreamError:
-    """The proxy's answer for an exception raised by an upstream request before any response."""
+    """The proxy's answer for an exception raised by an upstream call before any response. The
+    edge's `classify` also names the unreachable host of an HTTP client's connect failure."""
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError is one too
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
         return UpstreamTimeout("upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(f"upstream unreachable: {exc.os_error or exc}")
     return UpstreamUnavailable(f"upstream failed: {type(exc).__name__}")
-
-
-def error_response(exc: ProxyError, headers: Mapping[str, str] | None = None) -> web.Response:
-    """`exc` as dstack's error shape, with its status and `X-Proxy-Error: <code>`."""
-    body = {"detail": [{"msg": str(exc) or exc.code.replace("_", " "), "code": exc.code}]}
-    return web.Response(
-        status=exc.status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers={PROXY_ERROR_HEADER: exc.code, **(headers or {})},
-    )

@@ -9,9 +9,9 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .config import Config
-    from .forwarding import Forwarder
-    from .intake import Intake
-    from .metrics import Metrics
+    from .edge.forwarding import Forwarder
+    from .intake.route import Intake
+    from .ops.metrics import Metrics
     from .state import State
 
 CONFIG_KEY: Final[web.AppKey[Config]] = web.AppKey("config")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 from typing import Final
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .admin import make_admin_app
 from .app import SHUTDOWN_MARGIN, make_app
 from .config import Config
-from .logs import loggable
+from .ops.logs import loggable
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +27,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     `drain_seconds` in total: stop accepting, then the app's drain (app.py) answers every
     request in progress by one deadline, and only then does aiohttp close what is left."""
     stop = stop or _stop_on_signals()
+    logging.getLogger("aiohttp.server").addFilter(_PARSE_ERRORS_WITHOUT_BYTES)
     app = make_app(config)
     runner = web.AppRunner(
         app,
@@ -60,6 +63,21 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         await admin.cleanup()
         log.info("shutdown_complete")
+
+
+class _ParseErrorsWithoutBytes(logging.Filter):
+    """aiohttp logs a malformed request with its parser's message, which quotes the offending
+    bytes, a credential among them: keep the kind of error, drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg}: {type(exc).__name__} {exc.code}"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_PARSE_ERRORS_WITHOUT_BYTES: Final = _ParseErrorsWithoutBytes()  # added once, however often served
 
 
 def _tune_gc() -> None:

@@ -9,7 +9,7 @@ from typing import Final
 
 from aiohttp import web
 
-from .clock import Recent
+from .batching.clock import Recent
 
 FOLLOW_UP_WITHIN: Final = 0.25  # seconds after an answer on a connection (a busy machine's)
 

@@ -3,15 +3,14 @@ returns the typed value or raises ValueError saying what was expected."""
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from yarl import URL
 
-from .endpoints import parse_table
-from .policy import Policy
+from .batching.endpoints import parse_table
+from .batching.policy import Policy
 
 MODES: Final = ("on", "off", "shadow")
 LOG_FORMATS: Final = ("json", "console")
@@ -109,33 +108,6 @@ def _peer(text: str) -> str:
     if "/" in text:
         return str(ipaddress.ip_network(text, strict=True))
     return str(ipaddress.ip_address(text))
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@functools.lru_cache(maxsize=64)
-def _networks(
-    trusted: tuple[str, ...],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(t) for t in trusted)
-
-
-@functools.lru_cache(maxsize=4096)
-def _in_networks(remote: str, trusted: tuple[str, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:  # a Unix socket peer, or none
-        return False
-    return any(address in network for network in _networks(trusted))
-
-
-def is_trusted(remote: str | None, trusted: tuple[str, ...]) -> bool:
-    """Whether a peer address is one of `trusted_proxies`' addresses or inside one of its
-    networks. Peers are few (the front's pods), so each answer is remembered."""
-    if not trusted or remote is None:
-        return False
-    return remote in trusted or _in_networks(remote, trusted)
 
 
 PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {

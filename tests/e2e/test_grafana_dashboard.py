@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import Metric, ProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import Metrics
+from proxy.ops.metrics import Metrics
 from tests.support.processes import FastUpstream, ProxyProcess
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"

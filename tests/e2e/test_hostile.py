@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.batching.endpoints import parse_body
 from proxy.config import Config
-from proxy.endpoints import parse_body
 from tests.support.api import create_project
 from tests.support.bursts import in_a_burst, raw_burst
 from tests.support.metrics import batched

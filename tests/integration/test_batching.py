@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from proxy.app import make_app
+from proxy.batching.dispatching import MAX_CONCURRENT_CALLS
+from proxy.batching.policy import Policy
 from proxy.config import Config
-from proxy.dispatching import MAX_CONCURRENT_CALLS
-from proxy.policy import Policy
 from tests.support.bursts import burst, in_a_burst
 
 from .conftest import STEADY, ProxyFactory, metric

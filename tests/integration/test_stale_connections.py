@@ -15,12 +15,13 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
-from proxy.batches import BatchTarget, UpstreamReply
-from proxy.calls import HttpSend, make_batch_session
+from proxy.batching.batches import BatchTarget, UpstreamReply
+from proxy.batching.endpoints import DEFAULT_ENDPOINTS
 from proxy.config import Config
-from proxy.endpoints import DEFAULT_ENDPOINTS
+from proxy.edge.upstream import make_batch_session
 from proxy.errors import UpstreamUnavailable
-from proxy.metrics import Metrics
+from proxy.intake.calls import HttpSend
+from proxy.ops.metrics import Metrics
 
 SPEC = next(s for s in DEFAULT_ENDPOINTS if s.name == "fleets/delete_instances")
 

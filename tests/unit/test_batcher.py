@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pytest
 
-from proxy.batcher import Batcher, BatcherClosed, ClosedBatch, FlushReason, Policy
+from proxy.batching.batcher import Batcher, BatcherClosed, ClosedBatch, FlushReason, Policy
 
 from .manual_clock import ManualClock, settle
 

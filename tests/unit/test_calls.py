@@ -10,12 +10,14 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.batches import BatchTarget, UpstreamReply
-from proxy.calls import BATCH_OPENED, HttpSend, make_batch_session
+from proxy.batching.batches import BatchTarget, UpstreamReply
+from proxy.batching.dispatching import BATCH_OPENED
+from proxy.batching.endpoints import DEFAULT_ENDPOINTS
 from proxy.config import Config
-from proxy.endpoints import DEFAULT_ENDPOINTS
+from proxy.edge.upstream import make_batch_session
 from proxy.errors import UpstreamBusy, UpstreamTimeout
-from proxy.metrics import Metrics
+from proxy.intake.calls import HttpSend
+from proxy.ops.metrics import Metrics
 
 SPEC = next(s for s in DEFAULT_ENDPOINTS if s.name == "runs/stop")
 CONFIG = Config(batch_timeout=2.0, connect_timeout=1.0)  # a caller is owed an answer in 3 s

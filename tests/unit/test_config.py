@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from proxy.batching.endpoints import DEFAULT_ENDPOINTS
 from proxy.config import OPTIONS, Config, ConfigError, load_config, read_file
-from proxy.endpoints import DEFAULT_ENDPOINTS
-from proxy.values import is_trusted
+from proxy.edge.headers import is_trusted
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 

@@ -18,8 +18,8 @@ import yaml
 from aiohttp import web
 
 from proxy.admin import make_admin_app
+from proxy.batching.endpoints import DEFAULT_ENDPOINTS
 from proxy.config import OPTIONS, Config, build_config
-from proxy.endpoints import DEFAULT_ENDPOINTS
 from tests.support.front import REPLICA_POLICY, RING_DIR, TEMPLATE, render
 from tests.support.kustomize import render as kustomize
 

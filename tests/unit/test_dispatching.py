@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.batcher import ClosedBatch, FlushReason
-from proxy.batches import (
+from proxy.batching.batcher import ClosedBatch, FlushReason
+from proxy.batching.batches import (
     BatchKey,
     BatchTarget,
     Member,
@@ -43,10 +43,10 @@ from proxy.batches import (
     chunks,
     rounds_of,
 )
-from proxy.dispatching import Dispatcher, Flight
-from proxy.endpoints import DEFAULT_ENDPOINTS
+from proxy.batching.dispatching import Dispatcher, Flight
+from proxy.batching.endpoints import DEFAULT_ENDPOINTS
 from proxy.errors import UpstreamTimeout
-from proxy.metrics import Metrics
+from proxy.ops.metrics import Metrics
 from tests.support.modes import examples
 
 SPECS = {spec.name: spec for spec in DEFAULT_ENDPOINTS}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.endpoints import (
+from proxy.batching.endpoints import (
     DEFAULT_ENDPOINTS,
     EndpointSpec,
     ParsedBody,

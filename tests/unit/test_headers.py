@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.headers import (
+from proxy.edge.headers import (
     HOP_BY_HOP_HEADERS,
     client_response_headers,
     connection_tokens,

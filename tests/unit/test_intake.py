@@ -17,16 +17,23 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.batcher import Batcher, ClosedBatch
-from proxy.batches import BatchKey, BatchTarget, Member, UpstreamReply, batch_key, fingerprint
+from proxy.batching.batcher import Batcher, ClosedBatch
+from proxy.batching.batches import (
+    BatchKey,
+    BatchTarget,
+    Member,
+    UpstreamReply,
+    batch_key,
+    fingerprint,
+)
+from proxy.batching.endpoints import DEFAULT_ENDPOINTS, ParsedBody
+from proxy.batching.limits import Limits
+from proxy.batching.policy import Policy
 from proxy.config import Config
-from proxy.endpoints import DEFAULT_ENDPOINTS, ParsedBody
 from proxy.errors import UpstreamTimeout
-from proxy.fit import BypassReason, precheck
-from proxy.intake import Intake, render
-from proxy.limits import Limits
-from proxy.metrics import Metrics
-from proxy.policy import Policy
+from proxy.intake.fit import BypassReason, precheck
+from proxy.intake.route import Intake, render
+from proxy.ops.metrics import Metrics
 from proxy.state import FOLLOW_UP_WITHIN, FollowUps, State
 
 SPECS = {spec.name: spec for spec in DEFAULT_ENDPOINTS}
@@ -292,7 +299,7 @@ async def test_a_body_that_does_not_fit_goes_through_with_what_was_read(
 
 
 async def test_a_slow_body_goes_through_with_what_arrived(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("proxy.fit.BODY_READ_TIMEOUT", 0.01)
+    monkeypatch.setattr("proxy.intake.fit.BODY_READ_TIMEOUT", 0.01)
     r = rig()
     assert await handle(r, b'{"runs_names": ', complete=False) == 299
     assert r.passed == [b'{"runs_names": ']

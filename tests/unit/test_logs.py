@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.logs import REQUEST, add_request, loggable
+from proxy.ops.logs import REQUEST, add_request, loggable
 
 
 @pytest.mark.parametrize(

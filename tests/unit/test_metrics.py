@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from proxy.metrics import LoopCounter, LoopHistogram, Metrics
+from proxy.ops.metrics import LoopCounter, LoopHistogram, Metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 

@@ -10,12 +10,12 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.batcher import Batcher, ClosedBatch, Policy
-from proxy.batches import BatchKey, BatchTarget, Member, Outcome, SharedFields, UpstreamReply
-from proxy.dispatching import Dispatcher
-from proxy.endpoints import DEFAULT_ENDPOINTS
+from proxy.batching.batcher import Batcher, ClosedBatch, Policy
+from proxy.batching.batches import BatchKey, BatchTarget, Member, Outcome, UpstreamReply
+from proxy.batching.dispatching import Dispatcher
+from proxy.batching.endpoints import DEFAULT_ENDPOINTS, SharedFields
 from proxy.errors import UpstreamBusy
-from proxy.metrics import Metrics
+from proxy.ops.metrics import Metrics
 
 from .manual_clock import ManualClock, settle
 

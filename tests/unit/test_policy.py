@@ -10,9 +10,9 @@ from functools import partial
 
 import pytest
 
-from proxy.batcher import Batcher, ClosedBatch, FlushReason, Policy
-from proxy.clock import Recent
-from proxy.policy import BURST_MEMORY
+from proxy.batching.batcher import Batcher, ClosedBatch, FlushReason, Policy
+from proxy.batching.clock import Recent
+from proxy.batching.policy import BURST_MEMORY
 
 from .manual_clock import ManualClock, settle
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.slots import Slots
+from proxy.edge.slots import Slots
 
 
 async def test_free_slots_are_taken_at_once_and_the_next_waits_for_its_timeout() -> None:

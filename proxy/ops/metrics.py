@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from typing import Final
 
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -27,11 +25,6 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # Client-facing durations reach batch_timeout (30 s) behind a slow dstack, and more for streams.
 _DURATION_BUCKETS = (*_LATENCY_BUCKETS, 60, 300)
-
-# The request's storage key naming how it was answered, for the duration histogram's `route`:
-# "batched" (from a batch call), "alone" (sent singly as its key's leader), else
-# "passthrough" (including batchable requests that bypassed batching) or "websocket".
-WAY: Final = web.RequestKey("dstack_coalescer.way", str)
 
 
 class Metrics:

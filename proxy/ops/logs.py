@@ -13,7 +13,6 @@ from typing import Any, Final
 
 import orjson
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 
 _SECRET_KEYS: Final = frozenset(
     {"authorization", "cookie", "set-cookie", "proxy-authorization", "token", "password"}
@@ -61,20 +60,9 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-class _ParseErrorsWithoutBytes(logging.Filter):
-    """aiohttp logs a malformed request with its parser's message, which quotes the offending
-    bytes, a credential among them: keep the kind of error, drop the bytes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg = f"{record.msg}: {type(exc).__name__} {exc.code}"
-            record.exc_info = record.exc_text = None
-        return True
-
-
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging, for aiohttp's own messages) once."""
+    """Configure structlog (and stdlib logging, for aiohttp's own messages) once. The filter that
+    keeps request bytes out of aiohttp's server messages is installed by `serving.serve`."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     json = fmt == "json"
     renderer = (
@@ -106,4 +94,3 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         stream=sys.stderr,
         format="%(levelname)s %(name)s %(message)s",
     )
-    logging.getLogger("aiohttp.server").addFilter(_ParseErrorsWithoutBytes())

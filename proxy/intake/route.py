@@ -14,24 +14,19 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from .batcher import Batcher, BatcherClosed
-from .batches import (
-    BatchKey,
-    BatchTarget,
-    Member,
-    UpstreamReply,
-    batch_key,
-)
-from .config import Config
-from .endpoints import EndpointSpec, match_project, parse_body
-from .errors import UpstreamError, UpstreamTimeout, error_response
+from ..batching.batcher import Batcher, BatcherClosed
+from ..batching.batches import BatchKey, BatchTarget, Member, UpstreamReply, batch_key
+from ..batching.endpoints import EndpointSpec, match_project, parse_body
+from ..batching.limits import Limits
+from ..config import Config
+from ..edge.answers import error_response
+from ..edge.headers import client_response_headers
+from ..edge.upstream import request_target
+from ..errors import UpstreamError, UpstreamTimeout
+from ..ops.metrics import Metrics
+from ..state import State
 from .fit import BypassReason, precheck, read_capped
-from .headers import client_response_headers
-from .limits import Limits
-from .metrics import WAY, Metrics
 from .shadow import Shadow
-from .state import State
-from .upstream import request_target
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +35,11 @@ log = structlog.get_logger(__name__)
 _REPLY_DROPPED: Final = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.SET_COOKIE)
 
 ReplyBatcher = Batcher[BatchKey, Member, UpstreamReply, BatchTarget]
+
+# The request's storage key naming how it was answered, for the duration histogram's `route`:
+# "batched" (from a batch call), "alone" (sent singly as its key's leader), else
+# "passthrough" (including batchable requests that bypassed batching) or "websocket".
+WAY: Final = web.RequestKey("dstack_coalescer.way", str)
 
 
 class Passthrough(Protocol):

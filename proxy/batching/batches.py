@@ -8,29 +8,20 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple, TypeAlias, TypeVar
+from typing import Final, NamedTuple, TypeAlias
 
-from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from yarl import URL
 
-from .batcher import Batcher
-from .config import Config
-from .endpoints import EndpointSpec, ParsedBody
-from .errors import UpstreamError
-from .waiting import ExpireFn, FlushFn
-
-Names: TypeAlias = tuple[str, ...] | tuple[int, ...]
-"""The item names one caller's request carries, as sent."""
-
-SharedFields: TypeAlias = tuple[tuple[str, object], ...]
+from ..errors import UpstreamError
+from .endpoints import EndpointSpec, Names, ParsedBody, SharedFields
 
 # Headers besides the credential that dstack reads and that can change its answer: requests
 # that differ in them never share a call (docs/dstack-api.md, API versions).
 READ_HEADERS: Final = ("X-API-Version",)
 _READ_HEADERS_LOWER: Final = tuple(h.lower() for h in READ_HEADERS)
 _NO_READ_HEADERS: Final = tuple((h, None) for h in _READ_HEADERS_LOWER)
-CREDENTIAL_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.COOKIE)
+CREDENTIAL_HEADERS: Final = ("Authorization", "Cookie")
 
 
 class Member(NamedTuple):
@@ -155,27 +146,3 @@ def fingerprint(headers: MultiMapping[str], secret: bytes) -> str:
         value = headers.get(name, "").encode("utf-8", "surrogateescape")
         mac.update(name.encode() + b"\0" + value + b"\0")
     return mac.hexdigest()
-
-
-R = TypeVar("R")
-C = TypeVar("C")
-
-
-def batcher_for(
-    config: Config,
-    flush: FlushFn[BatchKey, Member, C, R],
-    expire: ExpireFn[BatchKey, Member, C],
-) -> Batcher[BatchKey, Member, R, C]:
-    """The one way to build a batcher from the configuration: the proxy's, and shadow mode's,
-    which must count the batches the configured policy would form."""
-    return Batcher(
-        flush,
-        window=config.window,
-        max_size=config.max_batch,
-        max_wait=config.max_wait,
-        expire=expire,
-        policy=config.policy,
-        quiet=config.quiet,
-        names=member_names,
-        family=call_family,
-    )

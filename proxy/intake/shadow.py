@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import structlog
 
-from .batcher import Batcher, BatcherClosed, ClosedBatch
-from .batches import BatchKey, Member, batcher_for
-from .config import Config
-from .limits import Limits
-from .metrics import Metrics
+from ..batching.batcher import Batcher, BatcherClosed, ClosedBatch
+from ..batching.batches import BatchKey, Member
+from ..batching.limits import Limits
+from ..config import Config
+from ..ops.metrics import Metrics
+from .build import batcher_for
 
 log = structlog.get_logger(__name__)
 

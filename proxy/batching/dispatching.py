@@ -32,25 +32,25 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, Final
 
 import structlog
 
+from ..errors import UpstreamBusy, UpstreamError, classify
+from ..ops.logs import PROCESS_ID
+from ..ops.metrics import Metrics
 from .batcher import ClosedBatch
 from .batches import (
     BatchKey,
     BatchTarget,
     Member,
     Outcome,
-    SharedFields,
     UpstreamReply,
     chunks,
     rounds_of,
 )
-from .calls import BATCH_OPENED
-from .errors import UpstreamBusy, UpstreamError, classify
-from .logs import PROCESS_ID
-from .metrics import Metrics
+from .endpoints import SharedFields
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +59,11 @@ MAX_CONCURRENT_CALLS: Final = 4  # per batch, while splitting: gentle on SQLite'
 Send = Callable[[BatchTarget, Sequence[str | int], SharedFields, str], Awaitable[Outcome]]
 """One upstream call: target, the names it carries, the shared body fields, and a call id."""
 Resolve = Callable[[Member, UpstreamReply | BaseException], None]
+BATCH_OPENED: ContextVar[float | None] = ContextVar("batch_opened", default=None)
+"""When the batch being sent took its first caller (the running loop's clock); set by the
+dispatcher for the flight's calls. A caller is owed an answer within batch_timeout plus the
+connect timeout of arriving, so a batch that waited behind a slow flight gets only what is left
+of that, never a whole batch_timeout of its own (docs/measurements.md, Faults under a burst)."""
 _BATCH_SERIALS: Final = itertools.count(1)
 
 

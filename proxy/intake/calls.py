@@ -1,13 +1,11 @@
-"""Batch calls over HTTP: the `send` the dispatcher is given in production, and the client
-session it uses, kept apart from pass-through traffic."""
+"""Batch calls over HTTP: the `send` the dispatcher is given in production, on the batch
+calls' own session (edge.upstream.make_batch_session), kept apart from pass-through traffic."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-import types
 from collections.abc import Sequence
-from contextvars import ContextVar
 from typing import Final
 
 import aiohttp
@@ -15,41 +13,14 @@ import structlog
 from multidict import CIMultiDict
 from yarl import URL
 
-from .batches import BatchTarget, Outcome, SharedFields, UpstreamReply
-from .config import Config
-from .endpoints import render_body
-from .errors import UpstreamBusy, UpstreamError, classify
-from .metrics import Metrics
-from .upstream import SentAsGiven
+from ..batching.batches import BatchTarget, Outcome, UpstreamReply
+from ..batching.dispatching import BATCH_OPENED
+from ..batching.endpoints import SharedFields, render_body
+from ..edge.upstream import Attempt, classify
+from ..errors import UpstreamBusy, UpstreamError
+from ..ops.metrics import Metrics
 
 log = structlog.get_logger(__name__)
-
-BATCH_OPENED: ContextVar[float | None] = ContextVar("batch_opened", default=None)
-"""When the batch being sent took its first caller (the running loop's clock); set by the
-dispatcher for the flight's calls. A caller is owed an answer within batch_timeout plus the
-connect timeout of arriving, so a batch that waited behind a slow flight gets only what is left
-of that, never a whole batch_timeout of its own (docs/measurements.md, Faults under a burst)."""
-
-
-def make_batch_session(config: Config) -> aiohttp.ClientSession:
-    """The session for batch calls only, so they never queue behind pass-through connections.
-
-    Its pool has no limit: one flight per key already bounds the calls (at most a few per
-    batch), and a cap below the number of keys in flight would run them less concurrently than
-    the callers would have. Timeouts count from connecting, never the wait for a pooled
-    connection: connect within `connect_timeout`, then the answer within `batch_timeout`.
-    Requests sent alone (intake.py) use it too, passed through as they came.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout),
-        cookie_jar=aiohttp.DummyCookieJar(),  # never replay one user's cookies to the next
-        request_class=SentAsGiven,
-        trace_configs=[_reuse_tracer()],  # tells post_json a stale pooled connection
-        trust_env=False,
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.batch_timeout
-        ),
-    )
 
 
 def _timeout(session: aiohttp.ClientSession, deadline: float | None) -> aiohttp.ClientTimeout:
@@ -71,30 +42,6 @@ def _timeout(session: aiohttp.ClientSession, deadline: float | None) -> aiohttp.
 _MAX_STALE: Final = 4  # pooled connections the upstream closed, skipped per call at most
 
 
-class _Attempt:
-    """What one try of a call learnt about its connection, from the session's tracer."""
-
-    __slots__ = ("reused",)
-
-    def __init__(self) -> None:
-        self.reused = False  # a pooled connection, opened for an earlier call
-
-
-async def _on_reuse(
-    _session: aiohttp.ClientSession,
-    context: types.SimpleNamespace,
-    _params: aiohttp.TraceConnectionReuseconnParams,
-) -> None:
-    if isinstance(attempt := context.trace_request_ctx, _Attempt):
-        attempt.reused = True
-
-
-def _reuse_tracer() -> aiohttp.TraceConfig:
-    tracer = aiohttp.TraceConfig()
-    tracer.on_connection_reuseconn.append(_on_reuse)
-    return tracer
-
-
 async def post_json(
     session: aiohttp.ClientSession,
     url: URL,
@@ -110,7 +57,7 @@ async def post_json(
     after an item's 500, say."""
     connect_failed, stale = False, 0
     while True:
-        attempt, answered = _Attempt(), False
+        attempt, answered = Attempt(), False
         try:
             async with session.post(
                 url,

@@ -11,8 +11,8 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.helpers import parse_content_type
 
-from .batches import READ_HEADERS
-from .headers import connection_tokens
+from ..batching.batches import READ_HEADERS
+from ..edge.headers import connection_tokens
 
 BODY_READ_TIMEOUT: Final = 10.0
 JSON_CHARSETS: Final = frozenset({None, "utf-8", "utf8"})

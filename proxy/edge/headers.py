@@ -5,6 +5,8 @@ Pure functions over multidicts; no I/O.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Iterable
 from typing import Final
 
@@ -96,6 +98,30 @@ def _without(headers: HeadersIn, dropped: frozenset[str]) -> list[tuple[str, str
     if hdrs.CONNECTION in headers:
         dropped = dropped | connection_tokens(headers)
     return [(name, value) for name, value in headers.items() if name.lower() not in dropped]
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(
+    trusted: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(t) for t in trusted)
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_networks(remote: str, trusted: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:  # a Unix socket peer, or none
+        return False
+    return any(address in network for network in _networks(trusted))
+
+
+def is_trusted(remote: str | None, trusted: tuple[str, ...]) -> bool:
+    """Whether a peer address is one of `trusted_proxies`' addresses or inside one of its
+    networks. Peers are few (the front's pods), so each answer is remembered."""
+    if not trusted or remote is None:
+        return False
+    return remote in trusted or _in_networks(remote, trusted)
 
 
 def upstream_request_headers(

@@ -10,15 +10,16 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import unquote
 
 import orjson
 
-if TYPE_CHECKING:
-    from .batches import Names, SharedFields
-
 FieldType: TypeAlias = Literal["str", "int", "bool"]
+Names: TypeAlias = tuple[str, ...] | tuple[int, ...]
+"""The item names one caller's request carries, as sent."""
+SharedFields: TypeAlias = tuple[tuple[str, object], ...]
+"""The body fields besides the list, which every member of a batch shares (`equal_fields`)."""
 
 _PROJECT_SEGMENT: Final = "{project}"
 # Percent-escapes are fine; anything that could make dstack route elsewhere than we matched

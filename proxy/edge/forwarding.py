@@ -23,13 +23,12 @@ import aiohttp
 import structlog
 from aiohttp import hdrs, web
 
-from .config import Config
-from .errors import ProxyError, UpstreamBusy, UpstreamError, classify, error_response
+from ..errors import ProxyError, UpstreamBusy, UpstreamError
+from ..ops.metrics import Metrics
+from .answers import error_response
 from .headers import hop_by_hop_stripped, rewrite_location
-from .keys import FORWARDER_KEY
-from .metrics import Metrics
 from .slots import Slots
-from .upstream import request_target
+from .upstream import Settings, classify, request_target
 
 log = structlog.get_logger(__name__)
 
@@ -38,11 +37,6 @@ log = structlog.get_logger(__name__)
 REQUEST_BUFFER_BYTES: Final = 64 << 10
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _LOCATIONS: Final = frozenset({"location", "content-location"})
-
-
-async def forward(request: web.Request, *, prefix: bytes = b"") -> web.StreamResponse:
-    """Pass `request` through with its app's `Forwarder`."""
-    return await request.app[FORWARDER_KEY].forward(request, prefix)
 
 
 class Forwarder:
@@ -54,7 +48,7 @@ class Forwarder:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        config: Config,
+        config: Settings,
         metrics: Metrics,
         *,
         kind: str = "passthrough",

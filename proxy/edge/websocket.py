@@ -12,10 +12,10 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType, hdrs, web
 
-from .errors import UpstreamUnavailable, classify, error_response
+from ..errors import UpstreamUnavailable
+from .answers import error_response
 from .headers import WEBSOCKET_HANDSHAKE_HEADERS, client_response_headers, connection_tokens
-from .keys import CONFIG_KEY, SESSION_KEY, STATE_KEY
-from .upstream import request_target
+from .upstream import Settings, classify, request_target
 
 log = structlog.get_logger(__name__)
 
@@ -37,9 +37,14 @@ def is_websocket_upgrade(request: web.Request) -> bool:
     )
 
 
-async def handle_websocket(request: web.Request) -> web.StreamResponse:
-    """Open the upstream leg first, so the client is accepted only with what the upstream chose."""
-    config = request.app[CONFIG_KEY]
+async def handle_websocket(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    config: Settings,
+    sockets: set[web.WebSocketResponse],
+) -> web.StreamResponse:
+    """Open the upstream leg first, so the client is accepted only with what the upstream chose.
+    The client's socket is in `sockets` while it is open (the drain closes them)."""
     url, pairs = request_target(request, config)
     headers = [(n, v) for n, v in pairs if n.lower() not in WEBSOCKET_HANDSHAKE_HEADERS]
     protocols = [
@@ -49,7 +54,7 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         if p.strip()
     ]
     try:
-        upstream = await request.app[SESSION_KEY].ws_connect(
+        upstream = await session.ws_connect(
             url,
             headers=headers,
             protocols=protocols,
@@ -59,20 +64,22 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     except aiohttp.WSServerHandshakeError:
         # Refused (dstack 0.22.5 refuses every upgrade with 403). aiohttp drops the refusal's
         # body, so ask once more as plain HTTP and relay that answer whole.
-        return await _relay_refusal(request)
+        return await _relay_refusal(request, session, config)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return error_response(classify(exc))
     try:
-        return await _serve(request, upstream)
+        return await _serve(request, upstream, config, sockets)
     finally:  # already closed with the right code, unless the relay was cut short
         await upstream.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR)
 
 
-async def _relay_refusal(request: web.Request) -> web.StreamResponse:
-    url, pairs = request_target(request, request.app[CONFIG_KEY])
+async def _relay_refusal(
+    request: web.Request, session: aiohttp.ClientSession, config: Settings
+) -> web.StreamResponse:
+    url, pairs = request_target(request, config)
     pairs += [(h, request.headers[h]) for h in (hdrs.UPGRADE, hdrs.CONNECTION)]
     try:
-        async with request.app[SESSION_KEY].get(
+        async with session.get(
             url,
             headers=pairs,
             allow_redirects=False,
@@ -88,15 +95,17 @@ async def _relay_refusal(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(
-    request: web.Request, upstream: aiohttp.ClientWebSocketResponse
+    request: web.Request,
+    upstream: aiohttp.ClientWebSocketResponse,
+    config: Settings,
+    sockets: set[web.WebSocketResponse],
 ) -> web.StreamResponse:
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),
-        heartbeat=request.app[CONFIG_KEY].websocket_heartbeat,
+        heartbeat=config.websocket_heartbeat,
     )
     await client.prepare(request)
-    state = request.app[STATE_KEY]
-    state.websockets.add(client)
+    sockets.add(client)
     try:
         await _relay(client, upstream)
     except asyncio.CancelledError:  # the drain deadline: no HTTP answer fits on this socket
@@ -104,7 +113,7 @@ async def _serve(
             request.transport.abort()
         raise
     finally:
-        state.websockets.discard(client)
+        sockets.discard(client)
     return client
 
 
