@@ -26,7 +26,7 @@ from aiohttp import hdrs, web
 from ..errors import ProxyError, UpstreamBusy, UpstreamError
 from ..ops.metrics import Metrics
 from .answers import error_response
-from .headers import hop_by_hop_stripped, rewrite_location
+from .headers import client_response_headers, rewrite_location
 from .slots import Slots
 from .upstream import Settings, classify, request_target
 
@@ -160,7 +160,7 @@ class Forwarder:
     def _response_headers(
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> list[tuple[str, str]]:
-        headers = hop_by_hop_stripped(upstream.headers)
+        headers = client_response_headers(upstream.headers)
         if hdrs.LOCATION in upstream.headers or hdrs.CONTENT_LOCATION in upstream.headers:
             client_origin = f"{request.scheme}://{request.host}"
             for i, (name, value) in enumerate(headers):

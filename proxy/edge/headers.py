@@ -1,4 +1,6 @@
-"""Header policy for both legs of the proxy: hop-by-hop stripping and forwarding headers.
+"""Header policy for both legs of the proxy, one function per leg: `upstream_request_headers`
+and `client_response_headers` (hop-by-hop stripping both ways, forwarding headers believed only
+from trusted peers), and `rewrite_location`.
 
 Pure functions over multidicts; no I/O.
 """
@@ -79,16 +81,13 @@ def connection_tokens(headers: HeadersIn) -> frozenset[str]:
     )
 
 
-def strip_hop_by_hop(headers: HeadersIn, *, also: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Copy `headers` without hop-by-hop ones, those named in `Connection`, and `also`.
+def client_response_headers(
+    headers: HeadersIn, *, also: Iterable[str] = ()
+) -> list[tuple[str, str]]:
+    """Headers to send to the client for an upstream response, as pairs (framing is left to
+    aiohttp): without hop-by-hop ones, those named in `Connection`, and `also`.
 
-    Repeated headers (two `Set-Cookie`) are kept as separate entries.
-    """
-    return CIMultiDict(hop_by_hop_stripped(headers, also=also))
-
-
-def hop_by_hop_stripped(headers: HeadersIn, *, also: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """`strip_hop_by_hop` as a list of pairs (cheaper, for a response built from it)."""
+    Repeated headers (two `Set-Cookie`) are kept as separate entries."""
     dropped = HOP_BY_HOP_HEADERS.union(h.lower() for h in also) if also else HOP_BY_HOP_HEADERS
     return _without(headers, dropped)
 
@@ -167,11 +166,6 @@ def forwarding_headers(
     if host:
         out.append((hdrs.X_FORWARDED_HOST, host))
     return out
-
-
-def client_response_headers(headers: HeadersIn, *, also: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Headers to send to the client for an upstream response (framing is left to aiohttp)."""
-    return strip_hop_by_hop(headers, also=also)
 
 
 def rewrite_location(value: str, *, upstream_origin: str, client_origin: str) -> str:
