@@ -38,9 +38,19 @@ log = structlog.get_logger(__name__)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Of drain_seconds, the last part is kept for writing the last answers and closing sockets;
-# aiohttp's own handler wait (shutdown_timeout, spent twice) fits in it too.
-SHUTDOWN_MARGIN: Final = 0.5
+SHUTDOWN_MARGIN: Final = 0.5  # seconds of drain_seconds at most, kept by drain_margin
+
+
+def drain_margin(drain_seconds: float) -> float:
+    """Of `drain_seconds`, the last part kept for writing the last answers and closing sockets:
+    SHUTDOWN_MARGIN, or a quarter of a shorter drain. The drain's deadline comes before it."""
+    return min(SHUTDOWN_MARGIN, drain_seconds / 4)
+
+
+def handler_wait(drain_seconds: float) -> float:
+    """aiohttp's own wait for the handlers left after the drain (its `shutdown_timeout`), which
+    it spends twice: before cancelling them and after. Both fit in the drain's margin."""
+    return drain_margin(drain_seconds) / 4
 
 
 def make_app(
@@ -127,7 +137,7 @@ async def _drain(app: web.Application) -> None:
     flush at once, WebSockets close with 1001; then wait for the handlers to finish."""
     state, config = app[STATE_KEY], app[CONFIG_KEY]
     loop = asyncio.get_running_loop()
-    margin = min(SHUTDOWN_MARGIN, config.drain_seconds / 4)
+    margin = drain_margin(config.drain_seconds)
     deadline = loop.time() + config.drain_seconds - margin
     state.drain(deadline)
     intake = app[INTAKE_KEY]
@@ -141,10 +151,11 @@ async def _drain(app: web.Application) -> None:
         asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"))
         for ws in list(state.websockets)
     ]
-    await intake.aclose(timeout=max(deadline - loop.time(), 0))
+    await intake.aclose(deadline)
     if closing:
         await asyncio.wait(closing, timeout=max(deadline - loop.time(), 0))
-    if not await state.wait_idle(max(deadline - loop.time(), 0) + margin / 2):
+    # The handlers cut at the deadline write their 504s within the first half of the margin.
+    if not await state.wait_idle(max(deadline, loop.time()) + margin / 2):
         log.warning("drain_incomplete", in_progress=state.in_progress)
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .admin import make_admin_app
-from .app import SHUTDOWN_MARGIN, make_app
+from .app import handler_wait, make_app
 from .config import Config
 from .ops.logs import loggable
 
@@ -33,10 +33,9 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         app,
         handle_signals=False,
         access_log=None,
-        # aiohttp waits this long for handlers after on_shutdown, cancels them, then waits as
-        # long again. The drain has already waited for them until its deadline, so this only
-        # bounds what is left: both waits fit in the margin the drain keeps (SHUTDOWN_MARGIN).
-        shutdown_timeout=min(SHUTDOWN_MARGIN, config.drain_seconds / 4) / 4,
+        # The drain has already waited for the handlers until its deadline, so this only
+        # bounds what is left, within the margin the drain keeps.
+        shutdown_timeout=handler_wait(config.drain_seconds),
         # A client that leaves never cancels a handler, so an accepted request is always
         # executed (explicit: the default has changed across aiohttp releases).
         handler_cancellation=False,

@@ -97,10 +97,11 @@ class State:
     def in_progress(self) -> int:
         return len(self._requests)
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in progress (after `drain`); False if `timeout` ran out."""
+    async def wait_idle(self, deadline: float) -> bool:
+        """Wait until no request is in progress (after `drain`); False if `deadline` (loop
+        time) came first."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 await self._idle.wait()
         except TimeoutError:
             return False

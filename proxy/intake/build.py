@@ -7,9 +7,9 @@ from typing import TypeVar
 
 from ..batching.batcher import Batcher
 from ..batching.batches import BatchKey, Member, call_family, member_names
-from ..batching.limits import Limits
 from ..batching.waiting import ExpireFn, FlushFn
 from ..config import Config
+from ..intake.limits import Limits
 
 R = TypeVar("R")
 C = TypeVar("C")

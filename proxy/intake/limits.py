@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from .fit import BypassReason
+
 
 class Limits:
     """Counts what is admitted until released; per-key entries vanish when they reach zero."""
@@ -17,14 +19,14 @@ class Limits:
         self._bytes = 0
         self._per_key: dict[Hashable, int] = {}  # no zero entries: memory follows live keys
 
-    def admit(self, key: Hashable, size: int) -> str | None:
-        """Take a place and return None, or return why there is none (a bypass reason)."""
+    def admit(self, key: Hashable, size: int) -> BypassReason | None:
+        """Take a place and return None, or return why there is none."""
         if self._pending >= self._max_pending:
-            return "pending_limit"
+            return BypassReason.PENDING_LIMIT
         if self._per_key.get(key, 0) >= self._max_per_key:
-            return "key_limit"
+            return BypassReason.KEY_LIMIT
         if self._bytes + size > self._max_bytes:
-            return "bytes_limit"
+            return BypassReason.BYTES_LIMIT
         self._pending += 1
         self._bytes += size
         self._per_key[key] = self._per_key.get(key, 0) + 1

@@ -17,12 +17,12 @@ from multidict import CIMultiDict
 from ..batching.batcher import Batcher, BatcherClosed
 from ..batching.batches import BatchKey, BatchTarget, Member, UpstreamReply, batch_key
 from ..batching.endpoints import EndpointSpec, match_project, parse_body
-from ..batching.limits import Limits
 from ..config import Config
 from ..edge.answers import error_response
 from ..edge.headers import client_response_headers
 from ..edge.upstream import request_target
 from ..errors import UpstreamError, UpstreamTimeout
+from ..intake.limits import Limits
 from ..ops.metrics import Metrics
 from ..state import State
 from .fit import BypassReason, precheck, read_capped
@@ -120,7 +120,7 @@ class Intake:
         # A request that leads its key counts against the caps like any held request: past
         # them, it goes through the bounded pass-through path like every other request.
         if refused := self._limits.admit(key, len(body)):
-            return await self._bypass(request, BypassReason(refused), body)
+            return await self._bypass(request, refused, body)
         follow_up = self._state.follow_ups.follows(request)
         try:
             if self._send_alone is not None and (land := self._batcher.lead(key, member)):
@@ -134,15 +134,15 @@ class Intake:
         finally:
             self._limits.release(key, len(body))
 
-    async def aclose(self, timeout: float | None = None) -> None:
+    async def aclose(self, deadline: float | None = None) -> None:
         """Flush every open batch now and wait for the flights (SIGTERM); callers still
-        waiting after `timeout` are answered 504, as their upstream call may or may not run."""
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        waiting at `deadline` (the running loop's time) are answered 504, as their upstream
+        call may or may not run."""
         await self._batcher.aclose(
             deadline, UpstreamTimeout("the upstream did not answer before the proxy shut down")
         )
         if self._shadow is not None:
-            await self._shadow.aclose(timeout)
+            await self._shadow.aclose(deadline)
 
     async def _batch(
         self,

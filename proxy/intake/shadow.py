@@ -11,8 +11,8 @@ import structlog
 
 from ..batching.batcher import Batcher, BatcherClosed, ClosedBatch
 from ..batching.batches import BatchKey, Member
-from ..batching.limits import Limits
 from ..config import Config
+from ..intake.limits import Limits
 from ..ops.metrics import Metrics
 from .build import batcher_for
 
@@ -45,10 +45,10 @@ class Shadow:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def aclose(self, timeout: float | None = None) -> None:
-        """Close the open shadow batches now and wait for the submissions under way."""
-        loop = asyncio.get_running_loop()
-        await self._batcher.aclose(None if timeout is None else loop.time() + timeout)
+    async def aclose(self, deadline: float | None = None) -> None:
+        """Close the open shadow batches now and wait for the submissions under way; at
+        `deadline` (the running loop's time) the batches still open are dropped."""
+        await self._batcher.aclose(deadline)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.batching.limits import Limits
+from proxy.intake.limits import Limits
 
 
 def test_admits_until_the_total_pending_cap_then_refuses() -> None:
