@@ -16,12 +16,12 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from proxy.config import Config
 from tests.support.versions import CURRENT_VERSION
 
 from . import compare, hotspots, memory, passthrough, plots, policies, report, servers
+from .results import Run, RunSettings
 from .tools import ROOT, load, machine
 from .wrk import POST_PATH
 
@@ -32,71 +32,70 @@ JSON = DOCS / "measurements.json"
 KEEP = "<!-- Hand-written below this line; make bench keeps it. -->"
 
 
-def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> dict[str, Any]:
-    settings = {
-        "pairs": 20 if quick else 60,
-        "policy_rounds": 1 if quick else 3,
-        "wrk_seconds": 2 if quick else 3,
-        "wrk_rounds": 1 if quick else 4,
-        "post_path": POST_PATH,
-        "default_policy": str(getattr(Config(), "policy", "window")),
-    }
+def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Run:
+    settings = RunSettings(
+        pairs=20 if quick else 60,
+        policy_rounds=1 if quick else 3,
+        wrk_seconds=2 if quick else 3,
+        wrk_rounds=1 if quick else 4,
+        post_path=POST_PATH,
+        default_policy=Config().policy,
+    )
     started = time.monotonic()
-    data: dict[str, Any] = {"machine": machine(), "settings": settings}
+    start_machine = machine()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         print("== pass-through (wrk) ==", flush=True)
-        data["passthrough"] = dataclasses.asdict(
-            passthrough.run(work / "pt", settings["wrk_seconds"], settings["wrk_rounds"])
-        )
-        lap: dict[str, float] = {}
+        pt = passthrough.run(work / "pt", settings.wrk_seconds, settings.wrk_rounds)
         print("== where the pass-through time goes (py-spy) ==", flush=True)
-        data["profile"] = hotspots.run(work / "profile", 8)
+        profile = hotspots.run(work / "profile", 8)
         print("== memory: 10 000 requests held, by the proxy and by bare aiohttp ==", flush=True)
-        data["memory"] = [dataclasses.asdict(r) for r in memory.run(work / "mem", 100, 100)]
-        lap["passthrough, profile, memory"] = time.monotonic() - started
+        mem = memory.run(work / "mem", 100, 100)
+        first_lap = time.monotonic() - started
         cmp = compare.Settings.make(quick, databases)
         costs, cost_s = compare.client_cost(work / "cost", cmp)
         versions = []
-        for spec in servers.specs(servers.available(databases)):
+        pol: policies.PolicyResults | None = None
+        for spec in servers.specs(databases):
             print(f"== a real dstack {spec.label} server (about 20 s to start) ==", flush=True)
             with servers.running(spec) as server:
                 versions.append(compare.measure_version(server, work, cmp, spec))
                 if spec.version == CURRENT_VERSION and spec.database == "sqlite":
                     print("== flush policies (dstack 0.22.5) ==", flush=True)
                     t0 = time.monotonic()
-                    data["policies"] = dataclasses.asdict(
-                        policies.run(
-                            server, work / "pol", settings["pairs"], settings["policy_rounds"]
-                        )
-                    )
+                    pol = policies.run(server, work / "pol", settings.pairs, settings.policy_rounds)
                     versions[-1].elapsed_s["policies"] = time.monotonic() - t0
             compare.measure_alone(work, cmp, spec, versions[-1])
-        policy = str(settings["default_policy"])
-        data["compare"] = dataclasses.asdict(
-            compare.Comparison(policy, cmp, versions, costs, cost_s)
-        )
-    data["elapsed_s"] = time.monotonic() - started
-    data["elapsed_sections_s"] = {
-        "passthrough, profile, memory": lap["passthrough, profile, memory"],
-        "client cost": cost_s,
-        **{f"{v.label} {k}": t for v in versions for k, t in v.elapsed_s.items()},
-    }
-    data["machine"]["load_at_end"] = load()
-    return data
+    if pol is None:
+        raise RuntimeError("the flush policies need dstack 0.22.5 on SQLite among the servers")
+    return Run(
+        machine=dataclasses.replace(start_machine, load_at_end=load()),
+        settings=settings,
+        passthrough=pt,
+        profile=profile,
+        memory=mem,
+        policies=pol,
+        compare=compare.Comparison(settings.default_policy, cmp, versions, costs, cost_s),
+        elapsed_s=time.monotonic() - started,
+        elapsed_sections_s={
+            "passthrough, profile, memory": first_lap,
+            "client cost": cost_s,
+            **{f"{v.label} {k}": t for v in versions for k, t in v.elapsed_s.items()},
+        },
+    )
 
 
-def write(data: dict[str, Any]) -> None:
-    JSON.write_text(json.dumps(data, indent=1) + "\n")
+def write(run: Run) -> None:
+    JSON.write_text(json.dumps(dataclasses.asdict(run), indent=1) + "\n")
     md = DOCS / "measurements.md"
     old = md.read_text() if md.exists() else ""
     kept = old[old.index(KEEP) :] if KEEP in old else KEEP + "\n"
-    md.write_text(report.measurements_md(data) + "\n" + kept)
-    plots.draw_all(data, DOCS)
+    md.write_text(report.measurements_md(run) + "\n" + kept)
+    plots.draw_all(run, DOCS)
     readme = ROOT / "README.md"
     text = readme.read_text()
     section = re.compile(r"(## Measured\n\n).*?(?=\n## )", re.DOTALL)
-    readme.write_text(section.sub(lambda m: m.group(1) + report.readme_measured(data), text))
+    readme.write_text(section.sub(lambda m: m.group(1) + report.readme_measured(run), text))
 
 
 def main() -> None:
@@ -107,16 +106,16 @@ def main() -> None:
         "--databases",
         nargs="+",
         default=["sqlite"],
-        help="server databases to measure each version on (bench/servers.py LAUNCHERS)",
+        help="server databases to measure each version on: sqlite, postgres",
     )
     args = parser.parse_args()
-    data = (
-        json.loads(JSON.read_text())
+    run = (
+        Run.from_json(json.loads(JSON.read_text()))
         if args.report_only
         else measure(args.quick, tuple(args.databases))
     )
-    write(data)
-    print(report.measurements_md(data).split("## 1.")[0])
+    write(run)
+    print(report.measurements_md(run).split("## 1.")[0])
 
 
 if __name__ == "__main__":

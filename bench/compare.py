@@ -25,6 +25,7 @@ from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
 from . import bulk, lone, servers
 from .bulk import ClientCost, Phase
 from .lone import LonePairs
+from .plain import from_plain
 
 
 @dataclass(frozen=True)
@@ -88,32 +89,7 @@ class Comparison:
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Comparison:
-        s = raw["settings"]
-        return Comparison(
-            raw["policy"],
-            Settings(
-                {int(k): v for k, v in s["rounds"].items()},
-                s["deletes_up_to"],
-                s["browser_rounds"],
-                s["lone_pairs"],
-                s["cost_rounds"],
-                tuple(s["databases"]),
-            ),
-            [
-                VersionResults(
-                    v["version"],
-                    v["database"],
-                    v["startup_s"],
-                    [Phase(**p) for p in v["at_once"]],
-                    [Phase(**p) for p in v["browser"]],
-                    [LonePairs(**p) for p in v["lone"]],
-                    v["elapsed_s"],
-                )
-                for v in raw["versions"]
-            ],
-            [ClientCost(**c) for c in raw["client_cost"]],
-            raw["cost_elapsed_s"],
-        )
+        return from_plain(Comparison, raw)
 
 
 def _timed(elapsed: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
@@ -192,7 +168,7 @@ def main() -> None:
         work = Path(tmp)
         costs, cost_s = client_cost(work, settings)
         versions = []
-        for spec in servers.specs(servers.available(settings.databases)):
+        for spec in servers.specs(settings.databases):
             with servers.running(spec) as server:
                 versions.append(measure_version(server, work, settings, spec))
             measure_alone(work, settings, spec, versions[-1])

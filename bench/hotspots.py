@@ -17,8 +17,8 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from tests.support import nginx
 from tests.support.processes import Process, ProxyProcess
@@ -27,7 +27,6 @@ from .passthrough import LOAD_CPU, SUT_CPU, BarePassthrough
 from .tools import cpu_seconds, pin
 from .wrk import POST_PATH, POST_SCRIPT, wrk
 
-Data = dict[str, Any]
 RATE = 250
 PACKAGES = (  # (label, path fragment), first match wins
     ("proxy (this project)", "proxy/"),
@@ -51,6 +50,26 @@ CONCERNS = (  # (label, path fragments); a sample counts once per concern it tou
 )
 
 
+@dataclass
+class ProcessProfile:
+    """One process under the profiler: shares of its samples, and its CPU time per request."""
+
+    samples: int
+    self: list[tuple[str, float]]  # by package of the innermost frame
+    inclusive: list[tuple[str, float]]  # by concern anywhere on the stack (hotspots.CONCERNS)
+    proxy_functions: list[tuple[str, float]]  # the proxy's own functions, inclusive
+    requests_per_s: float = 0.0
+    cpu_us: float = 0.0
+
+
+@dataclass
+class Profile:
+    rate: int  # samples per second
+    seconds: int
+    proxy: ProcessProfile
+    bare: ProcessProfile  # the bare aiohttp pass-through
+
+
 def _frames(stack: str) -> list[str]:
     return [f for f in stack.split(";") if f]
 
@@ -68,7 +87,7 @@ def _package(frame: str) -> str:
     return "other (interpreter, stdlib)"
 
 
-def summarise(raw: str) -> Data:
+def summarise(raw: str) -> ProcessProfile:
     """Shares of samples from py-spy's raw (collapsed) output: self by package, inclusive by
     concern."""
     own: Counter[str] = Counter()
@@ -89,15 +108,17 @@ def summarise(raw: str) -> Data:
         for name in {f.split(" (")[0] for f in frames if _in(f, "proxy/") and "__main__" not in f}:
             functions[name] += n
     total = max(total, 1)
-    return {
-        "samples": total,
-        "self": [(k, v / total) for k, v in own.most_common()],
-        "inclusive": [(k, concern[k] / total) for k, _ in CONCERNS],
-        "proxy_functions": [(k, v / total) for k, v in functions.most_common(8)],
-    }
+    return ProcessProfile(
+        samples=total,
+        self=[(k, v / total) for k, v in own.most_common()],
+        inclusive=[(k, concern[k] / total) for k, _ in CONCERNS],
+        proxy_functions=[(k, v / total) for k, v in functions.most_common(8)],
+    )
 
 
-def _profile(spy: str, proc: Process, url: str, script: Path, out: Path, seconds: int) -> Data:
+def _profile(
+    spy: str, proc: Process, url: str, script: Path, out: Path, seconds: int
+) -> ProcessProfile:
     """Sample `proc` under `seconds` of wrk load; the summary plus its CPU time per request."""
     assert proc.pid is not None
     pin(proc.pid, {SUT_CPU})
@@ -112,12 +133,11 @@ def _profile(spy: str, proc: Process, url: str, script: Path, out: Path, seconds
     sampler.wait(timeout=seconds + 30)
     if not out.exists():
         raise RuntimeError("py-spy wrote nothing (ptrace not permitted?)")
-    result = summarise(out.read_text())
-    result.update(requests_per_s=load.requests_per_s, cpu_us=used * 1e6 / max(load.requests, 1))
-    return result
+    cpu_us = used * 1e6 / max(load.requests, 1)
+    return replace(summarise(out.read_text()), requests_per_s=load.requests_per_s, cpu_us=cpu_us)
 
 
-def run(workdir: Path, seconds: int) -> Data | None:
+def run(workdir: Path, seconds: int) -> Profile | None:
     """Profile the proxy, then the bare aiohttp pass-through, under the same load; None (and a
     note) when py-spy is missing or not permitted."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -127,7 +147,7 @@ def run(workdir: Path, seconds: int) -> Data | None:
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "post.lua"
     script.write_text(POST_SCRIPT)
-    result: Data = {"rate": RATE, "seconds": seconds}
+    profiled: dict[str, ProcessProfile] = {}
     with nginx.fast_upstream(workdir / "upstream") as upstream:
         assert upstream.pid is not None
         pin(upstream.pid, {LOAD_CPU})
@@ -141,16 +161,16 @@ def run(workdir: Path, seconds: int) -> Data | None:
             )
             with proc:
                 try:
-                    result[name] = _profile(
+                    profiled[name] = _profile(
                         spy, proc, proc.url, script, workdir / f"{proc.pid}.raw", seconds
                     )
                 except RuntimeError as exc:
                     print(f"{exc}: not profiled", flush=True)
                     return None
-            print(f"{name}: {result[name]['cpu_us']:.0f} µs of CPU per request", flush=True)
-            for label, share in result[name]["self"]:
+            print(f"{name}: {profiled[name].cpu_us:.0f} µs of CPU per request", flush=True)
+            for label, share in profiled[name].self:
                 print(f"{share:6.1%}  {label}", flush=True)
-    return result
+    return Profile(RATE, seconds, profiled["proxy"], profiled["bare aiohttp"])
 
 
 def main() -> None:
@@ -158,7 +178,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-hotspots-") as tmp:
-        print(json.dumps(run(Path(tmp), args.seconds)))
+        profile = run(Path(tmp), args.seconds)
+        print(json.dumps(asdict(profile) if profile else None))
 
 
 if __name__ == "__main__":

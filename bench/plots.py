@@ -12,22 +12,16 @@ import matplotlib.pyplot as plt
 
 from . import compare_plot
 from .compare_cells import VERSIONS_PLOT
-from .report import (
-    PASSTHROUGH_PLOT,
-    POLICY_PLOT,
-    Data,
-    comparison,
-    lone_figures,
-    passthrough_figures,
-)
+from .report import PASSTHROUGH_PLOT, POLICY_PLOT, lone_figures, passthrough_figures
+from .results import Run
 
 
-def policies(data: Data, path: Path) -> None:
+def policies(run: Run, path: Path) -> None:
     """What each flush policy adds to a lone stop: against the real server, on fresh active runs
     (p50 difference and paired median with its 95% interval: the server's jitter is large) and
     on unknown runs (steady), and against an instant upstream (p50, p99)."""
-    real, unknown = lone_figures(data), lone_figures(data, "unknown")
-    instant = lone_figures(data, "instant")
+    real, unknown = lone_figures(run), lone_figures(run, "unknown")
+    instant = lone_figures(run, "instant")
     names = [n for n in real if n != "direct"]
     x = list(range(len(names)))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
@@ -38,12 +32,12 @@ def policies(data: Data, path: Path) -> None:
         (axes[2], instant, (("added_p50", "p50"), ("added_p99", "p99")), "instant upstream"),
     ):
         for k, (key, label) in enumerate(keys):
-            values = [figures[n][key] for n in names]
+            values = [getattr(figures[n], key) for n in names]
             errors = None
             if key == "paired":
                 errors = [
-                    [v - figures[n]["paired_low"] for v, n in zip(values, names, strict=True)],
-                    [figures[n]["paired_high"] - v for v, n in zip(values, names, strict=True)],
+                    [v - figures[n].paired_low for v, n in zip(values, names, strict=True)],
+                    [figures[n].paired_high - v for v, n in zip(values, names, strict=True)],
                 ]
             bars = ax.bar([i - 0.2 + 0.4 * k for i in x], values, 0.4, label=label, yerr=errors)
             ax.bar_label(bars, fmt="%+.1f")
@@ -57,16 +51,16 @@ def policies(data: Data, path: Path) -> None:
     _save(fig, path)
 
 
-def passthrough(data: Data, path: Path) -> None:
+def passthrough(run: Run, path: Path) -> None:
     """Each pass-through against the same fast upstream: requests/s under wrk, and requests per
     CPU-second of its process (what the shared machine's noise hardly touches)."""
-    fig_data = passthrough_figures(data)
+    fig_data = passthrough_figures(run)
     names = [n for n in fig_data if n != "direct"]
     fig, (wall, cpu) = plt.subplots(1, 2, figsize=(10, 4))
-    bars = wall.bar(names, [fig_data[n]["rps"] for n in names])
+    bars = wall.bar(names, [fig_data[n].rps for n in names])
     wall.bar_label(bars, fmt="%.0f")
     wall.set(ylabel="requests/s", title="wrk -t1 -c32, small POST (median of rounds)")
-    bars = cpu.bar(names, [1e6 / fig_data[n]["cpu_us"] for n in names], color="tab:green")
+    bars = cpu.bar(names, [1e6 / fig_data[n].cpu_us for n in names], color="tab:green")
     cpu.bar_label(bars, fmt="%.0f")
     cpu.set(ylabel="requests per CPU-second", title="the same, per CPU-second of the process")
     for ax in (wall, cpu):
@@ -74,13 +68,12 @@ def passthrough(data: Data, path: Path) -> None:
     _save(fig, path)
 
 
-def draw_all(data: Data, docs: Path) -> list[Path]:
+def draw_all(run: Run, docs: Path) -> list[Path]:
     paths = [docs / POLICY_PLOT, docs / PASSTHROUGH_PLOT]
     for draw, path in zip((policies, passthrough), paths, strict=True):
-        draw(data, path)
-    c = comparison(data)
-    if c is not None:
-        compare_plot.draw(c, docs)
+        draw(run, path)
+    if run.compare is not None:
+        compare_plot.draw(run.compare, docs)
         paths.append(docs / VERSIONS_PLOT)
     return paths
 

@@ -1,11 +1,8 @@
 """Flush policies side by side against a real dstack server, each in its own proxy process
-(`--policy window|idle|adaptive`): a lone stop's added latency, 20 stops at once, 20 stops over
-6 connections, and 100 at once, every shape on fresh runs, policies interleaved.
+(`--policy quiet|window|idle|adaptive`): a lone stop's added latency, 20 stops at once, 20 stops
+over 6 connections, and 100 at once, every shape on fresh runs, policies interleaved.
 
     .venv/bin/python -m bench.policies [--pairs 100] [--rounds 3]
-
-A checkout without `--policy` is measured as it is (its built-in fixed window, labelled
-"window"); a policy the proxy refuses is listed as not available.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from tests.support.processes import FastUpstream, ProcessStartError, ProxyProces
 from tests.support.runs import create_active_runs, stop_runs
 from tests.support.server import DstackServer
 
-from .tools import proxy_flags
 from .workload import Measured, bodies_for, measure, post_all
 
 POLICIES = ("quiet", "window", "idle", "adaptive")
@@ -54,8 +50,6 @@ class PolicyResults:
     policies: dict[str, PolicyFigures]
     direct_batch_100: list[Measured]  # one direct stop naming 100 runs
     fast_100_s: list[float]  # 100 one-run stops at once against a server that answers at once
-    unavailable: list[str]  # policies this checkout cannot run
-    policy_flag: bool  # whether the proxy has --policy at all
 
 
 def _timed_stop(conn: http.client.HTTPConnection, project: str, name: str, token: str) -> float:
@@ -215,37 +209,32 @@ def _start_proxies(
     upstream: str,
     log_dir: Path,
     wanted: tuple[str, ...],
-    flag: bool,
 ) -> dict[str, ProxyProcess]:
-    """One proxy per policy in front of `upstream`, for those that start. A port picked free
-    can be taken by another process before the proxy binds it: that start is tried again on
-    new ports; any other failure means the checkout lacks the policy."""
+    """One proxy per policy in front of `upstream`. A port picked free can be taken by another
+    process before the proxy binds it: that start is tried again on new ports."""
     proxies: dict[str, ProxyProcess] = {}
     for policy in wanted:
-        flags = ("--policy", policy) if flag else ()
         log = log_dir / f"proxy-{policy}.log"
         for attempt in range(3):
             try:
-                proxies[policy] = stack.enter_context(ProxyProcess(upstream, log, *flags))
+                proxies[policy] = stack.enter_context(
+                    ProxyProcess(upstream, log, "--policy", policy)
+                )
                 break
             except ProcessStartError as exc:
-                if "address already in use" in str(exc) and attempt < 2:
-                    continue
-                print(f"policy {policy} not available: {str(exc).splitlines()[-1]}", flush=True)
-                break
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
     return proxies
 
 
 def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyResults:
     """Start one proxy per policy in front of the server, and another in front of an instant
     upstream, and measure every shape."""
-    has_flag = "--policy" in proxy_flags()
-    wanted = POLICIES if has_flag else ("window",)
     with contextlib.ExitStack() as stack:
-        started = _start_proxies(stack, server.url, workdir / "dstack", wanted, has_flag)
+        started = _start_proxies(stack, server.url, workdir / "dstack", POLICIES)
         proxies = {p: proc.url for p, proc in started.items()}
         fast = stack.enter_context(FastUpstream(workdir / "fast.log"))
-        instant = _start_proxies(stack, fast.url, workdir / "instant", tuple(proxies), has_flag)
+        instant = _start_proxies(stack, fast.url, workdir / "instant", POLICIES)
         lone = lone_stops(server, proxies, pairs)
         unknown = lone_stops_unknown(server, proxies, UNKNOWN_PAIRS)
         lone_instant = lone_stops_instant(fast, instant, INSTANT_PAIRS)
@@ -264,8 +253,6 @@ def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyR
             },
             direct_batch_100=[],
             fast_100_s=[],
-            unavailable=[p for p in POLICIES if p not in proxies],
-            policy_flag=has_flag,
         )
         shapes(server, proxies, fast.url, rounds, results)
     return results

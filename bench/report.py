@@ -1,11 +1,9 @@
-"""docs/measurements.md and the README's "Measured" section, written from one run's results
-(the plain data `python -m bench` saves in docs/measurements.json); each section in its own
-module."""
+"""docs/measurements.md and the README's "Measured" section, written from one run's typed
+results (`results.Run`, saved as docs/measurements.json); each section in its own module."""
 
 from __future__ import annotations
 
 from . import compare_claims, compare_report
-from .compare import Comparison
 from .compare_cells import VERSIONS_PLOT
 from .report_passthrough import (
     PASSTHROUGH_PLOT,
@@ -15,40 +13,36 @@ from .report_passthrough import (
     profile_section,
 )
 from .report_policies import POLICY_PLOT, lone_figures, policy_section, targets_table
-from .report_text import Data, memory_by_target, para
+from .report_text import para
+from .results import Run
 
-__all__ = ["PASSTHROUGH_PLOT", "POLICY_PLOT", "Data", "lone_figures", "passthrough_figures"]
+__all__ = ["PASSTHROUGH_PLOT", "POLICY_PLOT", "lone_figures", "passthrough_figures"]
 
 
-def _servers(data: Data) -> str:
-    c = comparison(data)
-    labels = [v.label for v in c.versions] if c else [data["machine"]["dstack"]]
+def _servers(run: Run) -> str:
+    c = run.compare
+    labels = [v.label for v in c.versions] if c else [run.machine.dstack]
     return " and ".join(labels)
 
 
-def _header(data: Data) -> str:
-    m = data["machine"]
+def _header(run: Run) -> str:
+    m = run.machine
     return para(
         "Written by `make bench` (`python -m bench`) from one run, down to the marker at the "
         "end; hand-written notes go below it. "
-        f"Run of {m['date']} on {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
-        f"Python {m['python']}, aiohttp {m['aiohttp']}, real dstack {_servers(data)} "
-        f"servers with SQLite on loopback, commit `{m['commit']}`; the whole run took "
-        f"{data['elapsed_s'] / 60:.1f} min. Upstream calls are counted from the dstack "
+        f"Run of {m.date} on {m.cores} cores ({m.cpu}), Linux {m.kernel}, "
+        f"Python {m.python}, aiohttp {m.aiohttp}, real dstack {_servers(run)} "
+        f"servers with SQLite on loopback, commit `{m.commit}`; the whole run took "
+        f"{run.elapsed_s / 60:.1f} min. Upstream calls are counted from the dstack "
         "server's own DEBUG log, never from the proxy's metrics. The machine is shared "
-        f"with other work (load average {m['load']} at the start, {m['load_at_end']} at the "
+        f"with other work (load average {m.load} at the start, {m.load_at_end} at the "
         "end), so absolute times are noisy; every comparison is interleaved within the run. "
         "Raw data: [measurements.json](measurements.json).",
     )
 
 
-def comparison(data: Data) -> Comparison | None:
-    """The per-version measurements of the run (issue 14), if it has them."""
-    return Comparison.from_json(data["compare"]) if "compare" in data else None
-
-
-def _all_targets(data: Data) -> str:
-    c = comparison(data)
+def _all_targets(run: Run) -> str:
+    c = run.compare
     both = (
         "On each server version, the proxy at its shipped default (details in section 2):\n\n"
         + compare_report.targets_summary(c)
@@ -56,15 +50,15 @@ def _all_targets(data: Data) -> str:
         if c
         else ""
     )
-    return both + targets_table(data)
+    return both + targets_table(run)
 
 
-def _versions_section(data: Data) -> str:
-    c = comparison(data)
+def _versions_section(run: Run) -> str:
+    c = run.compare
     return compare_report.section(c) if c else "Not measured in this run."
 
 
-def measurements_md(data: Data) -> str:
+def measurements_md(run: Run) -> str:
     sections = [
         ("# Measurements", _header),
         ("## Targets", _all_targets),
@@ -77,40 +71,40 @@ def measurements_md(data: Data) -> str:
         ("## 4. Memory", memory_section),
         ("## 5. Where the pass-through time goes", profile_section),
     ]
-    return "\n\n".join(f"{title}\n\n{body(data)}" for title, body in sections) + "\n"
+    return "\n\n".join(f"{title}\n\n{body(run)}" for title, body in sections) + "\n"
 
 
-def readme_measured(data: Data) -> str:
+def readme_measured(run: Run) -> str:
     """The body of the README's "Measured" section: the headline figures and one plot."""
-    c = comparison(data)
+    c = run.compare
     headline = compare_claims.headline(c) if c else []
-    pt = passthrough_figures(data)
-    mem = memory_by_target(data)
-    m = data["machine"]
+    pt = passthrough_figures(run)
+    mem = run.memory_by_target()
+    m = run.machine
     return "\n".join(
         [
             para(
-                f"From one `make bench` run ({m['date']}, {m['cores']} cores, real dstack "
-                f"{_servers(data)} servers; upstream calls counted from their own logs). Details, "
+                f"From one `make bench` run ({m.date}, {m.cores} cores, real dstack "
+                f"{_servers(run)} servers; upstream calls counted from their own logs). Details, "
                 "policies and method: [docs/measurements.md](docs/measurements.md).",
             ),
             "",
             *(para(line, indent="  ") for line in headline),
             para(
-                f"- Pass-through: {pt['proxy']['rps']:.0f} requests/s, "
-                f"{pt['proxy']['vs_bare']:.0%} of a bare aiohttp pass-through "
-                f"({pt['bare aiohttp']['rps']:.0f}/s) on the same core; nginx "
-                f"{pt['nginx']['rps']:.0f}/s.",
+                f"- Pass-through: {pt['proxy'].rps:.0f} requests/s, "
+                f"{pt['proxy'].vs_bare:.0%} of a bare aiohttp pass-through "
+                f"({pt['bare aiohttp'].rps:.0f}/s) on the same core; nginx "
+                f"{pt['nginx'].rps:.0f}/s.",
                 indent="  ",
             ),
             para(
-                f"- Peak RSS holding {mem['proxy']['requests']} requests: "
-                f"{mem['proxy']['peak_rss_mb']:.0f} MB (bare aiohttp: "
-                f"{mem['bare aiohttp']['peak_rss_mb']:.0f} MB).",
+                f"- Peak RSS holding {mem['proxy'].requests} requests: "
+                f"{mem['proxy'].peak_rss_mb:.0f} MB (bare aiohttp: "
+                f"{mem['bare aiohttp'].peak_rss_mb:.0f} MB).",
                 indent="  ",
             ),
             "",
-            _all_targets(data),
+            _all_targets(run),
             "",
             f"![N at once on dstack 0.18.40 and 0.22.5](docs/{VERSIONS_PLOT})",
             "",

@@ -1,20 +1,12 @@
-"""Helpers every section of docs/measurements.md shares: the run's plain data, verdicts,
-wrapped paragraphs."""
+"""Helpers every section of docs/measurements.md shares: verdicts, wrapped paragraphs."""
 
 from __future__ import annotations
 
 import textwrap
-from typing import Any
-
-Data = dict[str, Any]
 
 
 def yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
-
-
-def memory_by_target(data: Data) -> dict[str, Data]:
-    return {m["target"]: m for m in data["memory"]}
 
 
 def para(*parts: str, indent: str = "") -> str:

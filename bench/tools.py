@@ -9,8 +9,8 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import urllib.request
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -53,19 +53,23 @@ def metric(admin_url: str, name: str) -> float:
     return sum(float(v) for v in pattern.findall(text))
 
 
-def proxy_flags() -> set[str]:
-    """The long options `python -m proxy --help` lists (what this checkout supports)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "proxy", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout
-    return set(re.findall(r"--[a-z][a-z-]+", out))
+@dataclass
+class Machine:
+    """Date, cores, CPU, versions and git commit: the header of every table."""
+
+    date: str
+    cores: str
+    cpu: str
+    kernel: str
+    python: str
+    aiohttp: str
+    dstack: str
+    commit: str
+    load: str  # the load averages at the start
+    load_at_end: str = ""
 
 
-def machine() -> dict[str, str]:
+def machine() -> Machine:
     """Date, cores, CPU, versions and git commit: the header of every table."""
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,17 +82,17 @@ def machine() -> dict[str, str]:
         text=True,
         cwd=ROOT,
     ).stdout.strip()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cores": str(os.cpu_count()),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": metadata.version("aiohttp"),
-        "dstack": metadata.version("dstack"),
-        "commit": commit or "unknown",
-        "load": load(),
-    }
+    return Machine(
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cores=str(os.cpu_count()),
+        cpu=cpu,
+        kernel=platform.release(),
+        python=platform.python_version(),
+        aiohttp=metadata.version("aiohttp"),
+        dstack=metadata.version("dstack"),
+        commit=commit or "unknown",
+        load=load(),
+    )
 
 
 def load() -> str:

@@ -3,12 +3,18 @@ unnoticed in docs/measurements.md, so they are checked here. No timing is assert
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 
+from bench.bulk import Phase
 from bench.hotspots import summarise
-from bench.wrk import parse
+from bench.results import Run
+from bench.workload import Measured
+from bench.wrk import WrkResult, parse
 
 WRK_OUT = """Running 5s test @ http://127.0.0.1:8080/api/runs/list
   1 threads and 32 connections
@@ -58,14 +64,25 @@ def test_py_spy_samples_by_package_and_concern() -> None:
         ]
     )
     result = summarise(raw)
-    assert result["samples"] == 10
-    assert dict(result["self"]) == {
+    assert result.samples == 10
+    assert dict(result.self) == {
         "aiohttp client (client*, connector)": 0.6,
         "structlog": 0.3,
         "asyncio (event loop, sockets)": 0.1,
     }
-    concerns = dict(result["inclusive"])
+    concerns = dict(result.inclusive)
     assert concerns["the upstream call (aiohttp client)"] == 0.6
     assert concerns["logging (structlog, logging)"] == 0.3
     assert concerns["metrics (prometheus_client)"] == 0
-    assert dict(result["proxy_functions"]) == {"forward": 0.9, "log": 0.3}
+    assert dict(result.proxy_functions) == {"forward": 0.9, "log": 0.3}
+
+
+def test_the_saved_run_reads_back_typed_and_round_trips() -> None:
+    raw = json.loads((Path(__file__).parents[2] / "docs" / "measurements.json").read_text())
+    run = Run.from_json(raw)
+    assert isinstance(run.passthrough.latency["proxy"], WrkResult)
+    assert isinstance(run.policies.policies["quiet"].at_once_20[0], Measured)
+    assert run.profile is not None and run.profile.bare.cpu_us > 0
+    assert run.compare is not None and isinstance(run.compare.versions[0].at_once[0], Phase)
+    assert all(isinstance(n, int) for n in run.compare.settings.rounds)
+    assert Run.from_json(json.loads(json.dumps(dataclasses.asdict(run)))) == run
