@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from proxy.app import make_app
-from proxy.batching.dispatching import MAX_CONCURRENT_CALLS
+from proxy.batching.flight import MAX_CONCURRENT_CALLS
 from proxy.batching.policy import Policy
 from proxy.config import Config
 from tests.support.bursts import burst, in_a_burst

@@ -43,8 +43,9 @@ from proxy.batching.batches import (
     chunks,
     rounds_of,
 )
-from proxy.batching.dispatching import Dispatcher, Flight
+from proxy.batching.dispatching import Dispatcher
 from proxy.batching.endpoints import DEFAULT_ENDPOINTS
+from proxy.batching.flight import Flight
 from proxy.errors import UpstreamTimeout
 from proxy.ops.metrics import Metrics
 from tests.support.modes import examples
