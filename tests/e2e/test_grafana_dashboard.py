@@ -129,7 +129,7 @@ def test_every_label_a_query_groups_or_filters_by_exists() -> None:
     labels: dict[str, set[str]] = {}
     for collector, series in Metrics().registry._collector_to_names.items():
         # prometheus_client's own metrics keep these private; the proxy's LoopCounter and
-        # LoopHistogram (proxy/metrics.py) make them public.
+        # LoopHistogram (proxy/ops/metrics.py) make them public.
         declared = set(
             getattr(collector, "labelnames", None) or getattr(collector, "_labelnames", ())
         )

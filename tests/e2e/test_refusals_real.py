@@ -58,7 +58,7 @@ OK = (200, b"null")
 
 
 def bound(n: int) -> int:
-    """The dispatcher's budget for a batch of n callers (proxy/dispatching.py)."""
+    """The dispatcher's budget for a batch of n callers (proxy/batching/flight.py)."""
     return 2 + n + 2 * math.ceil(math.log2(n))
 
 
