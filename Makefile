@@ -24,11 +24,11 @@ test-long: $(STAMP)
 
 # dstack 0.18.40 in .venv-legacy; the real-server tests build it on first use anyway.
 legacy: $(STAMP)
-	$(BIN)/python -m tests.support.versions
+	$(BIN)/python -m harness.versions
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy bench tests
-	$(BIN)/ruff format --check proxy bench tests
+	$(BIN)/ruff check proxy harness bench tests
+	$(BIN)/ruff format --check proxy harness bench tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile tests/deploy/*.Dockerfile

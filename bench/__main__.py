@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.versions import CURRENT_VERSION
 from proxy.config import Config
-from tests.support.versions import CURRENT_VERSION
 
 from . import compare, hotspots, memory, passthrough, plots, policies, report, servers
 from .results import Run, RunSettings

@@ -21,10 +21,10 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.support.processes import FastUpstream, ProxyProcess
-from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION
+from harness.processes import FastUpstream, ProxyProcess
+from harness.runs import create_active_runs, run_states, stop_runs_until_finished
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION
 
 from . import servers
 from .usage import Sampler

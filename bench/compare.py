@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import ProxyProcess
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
+from harness.processes import ProxyProcess
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION, LEGACY_VERSION
 
 from . import bulk, lone, servers
 from .bulk import ClientCost, Phase

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support.processes import ProxyProcess
-from tests.support.server import DstackServer
+from harness.processes import ProxyProcess
+from harness.server import DstackServer
 
 from . import servers
 from .workload import Measured, stop_then_delete, table

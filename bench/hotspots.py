@@ -20,8 +20,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tests.support import nginx
-from tests.support.processes import Process, ProxyProcess
+from harness import nginx
+from harness.processes import Process, ProxyProcess
 
 from .passthrough import LOAD_CPU, SUT_CPU, BarePassthrough
 from .tools import cpu_seconds, pin

@@ -15,8 +15,8 @@ import json
 import time
 from collections.abc import Callable
 
-from tests.support.runs import create_active_runs, stop_runs_until_finished
-from tests.support.server import DstackServer
+from harness.runs import create_active_runs, stop_runs_until_finished
+from harness.server import DstackServer
 
 from .workload import post_one
 

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from tests.support.api import create_project
-from tests.support.runs import create_active_runs, stop_runs_until_finished
-from tests.support.server import DstackServer
+from harness.api import create_project
+from harness.runs import create_active_runs, stop_runs_until_finished
+from harness.server import DstackServer
 
 CHUNK = 10  # pairs per batch of fresh runs: keeps the server's pipeline small
 

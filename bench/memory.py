@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.support.processes import ProxyProcess, SlowUpstream
+from harness.metrics import total
+from harness.processes import ProxyProcess, SlowUpstream
 
 from .passthrough import BarePassthrough
-from .tools import metric, peak_rss_mb
+from .tools import peak_rss_mb
 
 TARGETS = ("proxy", "bare aiohttp")
 LOOPS = ("uvloop", "asyncio")
@@ -106,7 +107,7 @@ async def _hold(
 
 def _in_flight(admin_url: str) -> Callable[[], int]:
     """Requests the proxy is handling, from its own gauge."""
-    return lambda: int(metric(admin_url, "dstack_coalescer_requests_in_flight"))
+    return lambda: int(total(admin_url, "dstack_coalescer_requests_in_flight"))
 
 
 def _client_sockets(pid: int, before: int) -> Callable[[], int]:

@@ -23,8 +23,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.support import nginx
-from tests.support.processes import Process, ProxyProcess, find_free_port
+from harness import nginx
+from harness.processes import Process, ProxyProcess, find_free_port
 
 from .tools import cpu_seconds, pin
 from .wrk import POST_PATH, POST_SCRIPT, WrkResult, wrk

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.support.api import create_project
-from tests.support.processes import FastUpstream, ProcessStartError, ProxyProcess
-from tests.support.runs import create_active_runs, stop_runs
-from tests.support.server import DstackServer
+from harness.api import create_project
+from harness.processes import FastUpstream, ProcessStartError, ProxyProcess
+from harness.runs import create_active_runs, stop_runs
+from harness.server import DstackServer
 
 from .workload import Measured, bodies_for, measure, post_all
 

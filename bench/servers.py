@@ -11,8 +11,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION, legacy_dstack
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION, LEGACY_VERSION, legacy_dstack
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 import statistics
 import subprocess
-import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -44,13 +42,6 @@ def peak_rss_mb(pid: int) -> tuple[float, float]:
         if name in ("VmHWM", "VmRSS"):
             fields[name] = int(value.split()[0]) * 1024 / 1e6  # kB (KiB)
     return fields["VmHWM"], fields["VmRSS"]
-
-
-def metric(admin_url: str, name: str) -> float:
-    """Sum of every sample of the Prometheus metric `name` on the proxy's admin /metrics."""
-    text = urllib.request.urlopen(f"{admin_url}/metrics", timeout=10).read().decode()
-    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
-    return sum(float(v) for v in pattern.findall(text))
 
 
 @dataclass

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.server import DstackServer
+from harness.server import DstackServer
 
 _TICK = os.sysconf("SC_CLK_TCK")
 LOCKED = "database is locked"

@@ -11,9 +11,9 @@ from typing import Literal
 import aiohttp
 import orjson
 
-from tests.support.bursts import Answer, burst
-from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
-from tests.support.server import DstackServer
+from harness.bursts import Answer, burst
+from harness.runs import create_active_runs, run_states, stop_runs_until_finished
+from harness.server import DstackServer
 
 Way = Literal["direct singles", "proxy singles", "direct batch"]
 WAYS: tuple[Way, ...] = ("direct singles", "proxy singles", "direct batch")

@@ -26,10 +26,10 @@ import orjson
 import pytest
 import yaml
 
-from tests.support.bursts import burst
-from tests.support.processes import find_free_port
-from tests.support.runs import create_active_runs
-from tests.support.server import parse_processed_requests
+from harness.bursts import burst
+from harness.processes import find_free_port
+from harness.runs import create_active_runs
+from harness.server import parse_processed_requests
 
 from .conftest import MEASURED
 from .engine import ROOT, compose, docker

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.bursts import burst
-from tests.support.processes import answers, find_free_port
-from tests.support.runs import create_active_runs
-from tests.support.server import DstackServer
+from harness.bursts import burst
+from harness.processes import answers, find_free_port
+from harness.runs import create_active_runs
+from harness.server import DstackServer
 
 from .conftest import MEASURED
 from .engine import Engine, docker

@@ -32,6 +32,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from harness.processes import find_free_port
 from tests.support.front import (
     Dnsmasq,
     HaproxyRing,
@@ -41,7 +42,6 @@ from tests.support.front import (
     sample,
     scrape,
 )
-from tests.support.processes import find_free_port
 
 from .conftest import MEASURED
 

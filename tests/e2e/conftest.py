@@ -4,7 +4,7 @@ are counted from the server's own log.
 
 Every test runs against each server version in `SERVER_VERSIONS`: the pinned `dstack[server]`
 of the dev extra, and 0.18.40 (the server behind the legacy web UI) from its own virtual
-environment (tests/support/legacy.py). A test that only one version can run says so with
+environment (harness/versions.py). A test that only one version can run says so with
 `@pytest.mark.server_versions(...)`; `COALESCER_SERVER_VERSIONS=0.22.5` runs one version only.
 
 Both servers start with a `server/config.yml` that keeps SSH fleets to admins
@@ -15,7 +15,7 @@ else in the suite manages SSH fleets.
 Production dstack servers run on Postgres (`DSTACK_DATABASE_URL`): a test marked
 `@pytest.mark.databases("sqlite", "postgres")` also runs against a Postgres-backed server of each
 version (its id ends in `-postgres`), with a throw-away cluster that the tests start
-(tests/support/postgres.py). Unmarked tests run on SQLite only; `COALESCER_DATABASES=postgres`
+(harness/postgres.py). Unmarked tests run on SQLite only; `COALESCER_DATABASES=postgres`
 runs the Postgres variants only.
 """
 
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ProxyProcess
-from tests.support.server import DATABASES, DstackServer
-from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION, legacy_dstack
+from harness.processes import ProxyProcess
+from harness.server import DATABASES, DstackServer
+from harness.versions import CURRENT_VERSION, LEGACY_VERSION, legacy_dstack
 
 SERVER_VERSIONS = tuple(
     v

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.api import add_member, create_user
-from tests.support.bursts import burst, put_back, records_events, stop_events
-from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
-from tests.support.server import DstackServer
-from tests.support.versions import LEGACY_VERSION
+from harness.api import add_member, create_user
+from harness.bursts import burst, put_back, records_events, stop_events
+from harness.runs import create_active_runs, run_states, stop_runs_until_finished
+from harness.server import DstackServer
+from harness.versions import LEGACY_VERSION
 
 PROJECT = "main"
 STOP = f"/api/project/{PROJECT}/runs/stop"

@@ -8,12 +8,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.api import create_project
-from tests.support.bursts import stop_events
+from harness.api import create_project
+from harness.bursts import stop_events
+from harness.runs import create_active_runs, stop_runs_until_finished, wait_for_runs
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION, LEGACY_VERSION
 from tests.support.cli import cli_add_project, run_cli, write_task_file
-from tests.support.runs import create_active_runs, stop_runs_until_finished, wait_for_runs
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
 
 PROJECT = "probe"
 STOP = f"/api/project/{PROJECT}/runs/stop"

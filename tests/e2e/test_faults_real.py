@@ -32,11 +32,11 @@ import orjson
 import psutil
 import pytest
 
+from harness.metrics import PENDING, read_metrics
+from harness.processes import ProxyProcess
+from harness.server import DstackServer
+from harness.versions import LEGACY_VERSION, legacy_dstack
 from proxy.config import Config
-from tests.support.metrics import PENDING, read_metrics
-from tests.support.processes import ProxyProcess
-from tests.support.server import DstackServer
-from tests.support.versions import LEGACY_VERSION, legacy_dstack
 
 from .conftest import SERVER_VERSIONS
 

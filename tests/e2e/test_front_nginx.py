@@ -18,13 +18,13 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from tests.support.api import create_project
-from tests.support.bursts import put_back
+from harness.api import create_project
+from harness.bursts import put_back
+from harness.processes import ProxyProcess
+from harness.runs import create_active_runs, run_states, stop_runs_until_finished
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION
 from tests.support.front import REPLICA_POLICY, NginxFront, make_certificate, sample, scrape
-from tests.support.processes import ProxyProcess
-from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION
 
 # The deployment front is checked against the current server only (CI's time budget).
 pytestmark = pytest.mark.server_versions(CURRENT_VERSION)

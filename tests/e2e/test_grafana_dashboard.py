@@ -18,8 +18,8 @@ import yaml
 from prometheus_client import Metric, ProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import FastUpstream, ProxyProcess
 from proxy.ops.metrics import Metrics
-from tests.support.processes import FastUpstream, ProxyProcess
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yaml"

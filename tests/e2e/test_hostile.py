@@ -19,17 +19,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.api import create_project
+from harness.bursts import in_a_burst, raw_burst
+from harness.metrics import batched
+from harness.processes import ProxyProcess
+from harness.rawhttp import Chunk, RawAnswer, exchange
+from harness.runs import create_active_runs, stop_runs_until_finished
+from harness.server import DstackServer
+from harness.versions import LEGACY_VERSION
 from proxy.batching.endpoints import parse_body
 from proxy.config import Config
-from tests.support.api import create_project
-from tests.support.bursts import in_a_burst, raw_burst
-from tests.support.metrics import batched
 from tests.support.modes import examples
-from tests.support.processes import ProxyProcess
-from tests.support.rawhttp import Chunk, RawAnswer, exchange
-from tests.support.runs import create_active_runs, stop_runs_until_finished
-from tests.support.server import DstackServer
-from tests.support.versions import LEGACY_VERSION
 
 PROJECT = "hostile"
 ACTIVE = "hostile-active"  # a run that must not be deleted: makes a wrong parse visible

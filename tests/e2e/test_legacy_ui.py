@@ -29,18 +29,18 @@ import orjson
 import pytest
 from playwright.sync_api import Playwright, sync_playwright
 
-from tests.support.api import create_project
-from tests.support.browser import LegacyRunsUI, chromium_executable, open_page
-from tests.support.front import REPLICA_POLICY, NginxFront, make_certificate
-from tests.support.processes import ProxyProcess
-from tests.support.runs import (
+from harness.api import create_project
+from harness.processes import ProxyProcess
+from harness.runs import (
     FINISHED_STATUSES,
     create_active_runs,
     run_states,
     stop_runs_until_finished,
 )
-from tests.support.server import DstackServer
-from tests.support.versions import LEGACY_VERSION
+from harness.server import DstackServer
+from harness.versions import LEGACY_VERSION
+from tests.support.browser import LegacyRunsUI, chromium_executable, open_page
+from tests.support.front import REPLICA_POLICY, NginxFront, make_certificate
 
 pytestmark = pytest.mark.server_versions(LEGACY_VERSION)
 

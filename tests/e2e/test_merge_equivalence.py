@@ -21,13 +21,13 @@ import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
-from tests.support.api import add_member, create_project, create_user
-from tests.support.bursts import burst, send_one_by_one, stop_events
-from tests.support.metrics import batched
-from tests.support.processes import ProxyProcess
-from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
+from harness.api import add_member, create_project, create_user
+from harness.bursts import burst, send_one_by_one, stop_events
+from harness.metrics import batched
+from harness.processes import ProxyProcess
+from harness.runs import create_active_runs, run_states, stop_runs_until_finished
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION, LEGACY_VERSION
 
 POOL = ("r-a", "r-b", "r-c", "r-d")
 NAMES = st.lists(st.sampled_from((*POOL, "ghost")), min_size=1, max_size=3)

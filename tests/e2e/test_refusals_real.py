@@ -40,12 +40,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.support.api import ApiError, add_member, api_post, create_project, create_user
-from tests.support.bursts import burst
-from tests.support.metrics import KEYS, read_metrics
-from tests.support.processes import ProxyProcess, find_free_port
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION
+from harness.api import ApiError, add_member, api_post, create_project, create_user
+from harness.bursts import burst
+from harness.metrics import KEYS, read_metrics
+from harness.processes import ProxyProcess, find_free_port
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION
 
 # Every refusal case also runs against a Postgres-backed server (issue 18).
 pytestmark = pytest.mark.databases("sqlite", "postgres")

@@ -13,11 +13,11 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support.bursts import burst
-from tests.support.processes import ProxyProcess
-from tests.support.runs import create_active_runs, stop_runs_until_finished
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION
+from harness.bursts import burst
+from harness.processes import ProxyProcess
+from harness.runs import create_active_runs, stop_runs_until_finished
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION
 
 # Against the current server only: plain pass-through, and CI's time budget.
 pytestmark = pytest.mark.server_versions(CURRENT_VERSION)

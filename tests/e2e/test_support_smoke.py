@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.api import api_post, create_project
-from tests.support.runs import (
+from harness.api import api_post, create_project
+from harness.runs import (
     ACTIVE_STATUSES,
     DEFAULT_PROJECT,
     create_active_runs,
@@ -19,7 +19,7 @@ from tests.support.runs import (
     stop_runs_until_finished,
     wait_for_runs,
 )
-from tests.support.server import DstackServer, parse_processed_requests
+from harness.server import DstackServer, parse_processed_requests
 
 pytestmark = pytest.mark.e2e
 

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.support.api import add_member, create_project, create_user
-from tests.support.bursts import stop_events
+from harness.api import add_member, create_project, create_user
+from harness.bursts import stop_events
+from harness.processes import ProxyProcess
+from harness.runs import create_active_runs, run_states, stop_runs_until_finished
+from harness.server import DstackServer
 from tests.support.modes import examples
-from tests.support.processes import ProxyProcess
-from tests.support.runs import create_active_runs, run_states, stop_runs_until_finished
-from tests.support.server import DstackServer
 
 PROJECT = "tenants"
 VICTIMS = ("victim-0", "victim-1", "victim-2")

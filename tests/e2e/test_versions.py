@@ -7,8 +7,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.support.server import DstackServer
-from tests.support.versions import CURRENT_VERSION, LEGACY_VERSION
+from harness.server import DstackServer
+from harness.versions import CURRENT_VERSION, LEGACY_VERSION
 
 STOP = "/api/project/main/runs/stop"
 X = b'{"runs_names": ["x"], "abort": false}'

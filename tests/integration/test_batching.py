@@ -15,11 +15,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
+from harness.bursts import burst, in_a_burst
 from proxy.app import make_app
 from proxy.batching.flight import MAX_CONCURRENT_CALLS
 from proxy.batching.policy import Policy
 from proxy.config import Config
-from tests.support.bursts import burst, in_a_burst
 
 from .conftest import STEADY, ProxyFactory, metric
 from .fakes import FakeUpstream

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
+from harness.processes import ProxyProcess
 from proxy.health import healthz_url
-from tests.support.processes import ProxyProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DEAD_PROXY = "http://127.0.0.1:9"  # discard port: nothing answers there

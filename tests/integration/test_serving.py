@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.processes import ProxyProcess
+from harness.processes import ProxyProcess
 
 from .fakes import FakeUpstream
 

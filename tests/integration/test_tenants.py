@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.processes import ProxyProcess, SlowUpstream
+from harness.rawhttp import exchange
 from tests.support.modes import examples
-from tests.support.processes import ProxyProcess, SlowUpstream
-from tests.support.rawhttp import exchange
 
 # Distinctive values, so a search of the log cannot miss them or find them by chance.
 TOKENS = ("member-7f3a9c2e51", "member-0b8d4e6f93", "outsider-c41d7a2b08")

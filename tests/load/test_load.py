@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tests.support.metrics import KEYS, PENDING, read_metrics
-from tests.support.processes import ProxyProcess, SlowUpstream, proc_status
+from harness.metrics import KEYS, PENDING, read_metrics
+from harness.processes import ProxyProcess, SlowUpstream, proc_status
 
 REQUESTS, PROJECTS, TOKENS = 10_000, 100, 1_000
 DENIED = b'{"detail":[{"msg":"Access denied","code":null}]}'

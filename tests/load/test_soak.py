@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tests.support.metrics import KEYS, PENDING, read_metrics
+from harness.metrics import KEYS, PENDING, read_metrics
+from harness.processes import ProxyProcess, SlowUpstream, proc_status
 from tests.support.modes import LONG
-from tests.support.processes import ProxyProcess, SlowUpstream, proc_status
 
 SECONDS = float(os.environ.get("COALESCER_SOAK_SECONDS", "300" if LONG else "20"))
 WORKERS = 40

@@ -24,8 +24,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .runs import task_yaml
-from .server import PathLike, dstack_executable, isolated_env
+from harness.runs import task_yaml
+from harness.server import PathLike, dstack_executable, isolated_env
 
 
 class CliError(subprocess.CalledProcessError):

@@ -21,8 +21,8 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .nginx import debian_tool, nginx_executable, write_conf
-from .processes import Process, find_free_port
+from harness.nginx import debian_tool, nginx_executable, write_conf
+from harness.processes import Process, find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # The flush policy of replicas behind the front, as deploy/kubernetes configures them: bursts

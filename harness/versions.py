@@ -5,7 +5,7 @@ environment.
 `legacy_dstack()` builds `.venv-legacy` at the repository root on first use (~20 s on a 2-core
 machine, from PyPI) and reuses it while its stamp matches the pinned set. 0.18.40 pins its own
 dependencies loosely; `tests/legacy/dstack-0.18.40-constraints.txt` is the set that works on
-Python 3.11. `python -m tests.support.versions` builds it ahead of time.
+Python 3.11. `python -m harness.versions` builds it ahead of time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 CURRENT_VERSION = importlib.metadata.version("dstack")
 LEGACY_VERSION = "0.18.40"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "tests" / "legacy" / f"dstack-{LEGACY_VERSION}-constraints.txt"
 VENV = Path(os.environ.get("COALESCER_LEGACY_VENV", ROOT / ".venv-legacy"))
 

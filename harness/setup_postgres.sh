@@ -2,7 +2,7 @@
 # PostgreSQL for the Postgres-backed real-server tests, on a fresh machine or a warm one:
 # installs Debian's `postgresql` when no server binaries are found (as root only; otherwise it
 # says what to install), then prints the directory holding `initdb` and `postgres`.
-# The tests start their own cluster from there (tests/support/postgres.py); the package's own
+# The tests start their own cluster from there (harness/postgres.py); the package's own
 # cluster service is never started. Any failure exits non-zero with the reason on stderr.
 set -euo pipefail
 

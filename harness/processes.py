@@ -179,7 +179,7 @@ class FastUpstream(Process):
         self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            [sys.executable, "-m", "tests.support.fast_upstream", str(self.port)],
+            [sys.executable, "-m", "harness.fast_upstream", str(self.port)],
             f"{self.url}/healthcheck",
             log,
         )
@@ -193,7 +193,7 @@ class SlowUpstream(Process):
         self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            [sys.executable, "-m", "tests.support.slow_upstream", str(self.port), str(delay)],
+            [sys.executable, "-m", "harness.slow_upstream", str(self.port), str(delay)],
             f"{self.url}/healthcheck",
             log,
         )

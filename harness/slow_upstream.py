@@ -2,7 +2,7 @@
 `runs/*` calls like dstack (200 `null`, or 403 for an outsider's token) after `delay` seconds,
 or holds them all until released; anything else is answered 200 with a small JSON echo.
 
-    python -m tests.support.slow_upstream PORT [DELAY]
+    python -m harness.slow_upstream PORT [DELAY]
 
 Control routes: `POST /_hold` holds every runs/* call from now on, `POST /_release` lets them
 go, `GET /_calls` lists the runs/* calls seen (path, credential headers, body) and clears the

@@ -32,3 +32,10 @@ def read_metrics(admin_url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+def total(admin_url: str, name: str) -> float:
+    """The sum of every sample of the metric `name`, whatever its labels."""
+    return sum(
+        v for k, v in read_metrics(admin_url).items() if k == name or k.startswith(name + "{")
+    )
