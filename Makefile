@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check proxy harness bench tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/hadolint Dockerfile tests/deploy/*.Dockerfile
+	$(BIN)/hadolint Dockerfile deploy/nginx/Dockerfile deploy/haproxy/Dockerfile tests/deploy/*.Dockerfile
 
 # Every measurement in one run, on dstack 0.18.40 and 0.22.5 (about 20-25 min; --quick: a smoke
 # run): docs/measurements.md, docs/*.png, README.

@@ -1,5 +1,6 @@
 """Session fixtures for the deploy tests: a real Docker engine, the wheelhouse, and the images
-built from the shipped Dockerfile and from a stand-in for the official dstack server image.
+built from the shipped Dockerfiles (the proxy's, the front's nginx and its HAProxy ring) and from
+a stand-in for the official dstack server image.
 
 Where no engine can be set up, every test here fails with the reason: never a skip."""
 
@@ -25,6 +26,7 @@ from .engine import (
     build_wheelhouse,
     coalescer_requirements,
     image_size,
+    image_version,
     serve_directory,
     start_engine,
 )
@@ -89,21 +91,19 @@ def dstack_image(engine: Engine, wheelhouse: Path) -> str:
 
 @pytest.fixture(scope="session")
 def nginx_image(engine: Engine) -> str:
+    """The shipped front image (deploy/nginx/Dockerfile) on the stand-in trixie base."""
     build_image(
-        NGINX_IMAGE,
-        HERE,
-        dockerfile=HERE / "nginx.Dockerfile",
-        args={"BASE_IMAGE": engine.base_image},
+        NGINX_IMAGE, ROOT / "deploy" / "nginx", args={"BASE_IMAGE": engine.front_base_image}
     )
+    MEASURED["front nginx"] = image_version(NGINX_IMAGE, "nginx", "-v")
     return NGINX_IMAGE
 
 
 @pytest.fixture(scope="session")
 def haproxy_image(engine: Engine) -> str:
+    """The shipped ring image (deploy/haproxy/Dockerfile) on the stand-in trixie base."""
     build_image(
-        HAPROXY_IMAGE,
-        HERE,
-        dockerfile=HERE / "haproxy.Dockerfile",
-        args={"BASE_IMAGE": engine.base_image},
+        HAPROXY_IMAGE, ROOT / "deploy" / "haproxy", args={"BASE_IMAGE": engine.front_base_image}
     )
+    MEASURED["front ring"] = image_version(HAPROXY_IMAGE, "haproxy", "-v")
     return HAPROXY_IMAGE

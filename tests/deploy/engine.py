@@ -1,7 +1,8 @@
 """A real Docker engine for the deploy tests: set up by `setup_docker.sh`, driven through the
 `docker` and `docker-compose` command lines. Docker Hub cannot be reached, so images are built
-on a stand-in base (Debian bookworm from debootstrap) and Python packages come from a wheelhouse
-built on the host with pip and the project's constraints."""
+on stand-in bases from debootstrap (Debian bookworm for the proxy, trixie for the front's nginx
+and HAProxy) and Python packages come from a wheelhouse built on the host with pip and the
+project's constraints."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ SETUP = HERE / "setup_docker.sh"
 DSTACK_REQUIREMENT = "dstack[server]==0.22.5"
 COALESCER_IMAGE = "dstack-coalescer:test"
 DSTACK_IMAGE = "dstack-coalescer-test-dstack:0.22.5"
-NGINX_IMAGE = "dstack-coalescer-test-nginx:bookworm"
-HAPROXY_IMAGE = "dstack-coalescer-test-haproxy:bookworm"
+# The front's images, from the shipped deploy/nginx/ and deploy/haproxy/ Dockerfiles.
+NGINX_IMAGE = "dstack-front-nginx:test"
+HAPROXY_IMAGE = "dstack-front-ring:test"
 # A fixed port when free, so that the build argument naming it, and so docker's layer cache,
 # stay the same from one run to the next.
 WHEELHOUSE_PORT = 38941
@@ -47,6 +49,7 @@ def cache_dir() -> Path:
 @dataclass
 class Engine:
     base_image: str
+    front_base_image: str
     started_pid: int | None  # set when the setup started dockerd: stopped by `stop`
     setup_seconds: float
 
@@ -61,7 +64,7 @@ class Engine:
 
 
 def start_engine() -> Engine:
-    """Run setup_docker.sh (install, start dockerd, stand-in base image)."""
+    """Run setup_docker.sh (install, start dockerd, stand-in base images)."""
     began = time.monotonic()
     try:
         done = subprocess.run(
@@ -77,7 +80,12 @@ def start_engine() -> Engine:
         raise EngineError(f"{SETUP.name} exited {done.returncode}:\n{done.stderr[-3000:]}")
     fields = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
     pid = fields.get("started-dockerd")
-    return Engine(fields["base-image"], int(pid) if pid else None, time.monotonic() - began)
+    return Engine(
+        fields["base-image"],
+        fields["front-base-image"],
+        int(pid) if pid else None,
+        time.monotonic() - began,
+    )
 
 
 def docker(
@@ -166,3 +174,9 @@ def build_image(
 
 def image_size(tag: str) -> int:
     return int(docker("image", "inspect", "--format", "{{.Size}}", tag).stdout)
+
+
+def image_version(tag: str, *command: str) -> str:
+    """The first line a version command prints in the image (nginx writes it to stderr)."""
+    done = docker("run", "--rm", "--entrypoint", command[0], tag, *command[1:])
+    return (done.stdout + done.stderr).strip().splitlines()[0]

@@ -4,15 +4,19 @@
 #  2. starts dockerd (no bridge, no iptables: the tests use host networking on loopback)
 #     unless one already answers; its data root lives in the cache directory, so images
 #     survive between runs;
-#  3. builds the stand-in base image (Docker Hub cannot be reached): Debian bookworm from
-#     debootstrap with python3 (3.11, as in python:3.11-slim-bookworm), reused if present.
-# Prints `started-dockerd PID` when it started the daemon (the caller stops it), and
-# `base-image NAME` last. Any failure exits non-zero with the reason on stderr.
+#  3. builds the stand-in base images (Docker Hub cannot be reached), reused if present:
+#     Debian bookworm from debootstrap with python3 (3.11, as in python:3.11-slim-bookworm),
+#     for the proxy and the dstack server; and a minimal Debian trixie (as debian:trixie-slim,
+#     with its apt sources, security included), for the front's images (deploy/nginx/ and
+#     deploy/haproxy/ Dockerfiles).
+# Prints `started-dockerd PID` when it started the daemon (the caller stops it), then
+# `front-base-image NAME` and `base-image NAME`. Any failure exits non-zero with the reason on
+# stderr.
 set -euo pipefail
 
 CACHE="${DSTACK_COALESCER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dstack-coalescer}"
 BASE_IMAGE="${BASE_IMAGE:-dstack-coalescer-test-base:bookworm-1}"
-SUITE=bookworm
+FRONT_BASE_IMAGE="${FRONT_BASE_IMAGE:-dstack-coalescer-test-base:trixie-1}"
 # python-is-python3 gives `python`, like the official image; python3-venv gives ensurepip.
 PACKAGES=ca-certificates,python3,python3-venv,python-is-python3
 
@@ -53,20 +57,46 @@ if ! docker info >/dev/null 2>&1; then
     echo "started-dockerd $(cat "$CACHE/dockerd.pid")"
 fi
 
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    log "building $BASE_IMAGE with debootstrap"
+# build_base IMAGE SUITE PACKAGES CMD [sources]: a minbase debootstrap of SUITE, as slim as the
+# official images (no apt lists, caches or docs); with `sources`, also their apt sources
+# (updates and security: the front's Dockerfiles install from them).
+build_base() {
+    local image="$1" suite="$2" packages="$3" cmd="$4" sources="${5:-}"
+    docker image inspect "$image" >/dev/null 2>&1 && return 0
+    log "building $image with debootstrap ($suite)"
     root="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
     trap 'rm -rf "$root"' EXIT
-    mirror="$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)"
-    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" \
-        "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
-        || fail "debootstrap failed: $(tail -n 20 "$CACHE/debootstrap.log")"
-    # As slim as the official image: no apt lists, caches or docs.
+    debootstrap --variant=minbase ${packages:+--include="$packages"} "$suite" "$root" \
+        "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap-$suite.log" 2>&1 \
+        || fail "debootstrap $suite failed: $(tail -n 20 "$CACHE/debootstrap-$suite.log")"
+    if [ -n "$sources" ]; then
+        rm -f "$root"/etc/apt/sources.list
+        cat >"$root"/etc/apt/sources.list.d/debian.sources <<SOURCES
+Types: deb
+URIs: ${mirror:-http://deb.debian.org/debian}
+Suites: $suite $suite-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: $suite-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
         "$root"/usr/share/man/* "$root"/usr/share/locale/*
     tar -C "$root" -c . | docker import \
         -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$BASE_IMAGE" >/dev/null \
-        || fail "docker import failed"
-fi
+        -c 'ENV LANG=C.UTF-8' -c "CMD [\"$cmd\"]" - "$image" >/dev/null \
+        || fail "docker import $image failed"
+    rm -rf "$root"
+    trap - EXIT
+}
+
+mirror="$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)"
+build_base "$FRONT_BASE_IMAGE" trixie "" bash sources
+echo "front-base-image $FRONT_BASE_IMAGE"
+build_base "$BASE_IMAGE" bookworm "$PACKAGES" python3
 echo "base-image $BASE_IMAGE"

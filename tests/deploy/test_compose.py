@@ -11,6 +11,7 @@ less its `ports`, plus the override."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
 import ssl
@@ -108,9 +109,6 @@ def override(images: dict[str, str], ports: dict[str, int], tls: Path) -> dict[s
                     "FRONT_LISTEN": f"127.0.0.1:{ports['front']}",
                     "FRONT_COALESCER_SERVERS": f"server 127.0.0.1:{ports['proxy']};",
                     "FRONT_DSTACK_SERVER": f"127.0.0.1:{ports['dstack']}",
-                    # The stand-in is Debian's nginx 1.22: the listen flag, not `http2 on;`.
-                    "FRONT_LISTEN_HTTP2": " http2",
-                    "FRONT_HTTP2": "",
                     "FRONT_PUBLIC_PORT": str(ports["front"]),
                 },
                 "volumes": [f"{tls}:/etc/nginx/tls:ro"],
@@ -128,7 +126,8 @@ def make_certificate(directory: Path) -> Path:
          "-keyout", str(directory / "tls.key"), "-out", str(directory / "tls.crt")],
         check=True, capture_output=True,
     )  # fmt: skip
-    (directory / "tls.key").chmod(0o644)  # read by nginx's master as root in the container
+    # As docs/deploy.md says: the front runs as uid 101, which must read the key (kept 0600).
+    os.chown(directory / "tls.key", 101, 101)
     return directory / "tls.crt"
 
 

@@ -4,9 +4,10 @@ The proxy's container is recreated at a new address; the 20 stops sent after it 
 again are all answered by dstack, none with a 502 (nginx alone resolved the name once, at start,
 and answered 502 until it was restarted).
 
-The images are the stand-ins of conftest.py (nothing can be pulled here): Debian's nginx 1.22
-(with the `listen ... http2` form) and Debian's HAProxy 2.6. The client reaches the front at its
-container's address on the project's bridge network."""
+The front's images are the shipped ones (deploy/nginx/ and deploy/haproxy/ Dockerfiles: Debian
+13's nginx 1.26 with `http2 on;`, and HAProxy 3.0), built by conftest.py on a debootstrap
+trixie, since nothing can be pulled here. The client reaches the front at its container's
+address on the project's bridge network, on the port the container listens on (8443)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,6 @@ def stack(
                     "dstack-coalescer": {"image": coalescer_image},
                     "front": {
                         "image": nginx_image,
-                        # Debian's nginx 1.22: the listen flag, not `http2 on;`.
-                        "environment": {"FRONT_LISTEN_HTTP2": " http2", "FRONT_HTTP2": ""},
                         "volumes": [f"{certificate.parent}:/etc/nginx/tls:ro"],
                     },
                     "ring": {"image": haproxy_image},
@@ -90,14 +89,14 @@ def stack(
         admin_token=token,
         proxy_url="",
         front_url="",
-        front_port=443,
+        front_port=8443,
         certificate=certificate,
     )
     try:
         stack.compose("up", "--detach", "--no-build")
         wait_for(lambda: stack.health("dstack-coalescer") == "healthy", "a healthy proxy")
         stack.url = f"http://{address(stack.container('dstack-server'))}:3000"
-        stack.front_url = f"https://{address(stack.container('front'))}"
+        stack.front_url = f"https://{address(stack.container('front'))}:8443"
         yield stack
     finally:
         stack.compose("kill", timeout=120)

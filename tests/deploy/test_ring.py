@@ -12,7 +12,9 @@ its real answer.
 
 The upstream is a fake: it must tell which replica called (each has an upstream port of its own)
 and hold calls long enough for a drain to matter, which a real dstack server cannot be made to
-do. No Docker engine is needed."""
+do. nginx and HAProxy run in the shipped front images (deploy/nginx/ and deploy/haproxy/
+Dockerfiles, built by conftest.py on a debootstrap trixie) on the host's network: the versions
+that ship, not the host's."""
 
 from __future__ import annotations
 
@@ -191,10 +193,21 @@ async def settle(
         await asyncio.sleep(0.5)
 
 
+@pytest.fixture
+def images(nginx_image: str, haproxy_image: str) -> tuple[str, str]:
+    """The shipped front images: (nginx, the HAProxy ring)."""
+    return nginx_image, haproxy_image
+
+
 @contextlib.asynccontextmanager
 async def ring_stack(
-    workdir: Path, discovery: str, count: int = REPLICAS, delay: float = UPSTREAM_DELAY
+    workdir: Path,
+    images: tuple[str, str],
+    discovery: str,
+    count: int = REPLICAS,
+    delay: float = UPSTREAM_DELAY,
 ) -> AsyncIterator[Stack]:
+    nginx_image, haproxy_image = images
     base = f"127.{random.randint(64, 250)}.{random.randint(0, 250)}"
     addresses = [f"{base}.{10 + i}" for i in range(count)]
     port, admin_port = find_free_port(addresses[0]), find_free_port(addresses[0])
@@ -226,13 +239,14 @@ async def ring_stack(
             with dns:
                 env["RING_NAMESERVER"] = dns.address
                 with (
-                    HaproxyRing(workdir / "ring", discovery, env) as ring,
+                    HaproxyRing(workdir / "ring", discovery, env, haproxy_image) as ring,
                     NginxFront(
                         workdir / "nginx",
                         [ring.address],
                         # Compose: nginx reaches dstack through the ring, which follows it.
                         env.get("RING_DSTACK_LISTEN", f"127.0.0.1:{upstream.ports[0]}"),
                         cert,
+                        image=nginx_image,
                     ) as front,
                 ):
                     tls = ssl.create_default_context(cafile=str(cert[0]))
@@ -258,9 +272,9 @@ def split(where: dict[str, int]) -> str:
 
 @pytest.mark.parametrize("discovery", ["statefulset.cfg", "service.cfg"])
 async def test_each_project_on_one_replica_through_dns_changes(
-    discovery: str, tmp_path: Path
+    discovery: str, tmp_path: Path, images: tuple[str, str]
 ) -> None:
-    async with ring_stack(tmp_path, discovery) as stack:
+    async with ring_stack(tmp_path, images, discovery) as stack:
         everyone = set(range(REPLICAS))
         # Every replica resolved and healthy: each has some of the projects.
         await settle(
@@ -309,12 +323,15 @@ def in_flight(replica: Replica) -> int:
 
 async def test_a_rolling_restart_under_a_steady_stream_of_stops_loses_no_caller(
     tmp_path: Path,
+    images: tuple[str, str],
 ) -> None:
     """Two replicas restarted one after the other as Kubernetes does it (the name leaves DNS,
     preStop waits, SIGTERM drains with the shipped drain_seconds, a new pod takes the name),
     while stops keep arriving for ten projects: each gets dstack's answer, none is sent twice."""
     projects = PROJECTS[:10]
-    async with ring_stack(tmp_path, "statefulset.cfg", count=2, delay=ROLLOUT_DELAY) as stack:
+    async with ring_stack(
+        tmp_path, images, "statefulset.cfg", count=2, delay=ROLLOUT_DELAY
+    ) as stack:
         await settle(stack, projects, lambda landed: len(set(landed.values())) == 2, starting=True)
         mark = len(stack.upstream.calls)
         answers: list[tuple[int, bytes]] = []
@@ -369,10 +386,12 @@ async def test_a_rolling_restart_under_a_steady_stream_of_stops_loses_no_caller(
         assert not any(d.startswith("0 held") for d in drains), drains
 
 
-async def test_a_recreated_replica_at_a_new_address_is_followed(tmp_path: Path) -> None:
+async def test_a_recreated_replica_at_a_new_address_is_followed(
+    tmp_path: Path, images: tuple[str, str]
+) -> None:
     """Compose recreates a container with a new address under the same name: the ring follows
     it (where nginx alone answered 502 until restarted), and so does the way to dstack."""
-    async with ring_stack(tmp_path, "service.cfg", count=1) as stack:
+    async with ring_stack(tmp_path, images, "service.cfg", count=1) as stack:
         everyone = {0}
         await settle(stack, PROJECTS[:1], lambda landed: True, starting=True)
         old = stack.replicas[0]

@@ -1,12 +1,18 @@
 """A real nginx started from the shipped front template (deploy/nginx/), its placeholders filled
 for the test, with a self-signed certificate made by `openssl`; and the readers of its access
-log and of the proxies' /metrics that the front tests assert on."""
+log and of the proxies' /metrics that the front tests assert on.
+
+nginx and HAProxy run either from the host's Debian packages (Debian 12: nginx 1.22, HAProxy
+2.6), or, given `image`, inside the shipped front images (deploy/nginx/ and deploy/haproxy/
+Dockerfiles: Debian 13's nginx 1.26 and HAProxy 3.0) on the host's network, with the test's
+files mounted at the same paths."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -49,6 +55,34 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
+def in_image(
+    image: str,
+    name: str,
+    binary: str,
+    mounts: Sequence[Path],
+    env: Mapping[str, str],
+    user: str = "",
+) -> list[str]:
+    """The command line that runs `binary` in `image` as container `name`, in the foreground,
+    on the host's network, with `mounts` at the same paths and `env` set. `docker run` passes
+    the signals it gets to the process (graceful stops included) and exits with its status."""
+    command = ["docker", "run", "--rm", "--name", name, "--network", "host"]
+    command += ["--entrypoint", binary]
+    command += ["--user", user] if user else []
+    command += [f"--volume={m}:{m}" for m in mounts]
+    command += [f"--env={key}={value}" for key, value in env.items()]
+    return [*command, image]
+
+
+def remove_container(name: str) -> None:
+    """Make sure container `name` is gone, whatever its process did with the stop signal."""
+    subprocess.run(["docker", "rm", "--force", name], capture_output=True, check=False)
+
+
+def container_name() -> str:
+    return f"dcx-front-{secrets.token_hex(4)}"
+
+
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost: (certificate, key)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
@@ -87,15 +121,18 @@ class NginxFront:
         dstack: str,
         cert: tuple[Path, Path],
         route: str = "batchable",
+        image: str | None = None,
     ) -> None:
-        self.dir, self.port = directory, find_free_port()
+        self.dir, self.port, self.image = directory, find_free_port(), image
+        self.container = container_name()
+        self.mounts = sorted({directory, cert[0].parent, cert[1].parent})
         self.url = f"https://127.0.0.1:{self.port}"
         self.values = {
             "FRONT_LISTEN": f"127.0.0.1:{self.port}",
             "FRONT_PUBLIC_PORT": str(self.port),
-            # Debian 12's nginx (1.22) predates `http2 on;`.
-            "FRONT_LISTEN_HTTP2": " http2",
-            "FRONT_HTTP2": "",
+            # As shipped in the image (nginx 1.26); Debian 12's nginx (1.22) predates `http2 on;`.
+            "FRONT_LISTEN_HTTP2": "" if image else " http2",
+            "FRONT_HTTP2": "http2 on;" if image else "",
             "FRONT_TLS_CERT": str(cert[0]),
             "FRONT_TLS_KEY": str(cert[1]),
             "FRONT_COALESCER_SERVERS": " ".join(f"server {a};" for a in coalescers),
@@ -112,9 +149,22 @@ class NginxFront:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "front.conf").write_text(render(TEMPLATE.read_text(), self.values))
         conf = write_conf(self.dir, _FRONT_HTTP.format(dir=self.dir), "info", 1024)
+        command = (
+            in_image(
+                # As root: the test's directory is private to it (nginx's workers drop to nobody).
+                self.image,
+                self.container,
+                "nginx",
+                self.mounts,
+                {},
+                user="0:0",
+            )
+            if self.image
+            else [nginx_executable()]
+        )
         self.proc = subprocess.Popen(
             [
-                nginx_executable(),
+                *command,
                 "-p", str(self.dir),
                 "-c", str(conf),
                 "-e", str(self.dir / "error.log"),
@@ -140,14 +190,15 @@ class NginxFront:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.image:
+            remove_container(self.container)
 
     def error_log(self) -> str:
         path = self.dir / "error.log"
@@ -258,8 +309,15 @@ class HaproxyRing:
     """The shipped hash ring (deploy/haproxy/ring.cfg and a discovery file), run by a real
     HAProxy with the environment the deployment sets, on a free loopback port."""
 
-    def __init__(self, directory: Path, discovery: str, env: Mapping[str, str]) -> None:
-        self.dir, self.discovery = directory, discovery
+    def __init__(
+        self,
+        directory: Path,
+        discovery: str,
+        env: Mapping[str, str],
+        image: str | None = None,
+    ) -> None:
+        self.dir, self.discovery, self.image = directory, discovery, image
+        self.container = container_name()
         self.port = find_free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {"PATH": os.environ.get("PATH", ""), "RING_LISTEN": self.address, **env}
@@ -272,9 +330,14 @@ class HaproxyRing:
     def __enter__(self) -> HaproxyRing:
         self.dir.mkdir(parents=True, exist_ok=True)
         files = ["-f", str(RING_DIR / "ring.cfg"), "-f", str(RING_DIR / self.discovery)]
+        if self.image:
+            env = {k: v for k, v in self.env.items() if k != "PATH"}
+            command = in_image(self.image, self.container, "haproxy", [self.dir, RING_DIR], env)
+        else:
+            command = [debian_tool("haproxy", "haproxy")]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [debian_tool("haproxy", "haproxy"), "-db", *files],
+                [*command, "-db", *files],
                 env=self.env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -293,12 +356,15 @@ class HaproxyRing:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            # In the image HAProxy is PID 1, which ignores SIGTERM: its stop signal (soft stop).
+            self.proc.send_signal(signal.SIGUSR1 if self.image else signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.image:
+            remove_container(self.container)
 
     def log_tail(self) -> str:
         return self.log.read_text()[-3000:] if self.log.exists() else ""

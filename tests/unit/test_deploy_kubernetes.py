@@ -162,6 +162,29 @@ def test_images_are_set_in_the_kustomization_only() -> None:
                 assert c["image"] in names, path  # a bare name, tagged by `images:`
 
 
+def test_the_front_images_are_the_shipped_dockerfiles_in_compose_and_kubernetes() -> None:
+    """Compose builds the front from deploy/nginx/ and deploy/haproxy/ under the same names and
+    tags that the kustomization sets, and the nginx image's port is the one both use."""
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    tags = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+    for service, folder, name in (
+        ("front", "nginx", "dstack-front-nginx"),
+        ("ring", "haproxy", "dstack-front-ring"),
+    ):
+        context = (ROOT / "deploy" / compose[service]["build"]["context"]).resolve()
+        assert context == ROOT / "deploy" / folder
+        assert (context / "Dockerfile").read_text().startswith("# ")
+        assert compose[service]["image"] == tags[name]
+    dockerfile = (ROOT / "deploy" / "nginx" / "Dockerfile").read_text()
+    (exposed,) = re.findall(r"^EXPOSE (\d+)$", dockerfile, re.MULTILINE)
+    assert "USER 101:101" in dockerfile  # unprivileged: no port below 1024
+    assert compose["front"]["environment"]["FRONT_LISTEN"] == exposed
+    assert compose["front"]["ports"] == [f"443:{exposed}"]
+    nginx = _container("Deployment", "dstack-front", "nginx")
+    assert _env(nginx)["FRONT_LISTEN"] == exposed == str(_ports(nginx)["https"])
+
+
 def test_the_configmap_is_config_yaml_with_only_the_pod_values_changed() -> None:
     shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
     in_pod = yaml.safe_load(_one("ConfigMap", "dstack-coalescer-config")["data"]["config.yaml"])
@@ -281,7 +304,7 @@ def test_the_front_runs_nginx_and_the_ring_with_every_placeholder_set() -> None:
     env = _env(nginx)
     rendered = render(data["default.conf.template"], env)  # KeyError if one is missing
     assert f"listen {_ports(nginx)['https']} ssl;" in rendered
-    assert "http2 on;" in rendered  # the image is nginx 1.28
+    assert "http2 on;" in rendered  # the image is nginx 1.26 (deploy/nginx/Dockerfile)
     assert "proxy_set_header X-Forwarded-Port 443;" in rendered
     assert env["FRONT_ROUTE"] == "batchable"
     assert env["FRONT_DSTACK_SERVER"] == "dstack-server:3000"

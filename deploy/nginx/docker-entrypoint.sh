@@ -1,7 +1,7 @@
 #!/bin/sh
-# What the official nginx image does at start with /etc/nginx/templates: every
-# NAME.conf.template becomes conf.d/NAME.conf, with the defined environment variables
-# substituted (and only those, so nginx's own $variables stay).
+# The front image's template step, as the official nginx image does it at start: every
+# /etc/nginx/templates/NAME.conf.template becomes /etc/nginx/conf.d/NAME.conf, with the defined
+# environment variables substituted (and only those, so nginx's own $variables stay).
 set -eu
 defined="$(printf '${%s} ' $(env | cut -d= -f1))"
 for template in /etc/nginx/templates/*.template; do
