@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.processes import FastUpstream, ProxyProcess
-from harness.runs import create_active_runs, run_states, stop_runs_until_finished
+from harness.runs import create_active_runs, stop_runs_until_finished
 from harness.server import DstackServer
 from harness.versions import CURRENT_VERSION
 
 from . import servers
 from .usage import Sampler
-from .workload import WAYS, Way, bodies_for, post_all
+from .workload import WAYS, Way, bodies_for, fire, post_all, settled
 
 OPS = ("stop", "delete")
 BROWSER_N, BROWSER_CONNECTIONS = 20, 6
@@ -65,24 +65,10 @@ def phase(
     base = proxy_url if way == "proxy singles" else server.url
     mark = server.log_mark()
     with Sampler(server) as sampler:
-        started = time.perf_counter()
-        answers = asyncio.run(
-            post_all(
-                base,
-                f"/api/project/{project}/runs/{op}",
-                bodies_for(way, op, names),
-                server.admin_token,
-                connections,
-            )
-        )
-        wall = time.perf_counter() - started
+        answers, wall = fire(base, server.admin_token, way, op, project, names, connections)
     usage = sampler.usage
     assert usage is not None
-    calls = server.count_requests(f"/runs/{op}", since=mark)
-    states = run_states(server, project, include_deleted=True, created=names)
-    wanted = {"deleted"} if op == "delete" else {"terminating", "terminated"}
-    non_200 = sum(1 for status, _ in answers if status != 200)
-    ok = non_200 == 0 and all(states.get(n) in wanted for n in names)
+    calls, non_200, ok = settled(server, mark, op, project, names, answers)
     return Phase(
         way,
         op,

@@ -4,15 +4,13 @@ connections, each naming a fresh run (active for the stop, finished for the dele
 
 from __future__ import annotations
 
-import http.client
-import json
-import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from harness.api import create_project
 from harness.runs import create_active_runs, stop_runs_until_finished
 from harness.server import DstackServer
+
+from .workload import connect, timed_one
 
 CHUNK = 10  # pairs per batch of fresh runs: keeps the server's pipeline small
 
@@ -22,26 +20,6 @@ class LonePairs:
     op: str
     direct_ms: list[float] = field(default_factory=list)
     proxy_ms: list[float] = field(default_factory=list)  # adjacent in time to direct_ms[i]
-
-
-def _connect(url: str) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-
-
-def _timed(conn: http.client.HTTPConnection, op: str, project: str, name: str, token: str) -> float:
-    body: dict[str, object] = {"runs_names": [name]}
-    if op == "stop":
-        body["abort"] = False
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    started = time.perf_counter()
-    conn.request("POST", f"/api/project/{project}/runs/{op}", json.dumps(body), headers)
-    resp = conn.getresponse()
-    resp.read()
-    elapsed = (time.perf_counter() - started) * 1000
-    if resp.status != 200:
-        raise RuntimeError(f"lone {op} via {conn.host}:{conn.port} -> {resp.status}")
-    return elapsed
 
 
 def _pairs(
@@ -56,14 +34,14 @@ def _pairs(
     """One op at a time to both targets in alternating order, on connections opened and warmed
     up (a no-op stop naming no run) just before: a connection idle while runs are created
     would be closed by the server's keep-alive timeout."""
-    conns = {t: _connect(url) for t, url in urls.items()}
+    conns = {t: connect(url) for t, url in urls.items()}
     try:
         for conn in conns.values():
-            _timed(conn, "stop", project, "warm-up", server.admin_token)
+            timed_one(conn, "stop", project, "warm-up", server.admin_token)
         for i in range(len(names["direct"])):
             order = ("direct", "proxy") if (offset + i) % 2 == 0 else ("proxy", "direct")
             for t in order:
-                ms = _timed(conns[t], op, project, names[t][i], server.admin_token)
+                ms = timed_one(conns[t], op, project, names[t][i], server.admin_token)
                 (kept.direct_ms if t == "direct" else kept.proxy_ms).append(ms)
     finally:
         for conn in conns.values():

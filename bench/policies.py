@@ -10,20 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from harness.api import create_project
 from harness.processes import FastUpstream, ProcessStartError, ProxyProcess
 from harness.runs import create_active_runs, stop_runs
 from harness.server import DstackServer
 
-from .workload import Measured, bodies_for, measure, post_all
+from .workload import Measured, bodies_for, connect, measure, post_all, timed_one
 
 POLICIES = ("quiet", "window", "idle", "adaptive")
 CHUNK = 10  # lone pairs per batch of fresh runs: keeps the server's pipeline small
@@ -52,39 +50,21 @@ class PolicyResults:
     fast_100_s: list[float]  # 100 one-run stops at once against a server that answers at once
 
 
-def _timed_stop(conn: http.client.HTTPConnection, project: str, name: str, token: str) -> float:
-    body = json.dumps({"runs_names": [name], "abort": False})
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    started = time.perf_counter()
-    conn.request("POST", f"/api/project/{project}/runs/stop", body=body, headers=headers)
-    resp = conn.getresponse()
-    resp.read()
-    elapsed = (time.perf_counter() - started) * 1000
-    if resp.status != 200:
-        raise RuntimeError(f"lone stop via {conn.host}:{conn.port} -> {resp.status}")
-    return elapsed
-
-
-def _connect(url: str) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-
-
 def _interleaved(
     targets: dict[str, str], project: str, names: dict[str, list[str]], token: str, offset: int
 ) -> dict[str, list[float]]:
     """One stop at a time to every target in turn (order rotated each time), on kept-alive
     connections warmed up first, so the figure is the request, not the TCP handshake."""
     samples: dict[str, list[float]] = {t: [] for t in targets}
-    conns = {t: _connect(url) for t, url in targets.items()}
+    conns = {t: connect(url) for t, url in targets.items()}
     try:
         for conn in conns.values():
-            _timed_stop(conn, project, "warm-up", token)  # no such run: a no-op
+            timed_one(conn, "stop", project, "warm-up", token)  # no such run: a no-op
         for i in range(len(next(iter(names.values())))):
             order = list(targets)
             shift = (offset + i) % len(order)
             for t in order[shift:] + order[:shift]:
-                samples[t].append(_timed_stop(conns[t], project, names[t][i], token))
+                samples[t].append(timed_one(conns[t], "stop", project, names[t][i], token))
     finally:
         for conn in conns.values():
             conn.close()

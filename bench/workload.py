@@ -4,9 +4,12 @@ stopped (then deleted) one of three ways, with upstream calls read from the serv
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import time
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -62,6 +65,42 @@ def bodies_for(way: Way, op: str, names: list[str]) -> list[dict[str, object]]:
     return [{"runs_names": g, **extra} for g in groups]
 
 
+def fire(
+    base: str,
+    token: str,
+    way: Way,
+    op: str,
+    project: str,
+    names: list[str],
+    connections: int | None = None,
+) -> tuple[list[Answer], float]:
+    """Send the stops or deletes for `names` to `base` the given way (all at once, or over at
+    most `connections` connections): the answers and the wall time, s."""
+    started = time.perf_counter()
+    answers = asyncio.run(
+        post_all(
+            base,
+            f"/api/project/{project}/runs/{op}",
+            bodies_for(way, op, names),
+            token,
+            connections,
+        )
+    )
+    return answers, time.perf_counter() - started
+
+
+def settled(
+    server: DstackServer, mark: int, op: str, project: str, names: list[str], answers: list[Answer]
+) -> tuple[int, int, bool]:
+    """After `fire`: the server's calls since `mark`, the answers other than 200, and whether
+    every caller got 200 and every run changed as asked."""
+    calls = server.count_requests(f"/runs/{op}", since=mark)
+    states = run_states(server, project, include_deleted=True, created=names)
+    wanted = {"deleted"} if op == "delete" else {"terminating", "terminated"}
+    non_200 = sum(1 for status, _ in answers if status != 200)
+    return calls, non_200, non_200 == 0 and all(states.get(n) in wanted for n in names)
+
+
 def measure(
     server: DstackServer,
     proxy_url: str,
@@ -71,26 +110,36 @@ def measure(
     names: list[str],
     connections: int | None = None,
 ) -> Measured:
-    """Send the stops or deletes for `names` the given way (all at once, or over at most
-    `connections` connections); count the server's calls."""
+    """Send the stops or deletes for `names` the given way; count the server's calls."""
     base = proxy_url if way == "proxy singles" else server.url
     mark = server.log_mark()
-    started = time.perf_counter()
-    answers = asyncio.run(
-        post_all(
-            base,
-            f"/api/project/{project}/runs/{op}",
-            bodies_for(way, op, names),
-            server.admin_token,
-            connections,
-        )
-    )
-    wall = time.perf_counter() - started
-    calls = server.count_requests(f"/runs/{op}", since=mark)
-    states = run_states(server, project, include_deleted=True, created=names)
-    wanted = {"deleted"} if op == "delete" else {"terminating", "terminated"}
-    ok = {status for status, _ in answers} == {200} and all(states.get(n) in wanted for n in names)
+    answers, wall = fire(base, server.admin_token, way, op, project, names, connections)
+    calls, _, ok = settled(server, mark, op, project, names, answers)
     return Measured(way, op, len(names), calls, wall, ok)
+
+
+def connect(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+
+
+def timed_one(
+    conn: http.client.HTTPConnection, op: str, project: str, name: str, token: str
+) -> float:
+    """One stop or delete of `name` on the kept-alive `conn`: its time, ms; anything but a 200
+    is an error."""
+    body: dict[str, object] = {"runs_names": [name]}
+    if op == "stop":
+        body["abort"] = False
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    conn.request("POST", f"/api/project/{project}/runs/{op}", json.dumps(body), headers)
+    resp = conn.getresponse()
+    resp.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    if resp.status != 200:
+        raise RuntimeError(f"lone {op} via {conn.host}:{conn.port} -> {resp.status}")
+    return elapsed
 
 
 def stop_then_delete(
