@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.intake.fit import BypassReason
 from proxy.intake.limits import Limits
 
 
@@ -54,3 +55,9 @@ def test_release_gives_each_key_its_places_back_one_by_one() -> None:
     for key, size in (("a", 7), ("a", 1), ("b", 1)):
         limits.release(key, size)
     assert [limits.admit("a", 500), limits.admit("a", 500)] == [None, None]  # bytes came back
+
+
+def test_a_refusal_is_the_bypass_reason_the_intake_counts() -> None:
+    limits = Limits(max_pending=1, max_per_key=1, max_bytes=10)
+    assert limits.admit("a", 1) is None
+    assert limits.admit("a", 1) is BypassReason.PENDING_LIMIT
