@@ -139,7 +139,7 @@ class Batcher(Generic[K, T, R, C]):
         if self._closed or key in self._keys or not self._policy.may_lead(key, now):
             return None
         state = self._keys[key] = KeyQueue()
-        flight = InAir(frozenset(self._names(member)), now)
+        flight = InAir(frozenset(self._names(member)), now, led=True)
         state.flights.append(flight)
         landed = asyncio.get_running_loop().create_future()
         self._leads.add(landed)
@@ -193,6 +193,11 @@ class Batcher(Generic[K, T, R, C]):
         future = batch.add(member, now, self._names(member))
         if len(batch.futures) >= self._max_size and batch.due is None:
             batch.due = FlushReason.FULL
+        elif batch.leader is not None and self._policy.wave_whole(batch.waiters):
+            # A browser's whole first wave is in, however long it took to come: a quiet gap
+            # now, and a window from here at most.
+            batch.deadline = max(batch.deadline, now + self._window)
+            self._arm(batch, now)
         self._advance(state)
         return future
 
@@ -223,13 +228,16 @@ class Batcher(Generic[K, T, R, C]):
         now: float,
         follow_up: float | None,
     ) -> None:
-        """`quiet`: the batch gathers until its arrivals pause. If a follow-up opened it after
-        a flight of its key landed, it also waits for the flights that were in the air with
-        that one (started before it landed)."""
+        """`quiet`: the batch gathers until its arrivals pause (on a slow upstream, for a share
+        of a call). If a follow-up opened it after a flight of its key landed, it waits for the
+        flights that were in the air with that one (started before it landed) instead."""
         batch.deadline = now + self._window
         batch.quiet_from = now
         landed = self._policy.landed_at(batch.key, now)
-        if follow_up is not None and landed is not None:
+        if follow_up is None or landed is None:  # the rest of a burst, maybe of a leader's
+            led = (f for f in reversed(state.flights) if f.led)
+            batch.leader = next((f for f in led if self._policy.led_burst(f.started, now)), None)
+        else:
             # The callers of the key's other flights, which started with the one that answered
             # this caller but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or
             # five, more on a busy machine), send their next requests too when they land: it
@@ -243,18 +251,24 @@ class Batcher(Generic[K, T, R, C]):
             batch.deadline = now + hold + max(batch.linger, self._policy.quiet_gap)
         self._arm(batch, now)
 
-    def _quiet_due(self, batch: WaitingBatch[K, T, R, C]) -> float:
-        """When a gathering batch is due (`quiet`): a gap after its last arrival and after the
-        landing it waits for, and never later than its deadline."""
+    def _quiet_due(self, batch: WaitingBatch[K, T, R, C]) -> tuple[float, float]:
+        """When a gathering batch is due (`quiet`), and its deadline: a gap after its last
+        arrival and after the landing it waits for, and never later than its deadline; longer
+        for what may be a browser's first wave, while its leader is in the air
+        (`FlushPolicy.wave`)."""
         if batch.holding:
-            return batch.deadline
-        gap = self._policy.quiet_gap
-        return min(batch.deadline, max(batch.last_at + gap, batch.quiet_from + batch.linger))
+            return batch.deadline, batch.deadline
+        gap, deadline = self._policy.quiet_gap, batch.deadline
+        if batch.leader is not None and (
+            wave := self._policy.wave(batch.leader.started, batch.last_at, batch.waiters)
+        ):
+            gap, deadline = wave[0], max(deadline, wave[1])
+        return min(deadline, max(batch.last_at + gap, batch.quiet_from + batch.linger)), deadline
 
     def _arm(self, batch: WaitingBatch[K, T, R, C], now: float) -> None:
         if batch.window is not None:
             batch.window.cancel()
-        delay = max(self._quiet_due(batch) - now, 0.0)
+        delay = max(self._quiet_due(batch)[0] - now, 0.0)
         batch.window = self._clock.call_later(delay, lambda: self._quiet_check(batch))
         batch.timers.append(batch.window)
 
@@ -263,11 +277,11 @@ class Batcher(Generic[K, T, R, C]):
         if state is None or batch not in state.waiting or batch.due is not None:
             return
         now = self._clock.now()
-        due = self._quiet_due(batch)
+        due, deadline = self._quiet_due(batch)
         if now + _TIMER_SLACK < due:  # members arrived since it was armed: gather on
             self._arm(batch, now)
             return
-        batch.due = FlushReason.WINDOW if due >= batch.deadline else FlushReason.QUIET
+        batch.due = FlushReason.WINDOW if due >= deadline else FlushReason.QUIET
         self._advance(state)
 
     def _start_window(self, batch: WaitingBatch[K, T, R, C]) -> None:
@@ -359,6 +373,10 @@ class Batcher(Generic[K, T, R, C]):
         self._policy.landed(key, now)
         if self._policy.beside:
             for batch in state.waiting:
+                if batch.leader is flight:  # its burst's leader landed: a quiet gap now
+                    batch.leader = None
+                    if batch.due is None:
+                        self._arm(batch, now)
                 if flight in batch.holding:
                     batch.holding.remove(flight)
                     if not batch.holding and batch.due is None:

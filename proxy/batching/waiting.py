@@ -54,6 +54,7 @@ class InAir:
 
     names: frozenset[Hashable]
     started: float
+    led: bool = False  # a caller's own call on an idle key: the start of a burst, if any
     heard: float = 0.0  # when the upstream last answered one of its calls (or it started)
 
     def __post_init__(self) -> None:
@@ -79,6 +80,7 @@ class WaitingBatch(Generic[K, T, R, C]):
     holding: list[InAir] = field(default_factory=list)  # flights it waits to see land
     quiet_from: float = 0.0  # when the last of those landed
     deadline: float = 0.0  # `quiet`: it leaves by then, gathered or not
+    leader: InAir | None = None  # `quiet`: its burst's leader, while that is in the air
     linger: float = 0.0  # `quiet`: how long after the landing it waited for it still waits
 
     def add(

@@ -54,9 +54,13 @@ async def test_batches_naming_one_secret_never_fly_side_by_side(
     fake.gate = asyncio.Event()
     lists = [["s1"], ["s2"], ["s1", "s3"], ["s4"], ["s3"]]
     pending = []
-    for names in lists:  # staggered so the arrival order is known
+    for i, names in enumerate(lists):  # staggered so the arrival order is known
         body = {"secrets_names": names}
         pending.append(asyncio.ensure_future(proxy.post(SECRETS, json=body, headers=MEMBER)))
+        if i == 0:  # the leader in the air, then more than its five windows (0.1 s): the
+            # rest is no browser's first wave, which would wait for a longer pause
+            await _until(lambda: len(fake.calls) == 1, "the leader")
+            await asyncio.sleep(0.15)
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
     # [s1] leads; [s2] flies beside it. [s1 s3] and [s4] fill a batch that names s1, so it
