@@ -33,8 +33,10 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile deploy/nginx/Dockerfile deploy/haproxy/Dockerfile tests/deploy/*.Dockerfile
 
-# Every measurement in one run, on dstack 0.18.40 and 0.22.5 (about 20-25 min; --quick: a smoke
-# run): docs/measurements.md, docs/*.png, README.
+# Every measurement in one run, on dstack 0.18.40 and 0.22.5 with SQLite, and on Postgres for the
+# seed's claims (about 30 min, of which Postgres an estimated 6-7; --quick: a smoke run, about
+# 3 min of it on Postgres; --databases sqlite: without Postgres): docs/measurements.md,
+# docs/*.png, README.
 # Needs nginx and wrk from Debian: installed here when run as root.
 bench: $(STAMP) bench-tools
 	$(BIN)/python -m bench

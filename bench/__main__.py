@@ -1,6 +1,6 @@
-"""`make bench`: every measurement in one run, against a real dstack server and a fast upstream;
-writes docs/measurements.md, docs/measurements.json, the PNG plots in docs/ and the README's
-"Measured" section.
+"""`make bench`: every measurement in one run, against real dstack servers (0.18.40 and 0.22.5, on
+SQLite; on Postgres too for the seed's claims) and a fast upstream; writes docs/measurements.md,
+docs/measurements.json, the PNG plots in docs/ and the README's "Measured" section.
 
     .venv/bin/python -m bench [--quick] [--report-only]
 
@@ -32,7 +32,7 @@ JSON = DOCS / "measurements.json"
 KEEP = "<!-- Hand-written below this line; make bench keeps it. -->"
 
 
-def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Run:
+def measure(quick: bool, databases: tuple[str, ...] = ("sqlite", "postgres")) -> Run:
     settings = RunSettings(
         pairs=20 if quick else 60,
         policy_rounds=1 if quick else 3,
@@ -58,14 +58,15 @@ def measure(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Run:
         pol: policies.PolicyResults | None = None
         for spec in servers.specs(databases):
             print(f"== a real dstack {spec.label} server (about 20 s to start) ==", flush=True)
+            here = cmp.for_database(spec.database)
             with servers.running(spec) as server:
-                versions.append(compare.measure_version(server, work, cmp, spec))
+                versions.append(compare.measure_version(server, work, here, spec))
                 if spec.version == CURRENT_VERSION and spec.database == "sqlite":
                     print("== flush policies (dstack 0.22.5) ==", flush=True)
                     t0 = time.monotonic()
                     pol = policies.run(server, work / "pol", settings.pairs, settings.policy_rounds)
                     versions[-1].elapsed_s["policies"] = time.monotonic() - t0
-            compare.measure_alone(work, cmp, spec, versions[-1])
+            compare.measure_alone(work, here, spec, versions[-1])
     if pol is None:
         raise RuntimeError("the flush policies need dstack 0.22.5 on SQLite among the servers")
     return Run(
@@ -105,8 +106,9 @@ def main() -> None:
     parser.add_argument(
         "--databases",
         nargs="+",
-        default=["sqlite"],
-        help="server databases to measure each version on: sqlite, postgres",
+        default=["sqlite", "postgres"],
+        help="server databases to measure each version on (default: both; on Postgres only "
+        "what the seed's claims need)",
     )
     args = parser.parse_args()
     run = (

@@ -14,7 +14,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from .bulk import ClientCost, Phase
 from .lone import LonePairs
 from .plain import from_plain
 
+CLAIM_SIZES = (10, 50, 100)  # the N of the seed's claims (compare_claims.py)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -36,6 +38,7 @@ class Settings:
     lone_pairs: int
     cost_rounds: int
     databases: tuple[str, ...] = ("sqlite",)
+    alone: bool = True  # whether the N beyond the deletes' budget run as stops on fresh servers
 
     @staticmethod
     def make(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Settings:
@@ -57,10 +60,21 @@ class Settings:
             databases,
         )
 
+    def for_database(self, database: str) -> Settings:
+        """On SQLite, everything. On another database (Postgres, issue 18), only what the seed's
+        claims need, to stay within the bench's budget: the N of `CLAIM_SIZES` within the
+        deletes' budget, stops and deletes; no browser shape, no lone pairs, no fresh servers."""
+        if database == "sqlite":
+            return self
+        rounds = {n: r for n, r in self.rounds.items() if n in CLAIM_SIZES}
+        return replace(self, rounds=rounds, browser_rounds=0, lone_pairs=0, alone=False)
+
     def with_deletes(self, version: str) -> dict[int, int]:
         return {n: r for n, r in self.rounds.items() if n <= self.deletes_up_to.get(version, 0)}
 
     def stops_only(self, version: str) -> dict[int, int]:
+        if not self.alone:
+            return {}
         return {n: r for n, r in self.rounds.items() if n > self.deletes_up_to.get(version, 0)}
 
 
@@ -112,16 +126,18 @@ def measure_version(
             "at_once",
             lambda: bulk.at_once(server, proxy.url, settings.with_deletes(spec.version), label),
         )
-        print(f"== {label}: 20 over 6 connections ==", flush=True)
-        out.browser = _timed(
-            out.elapsed_s,
-            "browser",
-            lambda: bulk.browser(server, proxy.url, settings.browser_rounds, label),
-        )
-        print(f"== {label}: lone stops and deletes ==", flush=True)
-        out.lone = _timed(
-            out.elapsed_s, "lone", lambda: lone.run(server, proxy.url, settings.lone_pairs)
-        )
+        if settings.browser_rounds:
+            print(f"== {label}: 20 over 6 connections ==", flush=True)
+            out.browser = _timed(
+                out.elapsed_s,
+                "browser",
+                lambda: bulk.browser(server, proxy.url, settings.browser_rounds, label),
+            )
+        if settings.lone_pairs:
+            print(f"== {label}: lone stops and deletes ==", flush=True)
+            out.lone = _timed(
+                out.elapsed_s, "lone", lambda: lone.run(server, proxy.url, settings.lone_pairs)
+            )
     return out
 
 
@@ -162,16 +178,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--databases", nargs="+", default=["sqlite"], help="sqlite, postgres")
     args = parser.parse_args()
-    settings = Settings.make(args.quick)
+    settings = Settings.make(args.quick, tuple(args.databases))
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         work = Path(tmp)
         costs, cost_s = client_cost(work, settings)
         versions = []
         for spec in servers.specs(settings.databases):
+            here = settings.for_database(spec.database)
             with servers.running(spec) as server:
-                versions.append(measure_version(server, work, settings, spec))
-            measure_alone(work, settings, spec, versions[-1])
+                versions.append(measure_version(server, work, here, spec))
+            measure_alone(work, here, spec, versions[-1])
     result = Comparison(str(Config().policy), settings, versions, costs, cost_s)
     print(json.dumps(asdict(result)))
 

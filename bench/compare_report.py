@@ -88,8 +88,10 @@ def _usage_table(v: VersionResults) -> list[str]:
 
 
 def version_section(c: Comparison, v: VersionResults) -> str:
-    rounds = ", ".join(f"N = {n}: {r}" for n, r in c.settings.rounds.items())
-    alone = sorted(c.settings.stops_only(v.version))
+    settings = c.settings.for_database(v.database)
+    measured = settings.rounds if settings.alone else settings.with_deletes(v.version)
+    rounds = ", ".join(f"N = {n}: {r}" for n, r in measured.items())
+    alone = sorted(settings.stops_only(v.version))
     fresh = (
         f" Stops at N = {', '.join(map(str, alone))}: each way on a fresh server of its own."
         if alone
@@ -109,20 +111,34 @@ def version_section(c: Comparison, v: VersionResults) -> str:
             "",
             *(para(note) for note in _budget_notes(c, [v])),
             "",
-            para(
-                "The browser shape: 20 one-run requests over at most 6 kept-alive connections, "
-                f"each waiting for its answer ({c.settings.browser_rounds} round(s))."
+            *(
+                [
+                    para(
+                        "The browser shape: 20 one-run requests over at most 6 kept-alive "
+                        f"connections, each waiting for its answer ({settings.browser_rounds} "
+                        "round(s))."
+                    ),
+                    "",
+                    *_browser_table(v),
+                    "",
+                ]
+                if v.browser
+                else []
             ),
-            "",
-            *_browser_table(v),
-            "",
-            para(
-                "A lone request on a fresh run, direct and through the proxy in alternating "
-                "order; paired median of (proxy − direct) with its 95% bootstrap interval."
+            *(
+                [
+                    para(
+                        "A lone request on a fresh run, direct and through the proxy in "
+                        "alternating order; paired median of (proxy − direct) with its 95% "
+                        "bootstrap interval."
+                    ),
+                    "",
+                    *_lone_table(v),
+                    "",
+                ]
+                if v.lone
+                else []
             ),
-            "",
-            *_lone_table(v),
-            "",
             "What each phase cost the server (its log and its process tree, /proc):",
             "",
             *_usage_table(v),
@@ -225,7 +241,16 @@ def targets_summary(c: Comparison) -> str:
 def _budget_notes(c: Comparison, versions: list[VersionResults] | None = None) -> list[str]:
     notes = []
     for v in c.versions if versions is None else versions:
-        alone = sorted(c.settings.stops_only(v.version))
+        settings = c.settings.for_database(v.database)
+        if settings is not c.settings:
+            sizes = ", ".join(map(str, settings.with_deletes(v.version)))
+            notes.append(
+                f"On dstack {v.label}, only what the seed's claims need, within the bench's "
+                f"budget: N = {sizes} at once, stops and deletes; no browser shape, no lone "
+                "requests, no N beyond the deletes' budget."
+            )
+            continue
+        alone = sorted(settings.stops_only(v.version))
         if alone:
             notes.append(
                 f"On dstack {v.label}, deletes were measured up to N = "

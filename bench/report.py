@@ -25,6 +25,13 @@ def _servers(run: Run) -> str:
     return " and ".join(labels)
 
 
+def _databases(run: Run) -> str:
+    c = run.compare
+    if c is None or all(v.database == "sqlite" for v in c.versions):
+        return "SQLite"
+    return "SQLite; Postgres for the seed's claims, in a throw-away cluster"
+
+
 def _header(run: Run) -> str:
     m = run.machine
     return para(
@@ -32,7 +39,7 @@ def _header(run: Run) -> str:
         "end; hand-written notes go below it. "
         f"Run of {m.date} on {m.cores} cores ({m.cpu}), Linux {m.kernel}, "
         f"Python {m.python}, aiohttp {m.aiohttp}, real dstack {_servers(run)} "
-        f"servers with SQLite on loopback, commit `{m.commit}`; the whole run took "
+        f"servers on loopback ({_databases(run)}), commit `{m.commit}`; the whole run took "
         f"{run.elapsed_s / 60:.1f} min. Upstream calls are counted from the dstack "
         "server's own DEBUG log, never from the proxy's metrics. The machine is shared "
         f"with other work (load average {m.load} at the start, {m.load_at_end} at the "

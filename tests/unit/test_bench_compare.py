@@ -104,3 +104,25 @@ def test_every_n_is_measured_once_either_with_its_deletes_or_stops_only() -> Non
             assert not set(both) & set(alone)
             assert {**both, **alone} == s.rounds
     assert 100 not in Settings.make(False).with_deletes("0.18.40")
+
+
+def test_a_postgres_backed_version_measures_only_the_claims_and_gets_its_own_rows() -> None:
+    full = Settings.make(False, ("sqlite", "postgres"))
+    pg = full.for_database("postgres")
+    assert full.for_database("sqlite") is full
+    assert sorted(pg.rounds) == [10, 50, 100]
+    assert (pg.browser_rounds, pg.lone_pairs) == (0, 0)
+    assert pg.stops_only("0.18.40") == {} and sorted(pg.with_deletes("0.18.40")) == [10, 50]
+    c = _comparison(0.08, 0.5, 0)
+    sqlite = c.versions[0]
+    on_pg = dataclasses.replace(sqlite, database="postgres", browser=[], lone=[])
+    c = dataclasses.replace(c, versions=[sqlite, on_pg])
+    assert [(x.version, x.holds) for x in claims(c)][3:] == [
+        ("0.18.40 (postgres)", "yes"),
+        ("0.18.40 (postgres)", "yes"),
+        ("0.18.40 (postgres)", "**no**"),
+    ]
+    text = section(c)
+    assert "| about 80% less request time for 10 runs | 0.18.40 (postgres) |" in text
+    assert "On dstack 0.18.40 (postgres), only what the seed's claims need" in text
+    assert text.count("The browser shape") == 1 and text.count("A lone request") == 1
