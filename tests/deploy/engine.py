@@ -34,6 +34,10 @@ HAPROXY_IMAGE = "dstack-front-ring:test"
 WHEELHOUSE_PORT = 38941
 
 
+MEASURED: dict[str, str] = {}
+"""Figures the tests measured, printed at the end of the run (tests/deploy/conftest.py)."""
+
+
 class EngineError(RuntimeError):
     """No Docker engine could be set up; the message says why."""
 

@@ -57,7 +57,9 @@ def _host_port(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def setup(
+    dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory, nginx_image: str
+) -> Iterator[Setup]:
     workdir = tmp_path_factory.mktemp("front")
     cert = make_certificate(workdir)
     args = ("--trusted-proxies", "127.0.0.1", "--policy", REPLICA_POLICY, "--log-level", "info")
@@ -69,6 +71,7 @@ def setup(dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory)
             [_host_port(one.url), _host_port(two.url)],
             _host_port(dstack_server.url),
             cert,
+            nginx_image,
         ) as front,
     ):
         projects = _two_projects_on_two_replicas(front, cert[0])
@@ -242,11 +245,13 @@ async def test_ui_api_websocket_and_large_upload_pass_the_front_unchanged(setup:
 
 
 @pytest.mark.parametrize("route", ["all", "none"])
-async def test_the_documented_switch_routes_everything_one_way(setup: Setup, route: str) -> None:
+async def test_the_documented_switch_routes_everything_one_way(
+    setup: Setup, route: str, nginx_image: str
+) -> None:
     replicas = [_host_port(r.url) for r in setup.replicas]
     dstack = _host_port(setup.server.url)
     with NginxFront(
-        setup.workdir / f"nginx-{route}", replicas, dstack, setup.cert, route=route
+        setup.workdir / f"nginx-{route}", replicas, dstack, setup.cert, nginx_image, route=route
     ) as front:
         async with _client(setup.cert[0], http2=True) as client:
             page = await client.get(front.url + "/")
@@ -267,7 +272,7 @@ async def test_the_documented_switch_routes_everything_one_way(setup: Setup, rou
 
 
 async def test_an_unknown_route_value_fails_loudly_rather_than_routing_one_way(
-    setup: Setup,
+    setup: Setup, nginx_image: str
 ) -> None:
     replicas = [_host_port(r.url) for r in setup.replicas]
     with NginxFront(
@@ -275,6 +280,7 @@ async def test_an_unknown_route_value_fails_loudly_rather_than_routing_one_way(
         replicas,
         _host_port(setup.server.url),
         setup.cert,
+        nginx_image,
         route="mergeable",  # not a value of the switch
     ) as front:
         async with _client(setup.cert[0], http2=True) as client:
@@ -287,7 +293,7 @@ async def test_an_unknown_route_value_fails_loudly_rather_than_routing_one_way(
 
 
 async def test_forwarded_headers_keepalive_and_websockets_at_a_recording_upstream(
-    setup: Setup, aiohttp_server: AiohttpServer
+    setup: Setup, aiohttp_server: AiohttpServer, nginx_image: str
 ) -> None:
     # What dstack cannot show on demand: the headers it was sent, the connection they came on,
     # and an accepted WebSocket. A recording app stands in for it behind FRONT_ROUTE=none.
@@ -312,6 +318,7 @@ async def test_forwarded_headers_keepalive_and_websockets_at_a_recording_upstrea
         replicas,
         f"127.0.0.1:{upstream.port}",
         setup.cert,
+        nginx_image,
         route="none",
     ) as front:
         forged = {"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"}

@@ -75,7 +75,9 @@ def playwright() -> Iterator[Playwright]:
 
 
 @pytest.fixture(scope="module")
-def front(dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+def front(
+    dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory, nginx_image: str
+) -> Iterator[Front]:
     """The shipped front (deploy/nginx/) with TLS, before two proxy replicas configured as
     deploy/kubernetes runs them."""
     workdir = tmp_path_factory.mktemp("ui-front")
@@ -89,6 +91,7 @@ def front(dstack_server: DstackServer, tmp_path_factory: pytest.TempPathFactory)
             [one.url.split("//", 1)[1], two.url.split("//", 1)[1]],
             dstack_server.url.split("//", 1)[1],
             cert,
+            nginx_image,
         ) as nginx,
     ):
         yield Front(nginx.url, nginx)

@@ -2,10 +2,10 @@
 for the test, with a self-signed certificate made by `openssl`; and the readers of its access
 log and of the proxies' /metrics that the front tests assert on.
 
-nginx and HAProxy run either from the host's Debian packages (Debian 12: nginx 1.22, HAProxy
-2.6), or, given `image`, inside the shipped front images (deploy/nginx/ and deploy/haproxy/
-Dockerfiles: Debian 13's nginx 1.26 and HAProxy 3.0) on the host's network, with the test's
-files mounted at the same paths."""
+nginx and HAProxy run inside the shipped front images (deploy/nginx/ and deploy/haproxy/
+Dockerfiles: Debian 13's nginx 1.26 and HAProxy 3.0; the `nginx_image` and `haproxy_image`
+fixtures of tests/conftest.py), on the host's network, with the test's files mounted at the same
+paths: the versions that ship, not the host's."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.nginx import debian_tool, nginx_executable, write_conf
+from harness.nginx import debian_tool, write_conf
 from harness.processes import Process, find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,8 +120,8 @@ class NginxFront:
         coalescers: Sequence[str],
         dstack: str,
         cert: tuple[Path, Path],
+        image: str,
         route: str = "batchable",
-        image: str | None = None,
     ) -> None:
         self.dir, self.port, self.image = directory, find_free_port(), image
         self.container = container_name()
@@ -130,9 +130,9 @@ class NginxFront:
         self.values = {
             "FRONT_LISTEN": f"127.0.0.1:{self.port}",
             "FRONT_PUBLIC_PORT": str(self.port),
-            # As shipped in the image (nginx 1.26); Debian 12's nginx (1.22) predates `http2 on;`.
-            "FRONT_LISTEN_HTTP2": "" if image else " http2",
-            "FRONT_HTTP2": "http2 on;" if image else "",
+            # As shipped: the image's nginx 1.26 takes `http2 on;`.
+            "FRONT_LISTEN_HTTP2": "",
+            "FRONT_HTTP2": "http2 on;",
             "FRONT_TLS_CERT": str(cert[0]),
             "FRONT_TLS_KEY": str(cert[1]),
             "FRONT_COALESCER_SERVERS": " ".join(f"server {a};" for a in coalescers),
@@ -149,19 +149,8 @@ class NginxFront:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "front.conf").write_text(render(TEMPLATE.read_text(), self.values))
         conf = write_conf(self.dir, _FRONT_HTTP.format(dir=self.dir), "info", 1024)
-        command = (
-            in_image(
-                # As root: the test's directory is private to it (nginx's workers drop to nobody).
-                self.image,
-                self.container,
-                "nginx",
-                self.mounts,
-                {},
-                user="0:0",
-            )
-            if self.image
-            else [nginx_executable()]
-        )
+        # As root: the test's directory is private to it (nginx's workers drop to nobody).
+        command = in_image(self.image, self.container, "nginx", self.mounts, {}, user="0:0")
         self.proc = subprocess.Popen(
             [
                 *command,
@@ -197,8 +186,7 @@ class NginxFront:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.image:
-            remove_container(self.container)
+        remove_container(self.container)
 
     def error_log(self) -> str:
         path = self.dir / "error.log"
@@ -314,7 +302,7 @@ class HaproxyRing:
         directory: Path,
         discovery: str,
         env: Mapping[str, str],
-        image: str | None = None,
+        image: str,
     ) -> None:
         self.dir, self.discovery, self.image = directory, discovery, image
         self.container = container_name()
@@ -330,11 +318,8 @@ class HaproxyRing:
     def __enter__(self) -> HaproxyRing:
         self.dir.mkdir(parents=True, exist_ok=True)
         files = ["-f", str(RING_DIR / "ring.cfg"), "-f", str(RING_DIR / self.discovery)]
-        if self.image:
-            env = {k: v for k, v in self.env.items() if k != "PATH"}
-            command = in_image(self.image, self.container, "haproxy", [self.dir, RING_DIR], env)
-        else:
-            command = [debian_tool("haproxy", "haproxy")]
+        env = {k: v for k, v in self.env.items() if k != "PATH"}
+        command = in_image(self.image, self.container, "haproxy", [self.dir, RING_DIR], env)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*command, "-db", *files],
@@ -356,15 +341,14 @@ class HaproxyRing:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            # In the image HAProxy is PID 1, which ignores SIGTERM: its stop signal (soft stop).
-            self.proc.send_signal(signal.SIGUSR1 if self.image else signal.SIGTERM)
+            # HAProxy is the container's PID 1, which ignores SIGTERM: the image's stop signal.
+            self.proc.send_signal(signal.SIGUSR1)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.image:
-            remove_container(self.container)
+        remove_container(self.container)
 
     def log_tail(self) -> str:
         return self.log.read_text()[-3000:] if self.log.exists() else ""
