@@ -50,14 +50,16 @@ def _claim_time(c: Comparison, v: VersionResults) -> Claim:
 def _claim_locked(v: VersionResults) -> Claim:
     text = 'no "database is locked" at 50'
     by = cells(v.at_once)
-    if ("stop", 50, "proxy singles") not in by:
+    # Deletes at N = 50 may lie beyond the version's deletes' budget (stops only there).
+    ops = [op for op in ("stop", "delete") if all((op, 50, w) in by for w in WAY_NAMES)]
+    if not ops:
         return Claim(text, v.label, "N = 50 not measured in this run", "not measured")
-    proxy = sum(by[(op, 50, "proxy singles")].locked for op in ("stop", "delete"))
-    direct = sum(by[(op, 50, "direct singles")].locked for op in ("stop", "delete"))
-    errors = sum(by[(op, 50, w)].errors for op in ("stop", "delete") for w in WAY_NAMES)
+    proxy = sum(by[(op, 50, "proxy singles")].locked for op in ops)
+    direct = sum(by[(op, 50, "direct singles")].locked for op in ops)
+    errors = sum(by[(op, 50, w)].errors for op in ops for w in WAY_NAMES)
     measured = (
-        f"locked lines at N = 50, stops and deletes: proxy {proxy}, direct singles {direct}; "
-        f"other server errors (every way) {errors}"
+        f"locked lines at N = 50, {' and '.join(f'{op}s' for op in ops)}: proxy {proxy}, "
+        f"direct singles {direct}; other server errors (every way) {errors}"
     )
     if proxy == 0 and direct == 0:
         measured += "; direct did not lock either, so there was no locking for the proxy to remove"

@@ -126,3 +126,13 @@ def test_a_postgres_backed_version_measures_only_the_claims_and_gets_its_own_row
     assert "| about 80% less request time for 10 runs | 0.18.40 (postgres) |" in text
     assert "On dstack 0.18.40 (postgres), only what the seed's claims need" in text
     assert text.count("The browser shape") == 1 and text.count("A lone request") == 1
+
+
+def test_the_locking_claim_reads_the_stops_alone_where_deletes_at_50_were_not_measured() -> None:
+    c = _comparison(0.08, 0.5, 2)
+    v = c.versions[0]
+    stops_only = [p for p in v.at_once if not (p.op == "delete" and p.n == 50)]
+    c = dataclasses.replace(c, versions=[dataclasses.replace(v, at_once=stops_only)])
+    locked = {x.claim: x for x in claims(c)}['no "database is locked" at 50']
+    assert locked.holds == "**no**"
+    assert locked.measured.startswith("locked lines at N = 50, stops: proxy 2, direct singles 0")
