@@ -191,9 +191,11 @@ class Batcher(Generic[K, T, R, C]):
         if batch is None or (len(batch.futures) >= self._max_size and member not in batch.futures):
             batch = self._open(key, state, context(), now, follow_up)
         future = batch.add(member, now, self._names(member))
+        if batch.leader is not None:
+            batch.leader.company += 1
         if len(batch.futures) >= self._max_size and batch.due is None:
             batch.due = FlushReason.FULL
-        elif batch.leader is not None and self._policy.wave_whole(batch.waiters):
+        elif batch.leader is not None and self._policy.wave_whole(batch.leader.company):
             # A browser's whole first wave is in, however long it took to come: a quiet gap
             # now, and a window from here at most.
             batch.deadline = max(batch.deadline, now + self._window)
@@ -260,7 +262,7 @@ class Batcher(Generic[K, T, R, C]):
             return batch.deadline, batch.deadline
         gap, deadline = self._policy.quiet_gap, batch.deadline
         if batch.leader is not None and (
-            wave := self._policy.wave(batch.leader.started, batch.last_at, batch.waiters)
+            wave := self._policy.wave(batch.leader.started, batch.last_at, batch.leader.company)
         ):
             gap, deadline = wave[0], max(deadline, wave[1])
         return min(deadline, max(batch.last_at + gap, batch.quiet_from + batch.linger)), deadline

@@ -115,20 +115,22 @@ class FlushPolicy(Generic[K]):
         return led >= now - WAVE_WINDOWS * self.window
 
     @staticmethod
-    def wave_whole(waiters: int) -> bool:
-        """Whether a batch beside its leader just became a browser's whole first wave."""
-        return waiters + 1 == BROWSER_WAVE
+    def wave_whole(company: int) -> bool:
+        """Whether a burst with `company` besides its leader just became a browser's whole
+        first wave."""
+        return company + 1 == BROWSER_WAVE
 
-    def wave(self, led: float, last_at: float, waiters: int) -> tuple[float, float] | None:
+    def wave(self, led: float, last_at: float, company: int) -> tuple[float, float] | None:
         """`quiet`: the quiet gap and the deadline of a batch beside its burst's leader (led at
-        `led`, still in the air) if the burst may be a browser's first wave still arriving, or
+        `led`, still in the air; `company` requests since in batches beside it) if the burst
+        may be a browser's first wave still arriving, or
         None. A browser sends its first wave on fresh connections, which a busy machine sets
         up over tens of milliseconds (dstack 0.18.40's legacy UI, in Chromium: 35-70 ms), so
         the wave waits for a pause twice as long as it has been arriving; a burst of more
         requests (leader included) than a browser sends at once does not, and one that ends
         while its leader is in the air pays about twice its spread, bounded (docs/design.md,
         Flush policy). Once the leader lands (dstack 0.22.5: in 7 ms or so), nobody waits."""
-        if waiters + 1 >= BROWSER_WAVE:  # a whole wave, or more than a browser sends at once
+        if company + 1 >= BROWSER_WAVE:  # a whole wave, or more than a browser sends at once
             return None
         gap = self.quiet_gap + min(2 * (last_at - led), WAVE_GAP_WINDOWS * self.window)
         return gap, led + WAVE_WINDOWS * self.window

@@ -55,6 +55,7 @@ class InAir:
     names: frozenset[Hashable]
     started: float
     led: bool = False  # a caller's own call on an idle key: the start of a burst, if any
+    company: int = 0  # if led: the requests of its burst since, in batches beside it
     heard: float = 0.0  # when the upstream last answered one of its calls (or it started)
 
     def __post_init__(self) -> None:

@@ -462,6 +462,11 @@ async def test_quiet_a_burst_as_big_as_a_browsers_wave_waits_only_a_quiet_gap() 
         assert await small_burst(SLOW, arrivals[:size]) == [
             ([f"r{i}" for i in range(size)], pytest.approx(arrivals[size - 1] + QUIET))
         ]
+    # Nor do its stragglers, once a batch of it has left: the burst is more than a wave.
+    assert await small_burst(SLOW, (*arrivals[:5], 0.010, 0.011)) == [
+        ([f"r{i}" for i in range(5)], pytest.approx(arrivals[4] + QUIET)),
+        (["r5", "r6"], pytest.approx(0.011 + QUIET)),
+    ]
     # And one of four is held in to its window from the leader, however its arrivals trickle.
     trickle = (0.010, 0.030, 0.080, 0.095)
     assert await small_burst(SLOW, trickle, FlushReason.WINDOW) == [
