@@ -62,12 +62,13 @@ class Settings:
 
     def for_database(self, database: str) -> Settings:
         """On SQLite, everything. On another database (Postgres, issue 18), only what the seed's
-        claims need, to stay within the bench's budget: the N of `CLAIM_SIZES` within the
-        deletes' budget, stops and deletes; no browser shape, no lone pairs, no fresh servers."""
+        claims need, to stay within the bench's budget: the N of `CLAIM_SIZES`, stops and
+        deletes within the deletes' budget, stops alone beyond it (0.18.40's N = 100, for the
+        CPU and memory claim); no browser shape, no lone pairs."""
         if database == "sqlite":
             return self
         rounds = {n: r for n, r in self.rounds.items() if n in CLAIM_SIZES}
-        return replace(self, rounds=rounds, browser_rounds=0, lone_pairs=0, alone=False)
+        return replace(self, rounds=rounds, browser_rounds=0, lone_pairs=0)
 
     def with_deletes(self, version: str) -> dict[int, int]:
         return {n: r for n, r in self.rounds.items() if n <= self.deletes_up_to.get(version, 0)}

@@ -112,7 +112,8 @@ def test_a_postgres_backed_version_measures_only_the_claims_and_gets_its_own_row
     assert full.for_database("sqlite") is full
     assert sorted(pg.rounds) == [10, 50, 100]
     assert (pg.browser_rounds, pg.lone_pairs) == (0, 0)
-    assert pg.stops_only("0.18.40") == {} and sorted(pg.with_deletes("0.18.40")) == [10, 50]
+    assert pg.stops_only("0.18.40") == {100: 1} and sorted(pg.with_deletes("0.18.40")) == [10, 50]
+    assert pg.stops_only("0.22.5") == {} and sorted(pg.with_deletes("0.22.5")) == [10, 50, 100]
     c = _comparison(0.08, 0.5, 0)
     sqlite = c.versions[0]
     on_pg = dataclasses.replace(sqlite, database="postgres", browser=[], lone=[])
