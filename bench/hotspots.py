@@ -45,7 +45,7 @@ PACKAGES = (  # (label, path fragment), first match wins
 CONCERNS = (  # (label, path fragments); a sample counts once per concern it touches
     ("logging (structlog, logging)", ("structlog/", "logging/")),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("header policy (proxy/headers.py)", ("proxy/edge/headers.py",)),
+    ("header policy (proxy/edge/headers.py)", ("proxy/edge/headers.py",)),
     ("the upstream call (aiohttp client)", ("aiohttp/client", "aiohttp/connector.py")),
 )
 
