@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 from .clock import Clock, LoopClock
 from .policy import FlushPolicy, FlushReason, Policy
+from .readiness import Readiness
 from .waiting import (
     ClosedBatch,
     ExpireFn,
@@ -22,8 +23,11 @@ from .waiting import (
     KeyQueue,
     Waiters,
     WaitingBatch,
-    deliver,
     drop,
+    fly,
+    its_own_name,
+    no_names,
+    one_family,
     settle,
 )
 
@@ -35,37 +39,20 @@ R = TypeVar("R")
 C = TypeVar("C")
 
 
-HOLD_WINDOWS = 2  # `quiet`: a follow-up waits this many windows at least for its siblings
-FOLLOW_UP_MARGIN = 3.0  # and then this many times its clients' recent follow-up delay
-_TIMER_SLACK = 1e-4  # a loop's timer may fire this much early (its clock's resolution)
-
-
-def _itself(member: Hashable) -> tuple[Hashable]:
-    return (member,)
-
-
-def _nothing(member: Hashable) -> tuple[()]:
-    return ()
-
-
-def _one_family(key: Hashable) -> None:
-    return None
-
-
 class BatcherClosed(RuntimeError):
     """submit() after aclose(): the caller should do the work some other way."""
 
 
 class Batcher(Generic[K, T, R, C]):
-    """Batches members per key into calls of `flush`, with one flight per key at a time.
+    """Batches members per key into calls of `flush`: one flight per key at a time, or under
+    `quiet` one per name (a key's flights in the air together share no member's name).
 
-    A batch leaves when the policy says it is due and the key has no flight; members arriving
-    during a flight wait for it (group commit). At `max_size` members a batch is due and later
-    members start the next one. A batch still waiting `max_wait` after its first member, due but
-    behind a flight that has heard nothing from the upstream for `max_wait` (stuck), is never
-    sent: its submitters get `expire(batch)`. Flushes run in tasks of
-    their own, so a cancelled submitter never cancels the shared call. A caller may also `lead`
-    an idle key: make the key's flight itself, while later members wait for it.
+    A batch leaves when it is due (`Readiness`, by the policy) and no flight stops it; members
+    arriving meanwhile wait (group commit). At `max_size` members a batch is due and later ones
+    start the next. A due batch behind a flight silent for `max_wait` is never sent: its
+    submitters get `expire(batch)`. Flushes run in tasks of their own, so a cancelled submitter
+    never cancels the shared call. A caller may also `lead` an idle key: make the key's flight
+    itself, while later members wait for it.
     """
 
     def __init__(
@@ -84,12 +71,20 @@ class Batcher(Generic[K, T, R, C]):
     ) -> None:
         self._flush, self._expire = flush, expire
         self._policy = FlushPolicy[K](policy, window=window, quiet=quiet)
-        self._window, self._max_size = window, max_size
+        self._max_size = max_size
         # Under `quiet`, flights of one key share no name; `names` says what a member names.
-        self._names = (names or _itself) if self._policy.beside else _nothing
-        self._family = family or _one_family  # keys whose calls take alike long
-        self._max_wait = max(max_wait, window)
+        self._names = (names or its_own_name) if self._policy.beside else no_names
+        self._family = family or one_family  # keys whose calls take alike long
         self._clock = clock or LoopClock()
+        self._due = Readiness[K, T, R, C](
+            self._policy,
+            self._clock,
+            window,
+            max(max_wait, window),
+            self._family,
+            self._advance,
+            self._expired,
+        )
         # Mutated only in synchronous code (no await between lookup and change), so no lock.
         # A key is present while it has a waiting batch or a flight, removed when it has neither.
         self._keys: dict[K, KeyQueue[K, T, R, C]] = {}
@@ -191,15 +186,10 @@ class Batcher(Generic[K, T, R, C]):
         if batch is None or (len(batch.futures) >= self._max_size and member not in batch.futures):
             batch = self._open(key, state, context(), now, follow_up)
         future = batch.add(member, now, self._names(member))
-        if batch.leader is not None:
-            batch.leader.company += 1
-        if len(batch.futures) >= self._max_size and batch.due is None:
+        full = len(batch.futures) >= self._max_size and batch.due is None
+        if full:
             batch.due = FlushReason.FULL
-        elif batch.leader is not None and self._policy.wave_whole(batch.leader.company):
-            # A browser's whole first wave is in, however long it took to come: a quiet gap
-            # now, and a window from here at most.
-            batch.deadline = max(batch.deadline, now + self._window)
-            self._arm(batch, now)
+        self._due.joined(batch, state, now, full=full)
         self._advance(state)
         return future
 
@@ -213,90 +203,8 @@ class Batcher(Generic[K, T, R, C]):
     ) -> WaitingBatch[K, T, R, C]:
         batch: WaitingBatch[K, T, R, C] = WaitingBatch(key, context, now, now)
         state.waiting.append(batch)
-        if self._policy.beside and (state.flights or self._policy.waits_window(key, now)):
-            self._gather(batch, state, now, follow_up)
-        elif self._policy.waits_window(key, now):
-            self._start_window(batch)
-        else:
-            batch.due = FlushReason.IDLE
-        expiry = self._clock.call_later(self._max_wait, lambda: self._on_max_wait(state, batch))
-        batch.timers.append(expiry)
+        self._due.opened(batch, state, now, follow_up)
         return batch
-
-    def _gather(
-        self,
-        batch: WaitingBatch[K, T, R, C],
-        state: KeyQueue[K, T, R, C],
-        now: float,
-        follow_up: float | None,
-    ) -> None:
-        """`quiet`: the batch gathers until its arrivals pause (on a slow upstream, for a share
-        of a call). If a follow-up opened it after a flight of its key landed, it waits for the
-        flights that were in the air with that one (started before it landed) instead."""
-        batch.deadline = now + self._window
-        batch.quiet_from = now
-        landed = self._policy.landed_at(batch.key, now)
-        if follow_up is None or landed is None:  # the rest of a burst, maybe of a leader's
-            led = (f for f in reversed(state.flights) if f.led)
-            batch.leader = next((f for f in led if self._policy.led_burst(f.started, now)), None)
-        else:
-            # The callers of the key's other flights, which started with the one that answered
-            # this caller but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or
-            # five, more on a busy machine), send their next requests too when they land: it
-            # waits for those flights, then as long as such clients take to send one.
-            batch.holding = [f for f in state.flights if f.started < landed]
-            batch.quiet_from = landed
-            call = self._policy.expected_call(self._family(batch.key)) or 0.0
-            most = max(HOLD_WINDOWS * self._window, call / 2)  # what it may wait, at most
-            batch.linger = min(FOLLOW_UP_MARGIN * follow_up, most)
-            hold = most if batch.holding else 0.0
-            batch.deadline = now + hold + max(batch.linger, self._policy.quiet_gap)
-        self._arm(batch, now)
-
-    def _quiet_due(self, batch: WaitingBatch[K, T, R, C]) -> tuple[float, float]:
-        """When a gathering batch is due (`quiet`), and its deadline: a gap after its last
-        arrival and after the landing it waits for, and never later than its deadline; longer
-        for what may be a browser's first wave, while its leader is in the air
-        (`FlushPolicy.wave`)."""
-        if batch.holding:
-            return batch.deadline, batch.deadline
-        gap, deadline = self._policy.quiet_gap, batch.deadline
-        if batch.leader is not None and (
-            wave := self._policy.wave(batch.leader.started, batch.last_at, batch.leader.company)
-        ):
-            gap, deadline = wave[0], max(deadline, wave[1])
-        return min(deadline, max(batch.last_at + gap, batch.quiet_from + batch.linger)), deadline
-
-    def _arm(self, batch: WaitingBatch[K, T, R, C], now: float) -> None:
-        if batch.window is not None:
-            batch.window.cancel()
-        delay = max(self._quiet_due(batch)[0] - now, 0.0)
-        batch.window = self._clock.call_later(delay, lambda: self._quiet_check(batch))
-        batch.timers.append(batch.window)
-
-    def _quiet_check(self, batch: WaitingBatch[K, T, R, C]) -> None:
-        state = self._keys.get(batch.key)
-        if state is None or batch not in state.waiting or batch.due is not None:
-            return
-        now = self._clock.now()
-        due, deadline = self._quiet_due(batch)
-        if now + _TIMER_SLACK < due:  # members arrived since it was armed: gather on
-            self._arm(batch, now)
-            return
-        batch.due = FlushReason.WINDOW if due >= deadline else FlushReason.QUIET
-        self._advance(state)
-
-    def _start_window(self, batch: WaitingBatch[K, T, R, C]) -> None:
-        if batch.window is not None:
-            batch.window.cancel()
-        batch.window = self._clock.call_later(self._window, lambda: self._due(batch))
-        batch.timers.append(batch.window)
-
-    def _due(self, batch: WaitingBatch[K, T, R, C]) -> None:
-        state = self._keys.get(batch.key)
-        if state is not None and batch in state.waiting and batch.due is None:
-            batch.due = FlushReason.WINDOW
-            self._advance(state)
 
     def _advance(self, state: KeyQueue[K, T, R, C]) -> None:
         """Start flights while the key's oldest batch is due and no flight stops it: any flight
@@ -310,31 +218,18 @@ class Batcher(Generic[K, T, R, C]):
             now = self._clock.now()
             flight = InAir(frozenset(batch.names), now)
             state.flights.append(flight)
-            closed = batch.closed(batch.due, now, partial(self._hear, flight))
+            hear = partial(flight.hear_at, self._clock)
+            closed = batch.closed(batch.due, now, hear)
+            landed = partial(self._landed, batch.key, state, flight)
             # A fresh context: the first submitter's log context must not stamp the whole batch.
             task = asyncio.get_running_loop().create_task(
-                self._fly(state, flight, closed, batch.futures), context=contextvars.Context()
+                fly(self._flush, closed, batch.futures, hear, landed), context=contextvars.Context()
             )
             self._tasks[task] = batch.futures
             task.add_done_callback(self._tasks.pop)
 
-    def _hear(self, flight: InAir) -> None:
-        flight.hear(self._clock.now())
-
-    def _on_max_wait(self, state: KeyQueue[K, T, R, C], batch: WaitingBatch[K, T, R, C]) -> None:
-        """A batch that has waited `max_wait` is answered `expire` only if it is due and a flight
-        of its key in the air has heard nothing from the upstream for `max_wait` (stuck); a
-        flight whose calls keep being answered, however many, never makes it expire."""
-        if batch not in state.waiting:
-            return
-        now = self._clock.now()
-        heard = min((f.heard for f in state.flights), default=now)
-        if batch.due is None or now - heard < self._max_wait - _TIMER_SLACK:
-            again = max(heard + self._max_wait - now, self._window)
-            batch.timers.append(
-                self._clock.call_later(again, lambda: self._on_max_wait(state, batch))
-            )
-            return
+    def _expired(self, state: KeyQueue[K, T, R, C], batch: WaitingBatch[K, T, R, C]) -> None:
+        """Behind a stuck flight for `max_wait`: never sent, its submitters get `expire`."""
         state.waiting.remove(batch)
         closed = batch.closed(FlushReason.MAX_WAIT, self._clock.now())
         drop(batch, self._expire(closed))
@@ -344,59 +239,12 @@ class Batcher(Generic[K, T, R, C]):
         if not state.waiting and not state.flights and self._keys.get(key) is state:
             del self._keys[key]
 
-    async def _fly(
-        self,
-        state: KeyQueue[K, T, R, C],
-        flight: InAir,
-        closed: ClosedBatch[K, T, C],
-        futures: Waiters[T, R],
-    ) -> None:
-        def resolve(member: T, result: R | BaseException) -> None:
-            flight.hear(self._clock.now())
-            if (waiting := futures.get(member)) is not None:
-                deliver(waiting, result)
-
-        try:
-            await self._flush(closed, resolve)
-        except BaseException as exc:  # every waiter learns of it; nobody hangs
-            settle(futures, exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for member, waiting in futures.items():
-                deliver(waiting, LookupError(f"flush gave no result for {member!r}"))
-            self._landed(closed.key, state, flight)
-
     def _landed(self, key: K, state: KeyQueue[K, T, R, C], flight: InAir) -> None:
         """A flight of the key is over: the batches behind it may leave."""
         state.flights.remove(flight)
         now = self._clock.now()
         self._policy.flown(self._family(key), now - flight.started)
         self._policy.landed(key, now)
-        if self._policy.beside:
-            for batch in state.waiting:
-                if batch.leader is flight:  # its burst's leader landed: a quiet gap now
-                    batch.leader = None
-                    if batch.due is None:
-                        self._arm(batch, now)
-                if flight in batch.holding:
-                    batch.holding.remove(flight)
-                    if not batch.holding and batch.due is None:
-                        batch.quiet_from = now
-                        self._arm(batch, now)
-            self._advance(state)
-            self._forget_key(key, state)
-            return
-        head = state.waiting[0] if state.waiting else None
-        if head is None or head.due is FlushReason.CLOSE:
-            pass  # nothing waits, or it leaves at once
-        elif head.due is not FlushReason.FULL and self._policy.lingers(key, now):
-            # The callers just answered tend to send their next request at once (an HTTP/1.1
-            # browser reuses its connection): one window gathers them too, so the burst's
-            # rounds stay in step instead of alternating lone and gathered calls.
-            head.due = None
-            self._start_window(head)
-        elif head.due is not None:
-            head.due = FlushReason.AFTER_FLIGHT
+        self._due.landed(key, state, flight, now)
         self._advance(state)
         self._forget_key(key, state)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
+
+TIMER_SLACK: Final = 1e-4  # a loop's timer may fire this much early (its clock's resolution)
 
 
 class Timer(Protocol):

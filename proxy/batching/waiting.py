@@ -9,13 +9,28 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .clock import Timer
+from .clock import Clock, Timer
 from .policy import FlushReason
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T", bound=Hashable)
 R = TypeVar("R")
 C = TypeVar("C")
+
+
+def its_own_name(member: Hashable) -> tuple[Hashable]:
+    """By default (`quiet`), a member names itself: flights of one key share no member."""
+    return (member,)
+
+
+def no_names(member: Hashable) -> tuple[()]:
+    """One flight per key (every policy but `quiet`): names are not kept."""
+    return ()
+
+
+def one_family(key: Hashable) -> None:
+    """By default, every key's calls take alike long."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +79,9 @@ class InAir:
     def hear(self, now: float) -> None:
         """One of its calls was answered: it is not stuck."""
         self.heard = now
+
+    def hear_at(self, clock: Clock) -> None:
+        self.hear(clock.now())
 
 
 @dataclass(eq=False, slots=True)
@@ -132,3 +150,31 @@ def deliver(waiting: list[asyncio.Future[R | BaseException]], result: R | BaseEx
     for future in waiting:
         if not future.done():
             future.set_result(result)
+
+
+async def fly(
+    flush: FlushFn[K, T, C, R],
+    closed: ClosedBatch[K, T, C],
+    futures: Waiters[T, R],
+    hear: Callable[[], None],
+    landed: Callable[[], None],
+) -> None:
+    """One flight: `flush(closed)`. Each submitter gets its member's result the moment `flush`
+    resolves it (the flight hears back), or the error `flush` raised, or a LookupError if
+    `flush` gave its member none: nobody hangs. Then `landed()`."""
+
+    def resolve(member: T, result: R | BaseException) -> None:
+        hear()
+        if (waiting := futures.get(member)) is not None:
+            deliver(waiting, result)
+
+    try:
+        await flush(closed, resolve)
+    except BaseException as exc:  # every waiter learns of it
+        settle(futures, exc)
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        for member, waiting in futures.items():
+            deliver(waiting, LookupError(f"flush gave no result for {member!r}"))
+        landed()
