@@ -42,12 +42,12 @@ class Settings:
 
     @staticmethod
     def make(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Settings:
-        """Rounds sized to the budget (make bench within 25 min on 2 cores). Every stop needs
-        fresh active runs, and every delete finished ones: 0.18.40's pipeline finishes about
-        one stopped run a second, so there deletes stop at N = 50 (at 100 on 0.22.5) and the
-        larger N are stops only, each way on a fresh server (`bulk.stops_alone`). Measured
-        on the shared 2-core machine: 0.18.40 about 1 min per 50-run way with its deletes,
-        0.22.5 about 4 times faster."""
+        """Rounds sized to the budget (make bench within 40 min on 2 cores, Postgres included).
+        Every stop needs fresh active runs, and every delete finished ones: 0.18.40's pipeline
+        finishes about one stopped run a second, so there deletes stop at N = 50 (at 100 on
+        0.22.5) and the larger N are stops only, each way on a fresh server
+        (`bulk.stops_alone`). Measured on the shared 2-core machine: 0.18.40 about 1 min per
+        50-run way with its deletes, 0.22.5 about 4 times faster."""
         if quick:
             deletes = {LEGACY_VERSION: 10, CURRENT_VERSION: 50}
             return Settings({10: 1, 50: 1}, deletes, 1, 10, 3, databases)

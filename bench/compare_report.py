@@ -244,10 +244,12 @@ def _budget_notes(c: Comparison, versions: list[VersionResults] | None = None) -
         settings = c.settings.for_database(v.database)
         if settings is not c.settings:
             sizes = ", ".join(map(str, settings.with_deletes(v.version)))
+            alone = ", ".join(map(str, settings.stops_only(v.version)))
+            beyond = f"; N = {alone} stops only, each way on a fresh server" if alone else ""
             notes.append(
                 f"On dstack {v.label}, only what the seed's claims need, within the bench's "
-                f"budget: N = {sizes} at once, stops and deletes; no browser shape, no lone "
-                "requests, no N beyond the deletes' budget."
+                f"budget: N = {sizes} at once, stops and deletes{beyond}; no browser shape, no "
+                "lone requests."
             )
             continue
         alone = sorted(settings.stops_only(v.version))

@@ -126,6 +126,8 @@ def test_a_postgres_backed_version_measures_only_the_claims_and_gets_its_own_row
     text = section(c)
     assert "| about 80% less request time for 10 runs | 0.18.40 (postgres) |" in text
     assert "On dstack 0.18.40 (postgres), only what the seed's claims need" in text
+    flat = " ".join(text.split())
+    assert "N = 10, 50 at once, stops and deletes; N = 100 stops only, each way on a fresh" in flat
     assert text.count("The browser shape") == 1 and text.count("A lone request") == 1
 
 
