@@ -19,16 +19,17 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from harness.processes import FastUpstream, ProxyProcess
-from harness.runs import create_active_runs, stop_runs_until_finished
+from harness.runs import create_active_runs
 from harness.server import DstackServer
 from harness.versions import CURRENT_VERSION
 
 from . import servers
 from .usage import Sampler
-from .workload import WAYS, Way, bodies_for, fire, post_all, settled
+from .workload import WAYS, Way, bodies_for, fire, post_all, settled, stop_then_delete
 
 OPS = ("stop", "delete")
 BROWSER_N, BROWSER_CONNECTIONS = 20, 6
@@ -86,23 +87,6 @@ def phase(
     )
 
 
-def stop_then_delete(
-    server: DstackServer,
-    proxy_url: str,
-    way: Way,
-    project: str,
-    names: list[str],
-    connections: int | None = None,
-) -> list[Phase]:
-    """Create `names`, stop them the given way, let them finish (not measured: with many runs
-    pending the pipeline can take minutes), delete them the same way."""
-    create_active_runs(server, project, names)
-    stopped = phase(server, proxy_url, way, "stop", project, names, connections)
-    stop_runs_until_finished(server, project, names, timeout=300)
-    deleted = phase(server, proxy_url, way, "delete", project, names, connections)
-    return [stopped, deleted]
-
-
 def _say(label: str, p: Phase) -> None:
     print(
         f"{label} {p.op} N={p.n} {p.way}{'' if p.connections is None else ' /6'}: "
@@ -124,7 +108,8 @@ def at_once(
             for way in WAYS[r % 3 :] + WAYS[: r % 3]:
                 serial += 1
                 names = [f"n{serial}-{i}" for i in range(n)]
-                for p in stop_then_delete(server, proxy_url, way, "main", names):
+                measured = partial(phase, server, proxy_url, way, project="main", names=names)
+                for p in stop_then_delete(server, "main", names, measured):
                     out.append(p)
                     _say(f"{label} round {r + 1}", p)
     return out
@@ -172,7 +157,16 @@ def browser(server: DstackServer, proxy_url: str, rounds: int, label: str = "") 
     for r in range(rounds):
         for way in ways[r % 2 :] + ways[: r % 2]:
             names = [f"h{r}-{way.split()[0]}-{i}" for i in range(BROWSER_N)]
-            for p in stop_then_delete(server, proxy_url, way, "main", names, BROWSER_CONNECTIONS):
+            measured = partial(
+                phase,
+                server,
+                proxy_url,
+                way,
+                project="main",
+                names=names,
+                connections=BROWSER_CONNECTIONS,
+            )
+            for p in stop_then_delete(server, "main", names, measured):
                 out.append(p)
                 _say(f"{label} browser round {r + 1}", p)
     return out

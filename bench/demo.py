@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import tempfile
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -20,7 +21,7 @@ from harness.processes import ProxyProcess
 from harness.server import DstackServer
 
 from . import servers
-from .workload import Measured, stop_then_delete, table
+from .workload import Measured, measure, stop_then_delete, table
 
 
 async def _show_passthrough(server: DstackServer, proxy_url: str) -> None:
@@ -59,7 +60,8 @@ def show(spec: servers.ServerSpec, n: int, workdir: Path) -> None:
                 "requests, then deleting them the same way ..."
             )
             names = [f"demo-{way.split()[0]}-{i}" for i in range(n)]
-            rows += stop_then_delete(server, proxy.url, way, "main", names)
+            measured = partial(measure, server, proxy.url, way, project="main", names=names)
+            rows += stop_then_delete(server, "main", names, measured)
         metrics = urllib.request.urlopen(f"{proxy.admin_url}/metrics").read().decode()
     rows.sort(key=lambda r: (r.op != "stop", r.way))
     print(f"\ndstack {spec.label}:\n" + table(rows))

@@ -7,8 +7,9 @@ import asyncio
 import http.client
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -142,17 +143,20 @@ def timed_one(
     return elapsed
 
 
+M = TypeVar("M")
+
+
 def stop_then_delete(
-    server: DstackServer, proxy_url: str, way: Way, project: str, names: list[str]
-) -> tuple[Measured, Measured]:
-    """Create `names`, stop them the given way, let them finish, delete them the same way."""
+    server: DstackServer, project: str, names: list[str], measured: Callable[[str], M]
+) -> tuple[M, M]:
+    """Create `names`, stop them (`measured("stop")`), let them finish, delete them
+    (`measured("delete")`): the demo's rows, or the bench's phases with the server's usage."""
     create_active_runs(server, project, names)
-    stopped = measure(server, proxy_url, way, "stop", project, names)
+    stopped = measured("stop")
     # Setup for the delete, not measured. With a hundred runs pending, the server's pipeline
     # can take minutes to finish a stopped "submitted" run.
     stop_runs_until_finished(server, project, names, timeout=300)
-    deleted = measure(server, proxy_url, way, "delete", project, names)
-    return stopped, deleted
+    return stopped, measured("delete")
 
 
 def table(rows: list[Measured]) -> str:

@@ -79,6 +79,19 @@ def remove_container(name: str) -> None:
     subprocess.run(["docker", "rm", "--force", name], capture_output=True, check=False)
 
 
+def stop_container(proc: subprocess.Popen[bytes] | None, name: str, signum: signal.Signals) -> None:
+    """Stop the `docker run` in `proc` with `signum` (the image's stop signal), killing it after
+    10 s, then remove container `name`."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signum)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    remove_container(name)
+
+
 def container_name() -> str:
     return f"dcx-front-{secrets.token_hex(4)}"
 
@@ -179,14 +192,7 @@ class NginxFront:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        remove_container(self.container)
+        stop_container(self.proc, self.container, signal.SIGQUIT)  # graceful: finish requests
 
     def error_log(self) -> str:
         path = self.dir / "error.log"
@@ -340,15 +346,8 @@ class HaproxyRing:
                 time.sleep(0.05)
 
     def __exit__(self, *exc: object | TracebackType) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            # HAProxy is the container's PID 1, which ignores SIGTERM: the image's stop signal.
-            self.proc.send_signal(signal.SIGUSR1)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        remove_container(self.container)
+        # HAProxy is the container's PID 1, which ignores SIGTERM: the image's stop signal.
+        stop_container(self.proc, self.container, signal.SIGUSR1)
 
     def log_tail(self) -> str:
         return self.log.read_text()[-3000:] if self.log.exists() else ""
