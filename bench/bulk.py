@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -52,6 +52,9 @@ class Phase:
     cpu_s: float  # the server's CPU seconds during the phase
     peak_rss_mb: float  # the server's peak RSS during the phase
     start_rss_mb: float  # its RSS when the phase began
+    # Each upstream call's own time on the server, ms, as its log says ("Processed request ...
+    # in X s"), in the order they finished: where a proxied phase's time went.
+    call_ms: list[float] = field(default_factory=list)
 
 
 def phase(
@@ -70,6 +73,11 @@ def phase(
     usage = sampler.usage
     assert usage is not None
     calls, non_200, ok = settled(server, mark, op, project, names, answers)
+    call_ms = [
+        r.seconds * 1000
+        for r in server.processed_requests(mark, "POST")
+        if r.path.endswith(f"/runs/{op}")
+    ]
     return Phase(
         way,
         op,
@@ -84,6 +92,7 @@ def phase(
         usage.cpu_s,
         usage.peak_rss_mb,
         usage.start_rss_mb,
+        call_ms,
     )
 
 

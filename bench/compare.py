@@ -24,7 +24,7 @@ from harness.versions import CURRENT_VERSION, LEGACY_VERSION
 
 from . import bulk, lone, servers
 from .bulk import ClientCost, Phase
-from .lone import LonePairs
+from .lone import LoneHops, LonePairs
 from .plain import from_plain
 
 CLAIM_SIZES = (10, 50, 100)  # the N of the seed's claims (compare_claims.py)
@@ -39,6 +39,10 @@ class Settings:
     cost_rounds: int
     databases: tuple[str, ...] = ("sqlite",)
     alone: bool = True  # whether the N beyond the deletes' budget run as stops on fresh servers
+    hop_rounds: int = 300  # lone stops on absent runs per target (`lone.hops`), with lone pairs
+    # Rounds that replace `rounds` for one version: where a round is cheap (0.22.5's runs stop
+    # and finish within seconds), a median of three instead of one round's noise.
+    more_rounds: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @staticmethod
     def make(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Settings:
@@ -47,10 +51,11 @@ class Settings:
         finishes about one stopped run a second, so there deletes stop at N = 50 (at 100 on
         0.22.5) and the larger N are stops only, each way on a fresh server
         (`bulk.stops_alone`). Measured on the shared 2-core machine: 0.18.40 about 1 min per
-        50-run way with its deletes, 0.22.5 about 4 times faster."""
+        50-run way with its deletes, 0.22.5 about 4 times faster; so 0.22.5 takes three rounds
+        up to N = 50, and 0.18.40 three at N = 20, where one round's noise decided a cell."""
         if quick:
             deletes = {LEGACY_VERSION: 10, CURRENT_VERSION: 50}
-            return Settings({10: 1, 50: 1}, deletes, 1, 10, 3, databases)
+            return Settings({10: 1, 50: 1}, deletes, 1, 10, 3, databases, hop_rounds=40)
         return Settings(
             {10: 2, 20: 1, 50: 1, 100: 1, 200: 1},
             {LEGACY_VERSION: 50, CURRENT_VERSION: 100},
@@ -58,6 +63,7 @@ class Settings:
             20,
             5,
             databases,
+            more_rounds={LEGACY_VERSION: {20: 3}, CURRENT_VERSION: {10: 3, 20: 3, 50: 3}},
         )
 
     def for_database(self, database: str) -> Settings:
@@ -68,15 +74,21 @@ class Settings:
         if database == "sqlite":
             return self
         rounds = {n: r for n, r in self.rounds.items() if n in CLAIM_SIZES}
-        return replace(self, rounds=rounds, browser_rounds=0, lone_pairs=0)
+        return replace(self, rounds=rounds, browser_rounds=0, lone_pairs=0, more_rounds={})
+
+    def rounds_of(self, version: str) -> dict[int, int]:
+        """N -> rounds of the N-at-once table on `version`."""
+        return {**self.rounds, **self.more_rounds.get(version, {})}
 
     def with_deletes(self, version: str) -> dict[int, int]:
-        return {n: r for n, r in self.rounds.items() if n <= self.deletes_up_to.get(version, 0)}
+        rounds = self.rounds_of(version).items()
+        return {n: r for n, r in rounds if n <= self.deletes_up_to.get(version, 0)}
 
     def stops_only(self, version: str) -> dict[int, int]:
         if not self.alone:
             return {}
-        return {n: r for n, r in self.rounds.items() if n > self.deletes_up_to.get(version, 0)}
+        rounds = self.rounds_of(version).items()
+        return {n: r for n, r in rounds if n > self.deletes_up_to.get(version, 0)}
 
 
 @dataclass
@@ -88,6 +100,7 @@ class VersionResults:
     browser: list[Phase] = field(default_factory=list)
     lone: list[LonePairs] = field(default_factory=list)
     elapsed_s: dict[str, float] = field(default_factory=dict)  # per section
+    hops: LoneHops | None = None
 
     @property
     def label(self) -> str:
@@ -138,6 +151,13 @@ def measure_version(
             print(f"== {label}: lone stops and deletes ==", flush=True)
             out.lone = _timed(
                 out.elapsed_s, "lone", lambda: lone.run(server, proxy.url, settings.lone_pairs)
+            )
+            print(f"== {label}: what a hop adds, lone stops of absent runs ==", flush=True)
+            hop_dir = workdir / f"hops-{spec.version}-{spec.database}"
+            out.hops = _timed(
+                out.elapsed_s,
+                "hops",
+                lambda: lone.hops(server, proxy.url, hop_dir, settings.hop_rounds),
             )
     return out
 

@@ -33,9 +33,11 @@ class Cell:
     peak_rss_mb: float  # median
     rss_growth_mb: float  # median of peak minus the RSS at the start of the phase
     ok: bool  # every round
+    call_ms: list[float]  # the server's time for each of its calls, in the median round
 
 
 def cell(phases: list[Phase]) -> Cell:
+    middle = sorted(phases, key=lambda p: p.wall_s)[(len(phases) - 1) // 2]
     return Cell(
         len(phases),
         statistics.median(p.wall_s for p in phases),
@@ -49,6 +51,7 @@ def cell(phases: list[Phase]) -> Cell:
         statistics.median(p.peak_rss_mb for p in phases),
         statistics.median(p.peak_rss_mb - p.start_rss_mb for p in phases),
         all(p.ok for p in phases),
+        middle.call_ms,
     )
 
 

@@ -17,23 +17,31 @@ from .compare_cells import (
     yes,
 )
 from .compare_claims import claims_table
+from .compare_hops import hop_summary, hop_table
 from .report_text import para
 
 
 def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
     lines = [
         "| op | N | direct singles: s (calls) | proxy: s, worst (calls) | one N-name call: s "
-        "| client cost s | bound s | proxy ≤ bound | proxy < direct |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| client cost s | bound s | proxy ≤ bound | proxy < direct "
+        "| server ms per call: proxy's; one call |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in bound_rows(c, v):
         lines.append(
             f"| {r.op} | {r.n} | {r.direct.wall_s:.3f} ({r.direct.calls}) "
             f"| {r.proxy.wall_s:.3f}, {r.proxy.worst_s:.3f} ({r.proxy.calls}) "
             f"| {r.batch.wall_s:.3f} | {r.cost_s:.3f} | {r.bound_s:.3f} "
-            f"| {yes(r.within_bound)} | {yes(r.below_direct)} |"
+            f"| {yes(r.within_bound)} | {yes(r.below_direct)} "
+            f"| {_call_ms(r.proxy.call_ms)}; {_call_ms(r.batch.call_ms)} |"
         )
     return lines
+
+
+def _call_ms(ms: list[float]) -> str:
+    """The server's time for each call, in the order they finished (`bulk.Phase.call_ms`)."""
+    return " + ".join(f"{x:.0f}" for x in ms) if len(ms) <= 4 else f"{len(ms)} calls"
 
 
 def _browser_table(v: VersionResults) -> list[str]:
@@ -89,7 +97,7 @@ def _usage_table(v: VersionResults) -> list[str]:
 
 def version_section(c: Comparison, v: VersionResults) -> str:
     settings = c.settings.for_database(v.database)
-    measured = settings.rounds if settings.alone else settings.with_deletes(v.version)
+    measured = settings.rounds_of(v.version) if settings.alone else settings.with_deletes(v.version)
     rounds = ", ".join(f"N = {n}: {r}" for n, r in measured.items())
     alone = sorted(settings.stops_only(v.version))
     fresh = (
@@ -104,7 +112,10 @@ def version_section(c: Comparison, v: VersionResults) -> str:
             para(
                 f"N one-run requests at once (rounds: {rounds}; medians, and the proxy's worst "
                 "round). Bound = 1.15 × one N-name call + the client's own cost (the same N "
-                "requests through a proxy in front of an upstream that answers at once)." + fresh
+                "requests through a proxy in front of an upstream that answers at once). The last "
+                "column: the server's own time for each upstream call, from its log, in the order "
+                "they finished (the proxy's: a burst's leader, sent alone as it came, and the "
+                "batch beside it), in the median round." + fresh
             ),
             "",
             *_at_once_table(c, v),
@@ -139,6 +150,8 @@ def version_section(c: Comparison, v: VersionResults) -> str:
                 if v.lone
                 else []
             ),
+            *(para(line) if line.startswith("What") else line for line in hop_table(v)),
+            *([""] if v.hops else []),
             "What each phase cost the server (its log and its process tree, /proc):",
             "",
             *_usage_table(v),
@@ -216,9 +229,14 @@ def targets_summary(c: Comparison) -> str:
         bound = bound_rows(c, v)
         faster, calls = _browser_met(v)
         lone = "; ".join(
-            f"{f.op} {f.added_p50:+.2f} ms, paired {f.paired:+.2f} [{f.low:+.2f}, {f.high:+.2f}] "
-            f"({yes(f.added_p50 <= LONE_MS)})"
-            for f in lone_figures(v)
+            [
+                *(
+                    f"{f.op} {f.added_p50:+.2f} ms, paired {f.paired:+.2f} "
+                    f"[{f.low:+.2f}, {f.high:+.2f}] ({yes(f.added_p50 <= LONE_MS)})"
+                    for f in lone_figures(v)
+                ),
+                *filter(None, [hop_summary(v)]),
+            ]
         )
         for target, value in zip(
             rows,

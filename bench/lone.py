@@ -1,15 +1,23 @@
 """A lone stop, and a lone delete, with nothing else happening: straight to the server and
 through the proxy at its default configuration, one at a time in alternating order on kept-alive
-connections, each naming a fresh run (active for the stop, finished for the delete)."""
+connections, each naming a fresh run (active for the stop, finished for the delete).
+
+And what any hop costs (`hops`): a lone stop naming a run that does not exist, straight to the
+server, through the proxy, through a bare aiohttp pass-through on uvloop (the floor of an
+aiohttp hop: `bare_passthrough.py`) and through nginx, in rotating order."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from harness import nginx
 from harness.api import create_project
 from harness.runs import create_active_runs, stop_runs_until_finished
 from harness.server import DstackServer
 
+from .passthrough import BarePassthrough
 from .workload import connect, timed_one
 
 CHUNK = 10  # pairs per batch of fresh runs: keeps the server's pipeline small
@@ -65,3 +73,41 @@ def run(server: DstackServer, proxy_url: str, pairs: int) -> list[LonePairs]:
         stop_runs_until_finished(server, project, every, timeout=300)
         _pairs(server, urls, "delete", project, names, deletes, chunk)
     return [stops, deletes]
+
+
+HOPS = ("direct", "proxy", "bare aiohttp", "nginx")
+
+
+@dataclass
+class LoneHops:
+    """Lone stops naming runs that do not exist, per target in HOPS: `ms[t][i]` for every
+    target `t` was sent in the same round `i`, one after another. dstack looks such a run up and
+    answers 200 `null` with no run churning behind it, so its own jitter is small and what each
+    hop adds shows."""
+
+    ms: dict[str, list[float]] = field(default_factory=dict)
+
+
+def hops(server: DstackServer, proxy_url: str, workdir: Path, rounds: int) -> LoneHops:
+    """`rounds` rounds of one lone stop per target, the order rotating from round to round."""
+    project = "hops"
+    create_project(server, project)
+    with contextlib.ExitStack() as stack:
+        workdir.mkdir(parents=True, exist_ok=True)
+        bare = stack.enter_context(BarePassthrough(server.url, workdir / "bare.log", "uvloop"))
+        front = stack.enter_context(
+            nginx.passthrough(workdir / "nginx", server.url, ready_path="/healthcheck")
+        )
+        urls = dict(zip(HOPS, (server.url, proxy_url, bare.url, front.url), strict=True))
+        conns = {t: connect(url) for t, url in urls.items()}
+        for conn in conns.values():
+            stack.callback(conn.close)
+        out = LoneHops({t: [] for t in HOPS})
+        for t in HOPS:  # warm up every connection and every hop's upstream connection
+            for i in range(3):
+                timed_one(conns[t], "stop", project, f"warm-up-{i}", server.admin_token)
+        token = server.admin_token
+        for i in range(rounds):
+            for t in HOPS[i % len(HOPS) :] + HOPS[: i % len(HOPS)]:
+                out.ms[t].append(timed_one(conns[t], "stop", project, f"absent-{i}", token))
+    return out

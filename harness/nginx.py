@@ -134,8 +134,9 @@ def fast_upstream(workdir: Path) -> Nginx:
     return Nginx(workdir, _UPSTREAM.format(port=port, dir=workdir, blob=BLOB_PATH), port)
 
 
-def passthrough(workdir: Path, upstream_url: str) -> Nginx:
-    """nginx as a plain reverse proxy in front of `upstream_url`."""
+def passthrough(workdir: Path, upstream_url: str, ready_path: str = "/") -> Nginx:
+    """nginx as a plain reverse proxy in front of `upstream_url`; started once `ready_path`
+    answers 200 through it."""
     port = find_free_port()
     upstream = upstream_url.removeprefix("http://")
-    return Nginx(workdir, _PASSTHROUGH.format(port=port, upstream=upstream), port)
+    return Nginx(workdir, _PASSTHROUGH.format(port=port, upstream=upstream), port, ready_path)

@@ -12,7 +12,7 @@ from bench.compare import Comparison, Settings, VersionResults
 from bench.compare_cells import bound_rows
 from bench.compare_claims import claims
 from bench.compare_report import section, targets_summary
-from bench.lone import LonePairs
+from bench.lone import LoneHops, LonePairs
 from bench.usage import log_errors
 
 LOG = """\
@@ -32,7 +32,9 @@ def test_log_errors_count_locking_apart_from_other_errors() -> None:
 
 def _phase(way: str, op: str, n: int, wall: float, cpu: float = 1.0, locked: int = 0) -> Phase:
     calls = n if way == "direct singles" else 1
-    return Phase(way, op, n, None, wall, calls, 0, True, locked, 0, cpu, 300.0, 290.0)  # type: ignore[arg-type]
+    # The server's time per call: the proxy's burst leader, then its batch.
+    call_ms = {"proxy singles": [30.2, 59.4], "direct batch": [45.0]}.get(way, [])
+    return Phase(way, op, n, None, wall, calls, 0, True, locked, 0, cpu, 300.0, 290.0, call_ms)  # type: ignore[arg-type]
 
 
 def _comparison(proxy_10: float, proxy_cpu_100: float, locked_50: int) -> Comparison:
@@ -59,7 +61,17 @@ def _comparison(proxy_10: float, proxy_cpu_100: float, locked_50: int) -> Compar
         for op in ("stop", "delete")
     ]
     lone = [LonePairs("stop", [10.0, 11.0, 12.0], [10.5, 11.2, 12.4])]
-    version = VersionResults("0.18.40", "sqlite", 20.0, at_once, browser, lone, {"at_once": 1.0})
+    hops = LoneHops(
+        {
+            "direct": [10.0, 11.0, 12.0],
+            "proxy": [11.2, 12.3, 13.1],
+            "bare aiohttp": [11.0, 12.0, 13.0],
+            "nginx": [10.3, 11.3, 12.3],
+        }
+    )
+    version = VersionResults(
+        "0.18.40", "sqlite", 20.0, at_once, browser, lone, {"at_once": 1.0}, hops
+    )
     settings = Settings({10: 1, 50: 1, 100: 1}, {"0.18.40": 50}, 1, 3, 1)
     costs = [ClientCost(op, n, [0.02], [0.01]) for op in ("stop", "delete") for n in (10, 50, 100)]
     return Comparison("adaptive", settings, [version], costs, 1.0)
@@ -89,6 +101,20 @@ def test_bound_is_115_percent_of_one_call_plus_the_client_cost() -> None:
     assert "0 of 5 cells" in summary and "deletes were measured up to N = 50" in summary
 
 
+def test_a_hop_is_judged_on_its_own_median_beside_the_two_floors() -> None:
+    c = _comparison(0.48, 2.0, 0)
+    text = section(c)
+    assert "| proxy | 12.30 | +1.30 | +1.20 [+1.10, +1.30] | **no** |" in text
+    assert "| nginx | 11.30 | +0.30 |" in text
+    summary = targets_summary(c)
+    assert "absent run: stop +1.30 ms, paired +1.20 [+1.10, +1.30] (**no**)" in summary
+    assert "a bare aiohttp hop +1.00, nginx +0.30" in summary
+    # Where the proxy's time went, call by call, from the server's log: leader, then batch.
+    assert "| yes | 30 + 59; 45 |" in text or "| **no** | 30 + 59; 45 |" in text
+    c.versions[0].hops = None
+    assert "absent run" not in targets_summary(c) and "What a hop adds" not in section(c)
+
+
 def test_results_survive_the_json_file() -> None:
     c = _comparison(0.48, 2.0, 1)
     again = Comparison.from_json(json.loads(json.dumps(dataclasses.asdict(c))))
@@ -102,8 +128,13 @@ def test_every_n_is_measured_once_either_with_its_deletes_or_stops_only() -> Non
         for version in ("0.18.40", "0.22.5"):
             both, alone = s.with_deletes(version), s.stops_only(version)
             assert not set(both) & set(alone)
-            assert {**both, **alone} == s.rounds
-    assert 100 not in Settings.make(False).with_deletes("0.18.40")
+            assert {**both, **alone} == s.rounds_of(version)
+            assert set(s.rounds_of(version)) == set(s.rounds)  # more rounds, never other N
+    full = Settings.make(False)
+    assert 100 not in full.with_deletes("0.18.40")
+    # Where a round is cheap, or one round's noise decided a cell: a median of three.
+    assert full.with_deletes("0.22.5")[50] == 3 and full.with_deletes("0.18.40")[20] == 3
+    assert full.stops_only("0.22.5") == {200: 1}
 
 
 def test_a_postgres_backed_version_measures_only_the_claims_and_gets_its_own_rows() -> None:
@@ -112,6 +143,7 @@ def test_a_postgres_backed_version_measures_only_the_claims_and_gets_its_own_row
     assert full.for_database("sqlite") is full
     assert sorted(pg.rounds) == [10, 50, 100]
     assert (pg.browser_rounds, pg.lone_pairs) == (0, 0)
+    assert pg.rounds_of("0.22.5") == pg.rounds  # Postgres keeps its budget
     assert pg.stops_only("0.18.40") == {100: 1} and sorted(pg.with_deletes("0.18.40")) == [10, 50]
     assert pg.stops_only("0.22.5") == {} and sorted(pg.with_deletes("0.22.5")) == [10, 50, 100]
     c = _comparison(0.08, 0.5, 0)
