@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.versions import CURRENT_VERSION
+from harness.versions import CURRENT_VERSION, LEGACY_VERSION
 from proxy.config import Config
 
 from . import compare, hotspots, memory, passthrough, plots, policies, report, servers
@@ -53,6 +53,8 @@ def measure(quick: bool, databases: tuple[str, ...] = ("sqlite", "postgres")) ->
         mem = memory.run(work / "mem", 100, 100)
         first_lap = time.monotonic() - started
         cmp = compare.Settings.make(quick, databases)
+        legacy_rounds = 1 if quick else 2
+        legacy_pol: policies.PolicyResults | None = None
         costs, cost_s = compare.client_cost(work / "cost", cmp)
         versions = []
         pol: policies.PolicyResults | None = None
@@ -67,6 +69,12 @@ def measure(quick: bool, databases: tuple[str, ...] = ("sqlite", "postgres")) ->
                     pol = policies.run(server, work / "pol", settings.pairs, settings.policy_rounds)
                     versions[-1].elapsed_s["policies"] = time.monotonic() - t0
             compare.measure_alone(work, here, spec, versions[-1])
+            if spec.version == LEGACY_VERSION and spec.database == "sqlite":
+                print("== flush policies (dstack 0.18.40, a fresh server) ==", flush=True)
+                t0 = time.monotonic()
+                with servers.running(spec) as server:
+                    legacy_pol = policies.run_shapes(server, work / "pol-legacy", legacy_rounds)
+                versions[-1].elapsed_s["policies"] = time.monotonic() - t0
     if pol is None:
         raise RuntimeError("the flush policies need dstack 0.22.5 on SQLite among the servers")
     return Run(
@@ -78,6 +86,7 @@ def measure(quick: bool, databases: tuple[str, ...] = ("sqlite", "postgres")) ->
         policies=pol,
         compare=compare.Comparison(settings.default_policy, cmp, versions, costs, cost_s),
         elapsed_s=time.monotonic() - started,
+        legacy_policies=legacy_pol,
         elapsed_sections_s={
             "passthrough, profile, memory": first_lap,
             "client cost": cost_s,

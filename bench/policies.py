@@ -238,6 +238,28 @@ def run(server: DstackServer, workdir: Path, pairs: int, rounds: int) -> PolicyR
     return results
 
 
+def run_shapes(server: DstackServer, workdir: Path, rounds: int) -> PolicyResults:
+    """The policies side by side on a server whose calls take long (dstack 0.18.40: a stop
+    takes about 0.23 s): the shapes, and a lone stop naming a run that does not exist. No lone
+    stops of fresh runs (that server's jitter is several milliseconds, so they would need many
+    pairs of its slow runs to say anything) and no instant upstream (the proxy's own cost does
+    not depend on the server behind it)."""
+    with contextlib.ExitStack() as stack:
+        started = _start_proxies(stack, server.url, workdir / "dstack", POLICIES)
+        proxies = {p: proc.url for p, proc in started.items()}
+        fast = stack.enter_context(FastUpstream(workdir / "fast.log"))
+        unknown = lone_stops_unknown(server, proxies, UNKNOWN_PAIRS)
+        results = PolicyResults(
+            direct_lone_ms=[],
+            direct_unknown_ms=unknown.pop("direct"),
+            policies={p: PolicyFigures(p, unknown_ms=unknown[p]) for p in proxies},
+            direct_batch_100=[],
+            fast_100_s=[],
+        )
+        shapes(server, proxies, fast.url, rounds, results)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=100)

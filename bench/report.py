@@ -13,6 +13,7 @@ from .report_passthrough import (
     profile_section,
 )
 from .report_policies import POLICY_PLOT, lone_figures, policy_section, targets_table
+from .report_policies_legacy import legacy_policy_section
 from .report_text import para
 from .results import Run
 
@@ -60,6 +61,11 @@ def _all_targets(run: Run) -> str:
     return both + targets_table(run)
 
 
+def _policies_section(run: Run) -> str:
+    """On dstack 0.22.5, then (if measured) on 0.18.40."""
+    return "\n\n".join(filter(None, [policy_section(run), legacy_policy_section(run)]))
+
+
 def _versions_section(run: Run) -> str:
     c = run.compare
     return compare_report.section(c) if c else "Not measured in this run."
@@ -69,7 +75,7 @@ def measurements_md(run: Run) -> str:
     sections = [
         ("# Measurements", _header),
         ("## Targets", _all_targets),
-        ("## 1. Flush policies", policy_section),
+        ("## 1. Flush policies", _policies_section),
         (
             "## 2. dstack 0.18.40 and 0.22.5 side by side: N at once, the browser, one request",
             _versions_section,

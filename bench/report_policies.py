@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from .policies import PolicyFigures
+from .policies import PolicyFigures, PolicyResults
 from .report_passthrough import passthrough_figures
 from .report_text import para, yes
 from .results import Run
@@ -32,6 +32,11 @@ class LoneFigures:
 
 
 def lone_figures(run: Run, upstream: str = "dstack") -> dict[str, LoneFigures]:
+    """`policy_lone_figures` of the run's policies on dstack 0.22.5."""
+    return policy_lone_figures(run.policies, upstream)
+
+
+def policy_lone_figures(pol: PolicyResults, upstream: str = "dstack") -> dict[str, LoneFigures]:
     """p50/p99 of the lone stop per target, what each policy adds over direct (difference of
     the percentiles), and the median of the paired differences (adjacent in time) with its 95%
     bootstrap interval.
@@ -40,7 +45,6 @@ def lone_figures(run: Run, upstream: str = "dstack") -> dict[str, LoneFigures]:
     with every policy), "unknown" (the real server, runs that do not exist) or "instant" (an
     upstream that answers at once; a direct series per policy, from its block).
     """
-    pol = run.policies
     figures = pol.policies
     if upstream == "dstack":
         direct_of = {name: pol.direct_lone_ms for name in figures}
@@ -70,7 +74,7 @@ def lone_figures(run: Run, upstream: str = "dstack") -> dict[str, LoneFigures]:
     return out
 
 
-def _interval(fig: LoneFigures, digits: int = 1) -> str:
+def paired_interval(fig: LoneFigures, digits: int = 1) -> str:
     """`+1.7 [-0.5, +3.9]`: the paired median and its 95% interval."""
     return f"{fig.paired:+.{digits}f} [{fig.paired_low:+.{digits}f}, {fig.paired_high:+.{digits}f}]"
 
@@ -79,14 +83,13 @@ def _worst_calls(rows: list[Measured]) -> int:
     return max(r.upstream_calls for r in rows)
 
 
-def _median_wall(rows: list[Measured]) -> float:
+def median_wall(rows: list[Measured]) -> float:
     return statistics.median(r.wall_s for r in rows)
 
 
-def bound_100(run: Run) -> float:
+def bound_100(pol: PolicyResults) -> float:
     """One direct 100-name stop plus 100 requests against a server that answers at once."""
-    pol = run.policies
-    return _median_wall(pol.direct_batch_100) + statistics.median(pol.fast_100_s)
+    return median_wall(pol.direct_batch_100) + statistics.median(pol.fast_100_s)
 
 
 def targets(run: Run) -> list[tuple[str, str, str, bool]]:
@@ -94,19 +97,19 @@ def targets(run: Run) -> list[tuple[str, str, str, bool]]:
     rows = []
     lone, instant = lone_figures(run), lone_figures(run, "instant")
     unknown = lone_figures(run, "unknown")
-    bound = bound_100(run)
+    bound = bound_100(run.policies)
     for name, fig in run.policies.policies.items():
         rows += [
             (
                 "a lone stop adds ≤ 1 ms at p50 (real server, fresh active runs)",
                 name,
-                f"{lone[name].added_p50:+.1f} ms; paired {_interval(lone[name])}",
+                f"{lone[name].added_p50:+.1f} ms; paired {paired_interval(lone[name])}",
                 lone[name].added_p50 <= 1.0,
             ),
             (
                 "a lone stop adds ≤ 1 ms at p50 (real server, unknown runs)",
                 name,
-                f"{unknown[name].added_p50:+.2f} ms; paired {_interval(unknown[name], 2)}",
+                f"{unknown[name].added_p50:+.2f} ms; paired {paired_interval(unknown[name], 2)}",
                 unknown[name].added_p50 <= 1.0,
             ),
             (
@@ -130,9 +133,9 @@ def targets(run: Run) -> list[tuple[str, str, str, bool]]:
             (
                 f"N = 100 at once within {bound:.3f} s (median round; worst)",
                 name,
-                f"{_median_wall(fig.at_once_100):.3f} s; "
+                f"{median_wall(fig.at_once_100):.3f} s; "
                 f"{max(r.wall_s for r in fig.at_once_100):.3f} s",
-                _median_wall(fig.at_once_100) <= bound,
+                median_wall(fig.at_once_100) <= bound,
             ),
         ]
     pt = passthrough_figures(run)["proxy"]
@@ -191,7 +194,7 @@ def targets_table(run: Run) -> str:
     return "\n".join(lines)
 
 
-def _shapes(fig: PolicyFigures) -> tuple[list[Measured], ...]:
+def shape_rows(fig: PolicyFigures) -> tuple[list[Measured], ...]:
     return (fig.at_once_20, fig.six_connections_20, fig.at_once_100)
 
 
@@ -199,7 +202,7 @@ def policy_section(run: Run) -> str:
     pol = run.policies
     lone, instant = lone_figures(run), lone_figures(run, "instant")
     unknown = lone_figures(run, "unknown")
-    bound = bound_100(run)
+    bound = bound_100(run.policies)
     rounds = len(pol.direct_batch_100)
     lines = [
         "| policy | lone stop p50 / p99 ms | added p50 / p99 ms | added, paired median [95%] ms "
@@ -214,16 +217,16 @@ def policy_section(run: Run) -> str:
     ]
     for name, fig in pol.policies.items():
         cells = []
-        for shape in _shapes(fig):
+        for shape in shape_rows(fig):
             calls = "/".join(str(r.upstream_calls) for r in shape)
             walls = "/".join(f"{r.wall_s:.3f}" for r in shape)
             cells.append(f"{calls}; {walls}")
         lines.append(
             f"| {name} | {lone[name].p50:.1f} / {lone[name].p99:.1f} "
             f"| {lone[name].added_p50:+.1f} / {lone[name].added_p99:+.1f} "
-            f"| {_interval(lone[name])} "
+            f"| {paired_interval(lone[name])} "
             f"| {unknown[name].p50:.2f}; {unknown[name].added_p50:+.2f}, "
-            f"{_interval(unknown[name], 2)} "
+            f"{paired_interval(unknown[name], 2)} "
             f"| {instant[name].added_p50:+.2f} / {instant[name].added_p99:+.2f} | "
             + " | ".join(cells)
             + " |"
@@ -260,7 +263,7 @@ def policy_section(run: Run) -> str:
             "",
             para(
                 "N = 100 bound: one direct 100-name stop "
-                f"({_median_wall(pol.direct_batch_100):.3f} s) plus 100 one-run stops at once "
+                f"({median_wall(pol.direct_batch_100):.3f} s) plus 100 one-run stops at once "
                 f"against a server that answers at once ({statistics.median(pol.fast_100_s):.3f}"
                 f" s) = **{bound:.3f} s**.",
             ),

@@ -37,6 +37,8 @@ class Run:
     compare: Comparison | None
     elapsed_s: float = 0.0
     elapsed_sections_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The same policies on dstack 0.18.40, shapes only (`policies.run_shapes`), on a fresh server.
+    legacy_policies: PolicyResults | None = None
 
     def memory_by_target(self) -> dict[str, MemoryResults]:
         return {m.target: m for m in self.memory}

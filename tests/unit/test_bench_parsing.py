@@ -12,6 +12,9 @@ import pytest
 
 from bench.bulk import Phase
 from bench.hotspots import summarise
+from bench.report import measurements_md
+from bench.report_policies import bound_100, median_wall
+from bench.report_policies_legacy import legacy_policy_section
 from bench.results import Run
 from bench.workload import Measured
 from bench.wrk import WrkResult, parse
@@ -86,3 +89,22 @@ def test_the_saved_run_reads_back_typed_and_round_trips() -> None:
     assert run.compare is not None and isinstance(run.compare.versions[0].at_once[0], Phase)
     assert all(isinstance(n, int) for n in run.compare.settings.rounds)
     assert Run.from_json(json.loads(json.dumps(dataclasses.asdict(run)))) == run
+
+
+def test_the_policies_on_the_legacy_server_get_a_table_of_their_own() -> None:
+    raw = json.loads((Path(__file__).parents[2] / "docs" / "measurements.json").read_text())
+    run = dataclasses.replace(Run.from_json(raw), legacy_policies=None)
+    assert legacy_policy_section(run) == ""
+    assert "The same policies on dstack 0.18.40" not in measurements_md(run)
+    pol = run.policies
+    run.legacy_policies = pol  # the 0.22.5 figures stand in: only the rendering is checked
+    text = legacy_policy_section(run)
+    bound = bound_100(pol)
+    assert f"within {bound:.3f} s (median)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| quiet (default) |"))
+    quiet = pol.policies["quiet"]
+    calls = "/".join(str(r.upstream_calls) for r in quiet.six_connections_20)
+    assert f"| {calls}; " in row
+    met = "yes" if median_wall(quiet.at_once_100) <= bound else "**no**"
+    assert row.endswith(f"| {met} |")
+    assert "### The same policies on dstack 0.18.40" in measurements_md(run).split("## 2.")[0]
