@@ -4,6 +4,8 @@ claims of point 3, what each phase cost the server) and the targets' summary, fr
 
 from __future__ import annotations
 
+from harness.versions import LEGACY_VERSION
+
 from .compare import Comparison, VersionResults
 from .compare_cells import (
     BROWSER_CALLS,
@@ -277,7 +279,11 @@ def _budget_notes(c: Comparison, versions: list[VersionResults] | None = None) -
                 f"{c.settings.deletes_up_to.get(v.version, 0)}; N = "
                 f"{', '.join(map(str, alone))} are stops only, each way on a fresh server: a "
                 "delete needs finished runs, and waiting for this server's pipeline to finish "
-                "that many stopped runs does not fit the bench's budget (0.18.40 finishes about "
-                "one a second)."
+                "that many stopped runs does not fit the bench's budget"
+                + (
+                    " (it finishes about one a second)."
+                    if v.version == LEGACY_VERSION
+                    else " (it finishes a few a second)."
+                )
             )
     return notes
