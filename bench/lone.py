@@ -18,6 +18,7 @@ from harness.runs import create_active_runs, stop_runs_until_finished
 from harness.server import DstackServer
 
 from .passthrough import BarePassthrough
+from .policies import interleaved
 from .workload import connect, timed_one
 
 CHUNK = 10  # pairs per batch of fresh runs: keeps the server's pipeline small
@@ -99,15 +100,5 @@ def hops(server: DstackServer, proxy_url: str, workdir: Path, rounds: int) -> Lo
             nginx.passthrough(workdir / "nginx", server.url, ready_path="/healthcheck")
         )
         urls = dict(zip(HOPS, (server.url, proxy_url, bare.url, front.url), strict=True))
-        conns = {t: connect(url) for t, url in urls.items()}
-        for conn in conns.values():
-            stack.callback(conn.close)
-        out = LoneHops({t: [] for t in HOPS})
-        for t in HOPS:  # warm up every connection and every hop's upstream connection
-            for i in range(3):
-                timed_one(conns[t], "stop", project, f"warm-up-{i}", server.admin_token)
-        token = server.admin_token
-        for i in range(rounds):
-            for t in HOPS[i % len(HOPS) :] + HOPS[: i % len(HOPS)]:
-                out.ms[t].append(timed_one(conns[t], "stop", project, f"absent-{i}", token))
-    return out
+        names = {t: [f"absent-{i}-{t}" for i in range(rounds)] for t in HOPS}
+        return LoneHops(interleaved(urls, project, names, server.admin_token, 0))

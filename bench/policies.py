@@ -50,7 +50,7 @@ class PolicyResults:
     fast_100_s: list[float]  # 100 one-run stops at once against a server that answers at once
 
 
-def _interleaved(
+def interleaved(
     targets: dict[str, str], project: str, names: dict[str, list[str]], token: str, offset: int
 ) -> dict[str, list[float]]:
     """One stop at a time to every target in turn (order rotated each time), on kept-alive
@@ -83,7 +83,7 @@ def lone_stops(server: DstackServer, proxies: dict[str, str], pairs: int) -> dic
         names = {t: [f"l{chunk + i}-{t}" for i in range(size)] for t in targets}
         every = [n for ns in names.values() for n in ns]
         create_active_runs(server, project, every)
-        for t, s in _interleaved(targets, project, names, server.admin_token, chunk).items():
+        for t, s in interleaved(targets, project, names, server.admin_token, chunk).items():
             samples[t] += s
         # The stop race can put a stopped run back; stop again so the pipeline stays quiet.
         stop_runs(server, project, every)
@@ -99,7 +99,7 @@ def lone_stops_unknown(
     create_project(server, "unknown")
     targets = {"direct": server.url, **proxies}
     names = {t: [f"u{i}-{t}" for i in range(count)] for t in targets}
-    return _interleaved(targets, "unknown", names, server.admin_token, 0)
+    return interleaved(targets, "unknown", names, server.admin_token, 0)
 
 
 def lone_stops_instant(
@@ -111,13 +111,13 @@ def lone_stops_instant(
     (20 ms) wakes up slower: interleaved with the window policy, every target would pay that."""
     urls = {"direct": fast.url, **{p: proc.url for p, proc in proxies.items()}}
     warm = {t: [f"w{i}" for i in range(50)] for t in urls}
-    _interleaved(urls, "main", warm, "bench", 0)  # first-request costs (lazy imports, caches)
+    interleaved(urls, "main", warm, "bench", 0)  # first-request costs (lazy imports, caches)
     out: dict[str, tuple[list[float], list[float]]] = {p: ([], []) for p in proxies}
     for k in range(passes):
         for policy in proxies:
             names = {t: [f"i{k}-{i}" for i in range(count // passes)] for t in ("direct", policy)}
             pair = {t: urls[t] for t in names}
-            samples = _interleaved(pair, "main", names, "bench", k)
+            samples = interleaved(pair, "main", names, "bench", k)
             out[policy][0].extend(samples["direct"])
             out[policy][1].extend(samples[policy])
     return out

@@ -194,6 +194,16 @@ def targets_table(run: Run) -> str:
     return "\n".join(lines)
 
 
+def shape_cells(fig: PolicyFigures) -> list[str]:
+    """Per shape, its rounds' calls and wall times: `2/2; 0.348/0.352`."""
+    return [
+        "/".join(str(r.upstream_calls) for r in shape)
+        + "; "
+        + "/".join(f"{r.wall_s:.3f}" for r in shape)
+        for shape in shape_rows(fig)
+    ]
+
+
 def shape_rows(fig: PolicyFigures) -> tuple[list[Measured], ...]:
     return (fig.at_once_20, fig.six_connections_20, fig.at_once_100)
 
@@ -216,11 +226,7 @@ def policy_section(run: Run) -> str:
         "| 20 (one call per request) | 20 | 100 |",
     ]
     for name, fig in pol.policies.items():
-        cells = []
-        for shape in shape_rows(fig):
-            calls = "/".join(str(r.upstream_calls) for r in shape)
-            walls = "/".join(f"{r.wall_s:.3f}" for r in shape)
-            cells.append(f"{calls}; {walls}")
+        cells = shape_cells(fig)
         lines.append(
             f"| {name} | {lone[name].p50:.1f} / {lone[name].p99:.1f} "
             f"| {lone[name].added_p50:+.1f} / {lone[name].added_p99:+.1f} "

@@ -10,7 +10,7 @@ from .report_policies import (
     median_wall,
     paired_interval,
     policy_lone_figures,
-    shape_rows,
+    shape_cells,
 )
 from .report_text import para, yes
 from .results import Run
@@ -31,12 +31,7 @@ def legacy_policy_section(run: Run) -> str:
         f"| direct (no proxy) | (p50 {unknown['direct'].p50:.2f}) | 20 | 20 | 100 | |",
     ]
     for name, fig in pol.policies.items():
-        cells = [
-            "/".join(str(r.upstream_calls) for r in shape)
-            + "; "
-            + "/".join(f"{r.wall_s:.3f}" for r in shape)
-            for shape in shape_rows(fig)
-        ]
+        cells = shape_cells(fig)
         default = " (default)" if name == run.settings.default_policy else ""
         lines.append(
             f"| {name}{default} | {unknown[name].added_p50:+.2f}; "
