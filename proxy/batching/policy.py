@@ -14,12 +14,12 @@ BURST_MEMORY: Final = 1.0  # seconds a key counts as bursty after it had company
 CALL_TIME_WEIGHT: Final = 0.3  # weight of the newest flight in the call-time average
 # `quiet`, a browser's first wave: an HTTP/1.1 browser has at most BROWSER_WAVE requests in
 # flight to a host. While its burst's leader is in the air and the burst is smaller than that,
-# a batch waits for a pause in arrivals twice as long as the burst has been arriving (at most
-# WAVE_GAP_WINDOWS windows more than the quiet gap), until WAVE_WINDOWS windows after the
-# leader at most (FlushPolicy.wave).
+# a batch waits for a pause in arrivals twice as long as the burst has been arriving (at least
+# WAVE_PAUSE_WINDOWS and at most WAVE_GAP_WINDOWS windows more than the quiet gap), for as long
+# as the leader is in the air (FlushPolicy.wave).
 BROWSER_WAVE: Final = 6
+WAVE_PAUSE_WINDOWS: Final = 2
 WAVE_GAP_WINDOWS: Final = 3
-WAVE_WINDOWS: Final = 5
 
 
 class Policy(enum.StrEnum):
@@ -55,14 +55,16 @@ class FlushPolicy(Generic[K]):
     - a batch flies beside the key's flights that share none of its names (one flight per
       name): a burst never waits for a flight of its own start, such as its leader;
     - while its burst's leader is in the air, a batch that may be a browser's first wave still
-      coming over fresh connections waits for a longer pause (`wave`);
+      coming over fresh connections waits for a longer pause (`wave`: two or three windows);
     - except a batch opened by a follow-up (a request on a connection answered a moment ago:
       state.FollowUps) after a flight of the key landed: it waits for the flights that were in
-      the air with that one (two windows or half the moving average of the key's calls,
-      whichever is longer, at most), then a quiet gap more. A browser sends a queued request
-      on a connection the moment its answer is in, and so do the callers of the rest of its
-      burst when their flights land: so the next round is one call. The wait costs the round
-      nothing, since it ends with the burst's last flight anyway.
+      the air with that one (each until it has flown twice the moving average of the key's
+      calls, at most), then for the first follow-up of their callers (two windows or half a
+      call, whichever is longer, at most), then as long as its clients take to send one. A
+      browser sends a queued request on a connection the moment its answer is in, and so do
+      the callers of the rest of its burst when their flights land: so the next round is one
+      call. The wait costs the round nothing, since it ends with the burst's last flight
+      anyway.
     """
 
     def __init__(self, policy: Policy, *, window: float = 0.0, quiet: float = 0.0) -> None:
@@ -109,31 +111,31 @@ class FlushPolicy(Generic[K]):
             seconds if old is None else old + CALL_TIME_WEIGHT * (seconds - old)
         )
 
-    def led_burst(self, led: float, now: float) -> bool:
-        """`quiet`: whether a call that led its key (idle until then) at `led`, still in the air,
-        is the start of the burst a batch opened `now` is of: within WAVE_WINDOWS windows."""
-        return led >= now - WAVE_WINDOWS * self.window
-
     @staticmethod
     def wave_whole(company: int) -> bool:
         """Whether a burst with `company` besides its leader just became a browser's whole
         first wave."""
         return company + 1 == BROWSER_WAVE
 
-    def wave(self, led: float, last_at: float, company: int) -> tuple[float, float] | None:
-        """`quiet`: the quiet gap and the deadline of a batch beside its burst's leader (led at
-        `led`, still in the air; `company` requests since in batches beside it) if the burst
-        may be a browser's first wave still arriving, or
-        None. A browser sends its first wave on fresh connections, which a busy machine sets
-        up over tens of milliseconds (dstack 0.18.40's legacy UI, in Chromium: 35-70 ms), so
-        the wave waits for a pause twice as long as it has been arriving; a burst of more
-        requests (leader included) than a browser sends at once does not, and one that ends
-        while its leader is in the air pays about twice its spread, bounded (docs/design.md,
-        Flush policy). Once the leader lands (dstack 0.22.5: in 7 ms or so), nobody waits."""
+    def wave(self, led: float, last_at: float, company: int) -> float | None:
+        """`quiet`: the quiet gap of a batch beside its burst's leader (led at `led`, still in
+        the air; `company` requests since in batches beside it) if the burst may be a browser's
+        first wave still arriving, or None. A browser sends its first wave on fresh
+        connections, which a busy machine sets up over tens of milliseconds (dstack 0.18.40's
+        legacy UI, in Chromium: 35-70 ms, up to 104 ms for a delete; three at once, then three
+        21 ms later), so the wave waits for a pause twice as long as it has been arriving, two
+        windows at least and three at most; a burst of more requests (leader included) than a
+        browser sends at once does not, and one that ends while its leader is in the air pays
+        that pause (docs/design.md, Flush policy). Once the leader lands (dstack 0.22.5: in 7 ms
+        or so), nobody waits; and since every request of the wave adds to its company, it
+        gathers for five such pauses at most."""
         if company + 1 >= BROWSER_WAVE:  # a whole wave, or more than a browser sends at once
             return None
-        gap = self.quiet_gap + min(2 * (last_at - led), WAVE_GAP_WINDOWS * self.window)
-        return gap, led + WAVE_WINDOWS * self.window
+        pause = 2 * (last_at - led)
+        window = self.window
+        return self.quiet_gap + min(
+            max(pause, WAVE_PAUSE_WINDOWS * window), WAVE_GAP_WINDOWS * window
+        )
 
     def landed(self, key: K, now: float) -> None:
         """A flight of `key` landed (`quiet` remembers it for BURST_MEMORY)."""

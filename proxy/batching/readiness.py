@@ -6,6 +6,7 @@ queues and the flights; this decides only when a batch may leave, and tells it t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -18,7 +19,8 @@ T = TypeVar("T", bound=Hashable)
 R = TypeVar("R")
 C = TypeVar("C")
 
-HOLD_WINDOWS = 2  # `quiet`: a follow-up waits this many windows at least for its siblings
+HOLD_WINDOWS = 2  # `quiet`: a follow-up waits this many windows at least for its siblings,
+HOLD_CALLS = 2.0  # or until they have flown this many average calls, if that is later,
 FOLLOW_UP_MARGIN = 3.0  # and then this many times its clients' recent follow-up delay
 
 
@@ -66,6 +68,11 @@ class Readiness(Generic[K, T, R, C]):
         full: bool,
     ) -> None:
         """A member joined `batch` (which just became due if `full`)."""
+        if batch.await_first and not batch.holding and batch.due is None:
+            # The first follow-up since the flights it held for landed: the rest of their
+            # callers' follow-ups come with it, a linger at most.
+            batch.await_first, batch.quiet_from = 0.0, now
+            self._arm(batch, state, now)
         if batch.leader is None:
             return
         batch.leader.company += 1
@@ -86,7 +93,12 @@ class Readiness(Generic[K, T, R, C]):
                 if flight in batch.holding:
                     batch.holding.remove(flight)
                     if not batch.holding and batch.due is None:
+                        # Their callers' follow-ups: the first may take a while on a busy
+                        # machine (Chromium: 18 ms, where one had come in 3), the rest come
+                        # with it.
                         batch.quiet_from = now
+                        wait = batch.await_first + max(batch.linger, self._policy.quiet_gap)
+                        batch.deadline = max(batch.deadline, now + wait)
                         self._arm(batch, state, now)
             return
         head = state.waiting[0] if state.waiting else None
@@ -115,20 +127,25 @@ class Readiness(Generic[K, T, R, C]):
         batch.quiet_from = now
         landed = self._policy.landed_at(batch.key, now)
         if follow_up is None or landed is None:  # the rest of a burst, maybe of a leader's
-            led = (f for f in reversed(state.flights) if f.led)
-            batch.leader = next((f for f in led if self._policy.led_burst(f.started, now)), None)
+            batch.leader = next((f for f in reversed(state.flights) if f.led), None)
         else:
             # The callers of the key's other flights, which started with the one that answered
             # this caller but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or
-            # five, more on a busy machine), send their next requests too when they land: it
-            # waits for those flights, then as long as such clients take to send one.
+            # five, more on a busy machine; a browser's first wave may leave 0.1 s after its
+            # leader), send their next requests too when they land: it waits for those
+            # flights, each up to HOLD_CALLS average calls from its own start, then for the
+            # first of those requests (`most`), then as long as such clients take to send one.
             batch.holding = [f for f in state.flights if f.started < landed]
             batch.quiet_from = landed
             call = self._policy.expected_call(self._family(batch.key)) or 0.0
-            most = max(HOLD_WINDOWS * self._window, call / 2)  # what it may wait, at most
+            hold_end = now
+            most = max(HOLD_WINDOWS * self._window, call / 2)
+            if batch.holding:
+                latest = max(f.started for f in batch.holding)
+                hold_end = max(now + HOLD_WINDOWS * self._window, latest + HOLD_CALLS * call)
+                batch.await_first = most
             batch.linger = min(FOLLOW_UP_MARGIN * follow_up, most)
-            hold = most if batch.holding else 0.0
-            batch.deadline = now + hold + max(batch.linger, self._policy.quiet_gap)
+            batch.deadline = hold_end + max(batch.linger, self._policy.quiet_gap)
         self._arm(batch, state, now)
 
     def _quiet_due(self, batch: WaitingBatch[K, T, R, C]) -> tuple[float, float]:
@@ -138,11 +155,13 @@ class Readiness(Generic[K, T, R, C]):
         (`FlushPolicy.wave`)."""
         if batch.holding:
             return batch.deadline, batch.deadline
+        if batch.await_first:  # for the first follow-up of the flights it held for
+            return min(batch.deadline, batch.quiet_from + batch.await_first), batch.deadline
         gap, deadline = self._policy.quiet_gap, batch.deadline
         if batch.leader is not None and (
             wave := self._policy.wave(batch.leader.started, batch.last_at, batch.leader.company)
         ):
-            gap, deadline = wave[0], max(deadline, wave[1])
+            gap, deadline = wave, math.inf  # until a pause, or the leader lands
         return min(deadline, max(batch.last_at + gap, batch.quiet_from + batch.linger)), deadline
 
     def _arm(

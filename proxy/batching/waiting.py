@@ -97,7 +97,9 @@ class WaitingBatch(Generic[K, T, R, C]):
     window: Timer | None = None  # the running window, restarted when it lingers
     names: set[Hashable] = field(default_factory=set)  # its members' names (`quiet` only)
     holding: list[InAir] = field(default_factory=list)  # flights it waits to see land
-    quiet_from: float = 0.0  # when the last of those landed
+    quiet_from: float = 0.0  # when the last of those landed, or the first follow-up after it
+    # `quiet`: how long after they landed it waits for the first of their callers' follow-ups
+    await_first: float = 0.0
     deadline: float = 0.0  # `quiet`: it leaves by then, gathered or not
     leader: InAir | None = None  # `quiet`: its burst's leader, while that is in the air
     linger: float = 0.0  # `quiet`: how long after the landing it waited for it still waits
