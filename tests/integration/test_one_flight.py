@@ -59,9 +59,6 @@ async def test_batches_naming_one_secret_never_fly_side_by_side(
         pending.append(asyncio.ensure_future(proxy.post(SECRETS, json=body, headers=MEMBER)))
         if i < 2:  # each in the air before the next: the leader, then [s2] beside it
             await _until(lambda: len(fake.calls) == i + 1, f"call {i + 1}")  # noqa: B023
-        if i == 0:  # more than the leader's five windows (0.1 s): the rest is no browser's
-            # first wave, which would wait for a longer pause
-            await asyncio.sleep(0.15)
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
     # [s1] leads; [s2] flies beside it. [s1 s3] and [s4] fill a batch that names s1, so it
