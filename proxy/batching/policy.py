@@ -58,13 +58,13 @@ class FlushPolicy(Generic[K]):
       coming over fresh connections waits for a longer pause (`wave`: two or three windows);
     - except a batch opened by a follow-up (a request on a connection answered a moment ago:
       state.FollowUps) after a flight of the key landed: it waits for the flights that were in
-      the air with that one (each until it has flown twice the moving average of the key's
-      calls, at most), then for the first follow-up of their callers (two windows or half a
-      call, whichever is longer, at most), then as long as its clients take to send one. A
-      browser sends a queued request on a connection the moment its answer is in, and so do
-      the callers of the rest of its burst when their flights land: so the next round is one
-      call. The wait costs the round nothing, since it ends with the burst's last flight
-      anyway.
+      the air with that one (each until it has flown twice as long as the key's last call or
+      their moving average, at most), then for the first follow-up of their callers (two
+      windows or half a call, whichever is longer, at most), then as long as its clients take
+      to send one. A browser sends a queued request on a connection the moment its answer is
+      in, and so do the callers of the rest of its burst when their flights land: so the next
+      round is one call. The wait costs the round nothing, since it ends with the burst's last
+      flight anyway.
     """
 
     def __init__(self, policy: Policy, *, window: float = 0.0, quiet: float = 0.0) -> None:

@@ -20,7 +20,7 @@ R = TypeVar("R")
 C = TypeVar("C")
 
 HOLD_WINDOWS = 2  # `quiet`: a follow-up waits this many windows at least for its siblings,
-HOLD_CALLS = 2.0  # or until they have flown this many average calls, if that is later,
+HOLD_CALLS = 2.0  # or until they have flown this many calls, if that is later,
 FOLLOW_UP_MARGIN = 3.0  # and then this many times its clients' recent follow-up delay
 
 
@@ -84,6 +84,7 @@ class Readiness(Generic[K, T, R, C]):
 
     def landed(self, key: K, state: KeyQueue[K, T, R, C], flight: InAir, now: float) -> None:
         """`flight` of `key` landed (and is out of `state.flights`): the batches behind it."""
+        state.last_call = now - flight.started
         if self._policy.beside:
             for batch in state.waiting:
                 if batch.leader is flight:  # its burst's leader landed: a quiet gap now
@@ -133,11 +134,13 @@ class Readiness(Generic[K, T, R, C]):
             # this caller but land later (dstack 0.18.40: 0.21-0.29 s for a stop, one run or
             # five, more on a busy machine; a browser's first wave may leave 0.1 s after its
             # leader), send their next requests too when they land: it waits for those
-            # flights, each up to HOLD_CALLS average calls from its own start, then for the
+            # flights, each up to HOLD_CALLS calls from its own start, then for the
             # first of those requests (`most`), then as long as such clients take to send one.
             batch.holding = [f for f in state.flights if f.started < landed]
             batch.quiet_from = landed
-            call = self._policy.expected_call(self._family(batch.key)) or 0.0
+            # How long a call takes: the one that just landed says it best for its siblings
+            # (the moving average also learns from calls that fail fast, or name no live run).
+            call = max(self._policy.expected_call(self._family(batch.key)) or 0.0, state.last_call)
             hold_end = now
             most = max(HOLD_WINDOWS * self._window, call / 2)
             if batch.holding:

@@ -130,6 +130,7 @@ class WaitingBatch(Generic[K, T, R, C]):
 class KeyQueue(Generic[K, T, R, C]):
     waiting: deque[WaitingBatch[K, T, R, C]] = field(default_factory=deque)  # arrival order
     flights: list[InAir] = field(default_factory=list)  # in the air, oldest first
+    last_call: float = 0.0  # how long its last flight to land took
 
     def clashes(self, names: set[Hashable] | frozenset[Hashable]) -> bool:
         """Whether a flight in the air carries one of `names`."""
