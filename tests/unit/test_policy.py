@@ -358,14 +358,12 @@ async def test_quiet_a_followup_waits_for_its_flights_siblings_then_takes_their_
     assert landed < held.closed_at <= landed + STEP + QUIET + 1e-9
 
 
-@pytest.mark.parametrize("late", [0.018, 0.060], ids=["18 ms (Chromium, seen here)", "60 ms"])
-async def test_quiet_a_held_follow_up_waits_for_the_first_of_its_siblings_follow_ups(
-    late: float,
-) -> None:
-    # The leader's follow-up came at once after its answer, so the clients' delay looks short; its
-    # siblings' callers, answered together on a busy machine, send theirs 18 ms after theirs
-    # (Chromium driving dstack 0.18.40's UI in a CI-like load). The held batch waits for the
-    # first of them (half a call at most), then takes the rest with it: one call, not two.
+Asked = asyncio.Future[str]
+
+
+async def siblings_landed() -> tuple[ManualClock, Upstream, Batcher[str, str, str, None], Asked]:
+    """On a 0.25 s upstream: a0 leads, [a1, a2] fly beside it, a0's caller sends its next
+    request (b0, a follow-up) as a0 lands, and [a1, a2] has just landed."""
     clock, upstream, batcher = make(Policy.QUIET, SLOW)
     await learn_call_time(clock, upstream, batcher)
     first = [asyncio.ensure_future(upstream.ask(batcher, "k", f"a{i}")) for i in range(3)]
@@ -374,6 +372,18 @@ async def test_quiet_a_held_follow_up_waits_for_the_first_of_its_siblings_follow
     follow = asyncio.ensure_future(upstream.ask(batcher, "k", "b0", STEP))
     await settle()
     await run_until(clock, lambda: all(c.done() for c in first))
+    return clock, upstream, batcher, follow
+
+
+@pytest.mark.parametrize("late", [0.018, 0.060], ids=["18 ms (Chromium, seen here)", "60 ms"])
+async def test_quiet_a_held_follow_up_waits_for_the_first_of_its_siblings_follow_ups(
+    late: float,
+) -> None:
+    # The leader's follow-up came at once after its answer, so the clients' delay looks short;
+    # its siblings' callers, answered together on a busy machine, send theirs 18 ms after
+    # theirs (Chromium driving dstack 0.18.40's UI in a CI-like load). The held batch waits for
+    # the first of them (half a call at most), then takes the rest with it: one call, not two.
+    clock, upstream, batcher, follow = await siblings_landed()
     landed = clock.now()
     clock.advance(late)
     await settle()
@@ -388,14 +398,7 @@ async def test_quiet_a_held_follow_up_waits_for_the_first_of_its_siblings_follow
 
 async def test_quiet_a_held_follow_up_waits_half_a_call_for_follow_ups_that_never_come() -> None:
     # The siblings' callers had nothing more to send: it leaves half a call after they landed.
-    clock, upstream, batcher = make(Policy.QUIET, SLOW)
-    await learn_call_time(clock, upstream, batcher)
-    first = [asyncio.ensure_future(upstream.ask(batcher, "k", f"a{i}")) for i in range(3)]
-    await settle()
-    await run_until(clock, first[0].done)
-    follow = asyncio.ensure_future(upstream.ask(batcher, "k", "b0", STEP))
-    await settle()
-    await run_until(clock, lambda: all(c.done() for c in first))
+    clock, upstream, _, follow = await siblings_landed()
     landed = clock.now()
     await run_until(clock, follow.done)
     held = upstream.batches[1]
