@@ -119,8 +119,9 @@ def at_once(
                 names = [f"n{serial}-{i}" for i in range(n)]
                 measured = partial(phase, server, proxy_url, way, project="main", names=names)
                 for p in stop_then_delete(server, "main", names, measured):
-                    out.append(p)
-                    _say(f"{label} round {r + 1}", p)
+                    if p is not None:
+                        out.append(p)
+                        _say(f"{label} round {r + 1}", p)
     return out
 
 
@@ -176,8 +177,9 @@ def browser(server: DstackServer, proxy_url: str, rounds: int, label: str = "") 
                 connections=BROWSER_CONNECTIONS,
             )
             for p in stop_then_delete(server, "main", names, measured):
-                out.append(p)
-                _say(f"{label} browser round {r + 1}", p)
+                if p is not None:
+                    out.append(p)
+                    _say(f"{label} browser round {r + 1}", p)
     return out
 
 

@@ -122,7 +122,7 @@ def version_section(c: Comparison, v: VersionResults) -> str:
             "",
             *_at_once_table(c, v),
             "",
-            *(para(note) for note in _budget_notes(c, [v])),
+            *(para(note) for note in _budget_notes(c, [v]) + _unmeasured(c, v)),
             "",
             *(
                 [
@@ -287,3 +287,33 @@ def _budget_notes(c: Comparison, versions: list[VersionResults] | None = None) -
                 )
             )
     return notes
+
+
+def _unmeasured(c: Comparison, v: VersionResults) -> list[str]:
+    """The deletes the run could not measure: where dstack left a stopped run active past the
+    set-up's patience (`workload.stop_then_delete`), the delete's cell has fewer rounds."""
+    settings = c.settings.for_database(v.database)
+    at_once, browser = cells(v.at_once), cells(v.browser)
+    asked = [
+        (f"N = {n} at once", at_once, n, tuple(WAY_NAMES), rounds)
+        for n, rounds in settings.with_deletes(v.version).items()
+    ]
+    if settings.browser_rounds:
+        ways = ("direct singles", "proxy singles")
+        asked.append(("20 over 6 connections", browser, 20, ways, settings.browser_rounds))
+    short = []
+    for shape, got, n, ways, rounds in asked:
+        for way in ways:
+            x = got.get(("delete", n, way))
+            if (x.rounds if x else 0) < rounds:
+                measured = x.rounds if x else 0
+                short.append(f"delete, {shape}, {WAY_NAMES[way]}: {measured} of {rounds} rounds")
+    if not short:
+        return []
+    return [
+        "Deletes not measured, because dstack left a stopped run active after the set-up had "
+        "re-stopped it for 5 min and then aborted it for 2 more (the stop race, "
+        "docs/dstack-api.md); a delete naming an active run is refused whole: "
+        + "; ".join(short)
+        + "."
+    ]

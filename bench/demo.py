@@ -61,7 +61,7 @@ def show(spec: servers.ServerSpec, n: int, workdir: Path) -> None:
             )
             names = [f"demo-{way.split()[0]}-{i}" for i in range(n)]
             measured = partial(measure, server, proxy.url, way, project="main", names=names)
-            rows += stop_then_delete(server, "main", names, measured)
+            rows += [r for r in stop_then_delete(server, "main", names, measured) if r]
         metrics = urllib.request.urlopen(f"{proxy.admin_url}/metrics").read().decode()
     rows.sort(key=lambda r: (r.op != "stop", r.way))
     print(f"\ndstack {spec.label}:\n" + table(rows))

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from harness import nginx
 from harness.api import create_project
-from harness.runs import create_active_runs, stop_runs_until_finished
+from harness.runs import create_active_runs
 from harness.server import DstackServer
 
 from .passthrough import BarePassthrough
 from .policies import interleaved
-from .workload import connect, timed_one
+from .workload import connect, finished_for_delete, timed_one
 
 CHUNK = 10  # pairs per batch of fresh runs: keeps the server's pipeline small
 
@@ -71,8 +71,8 @@ def run(server: DstackServer, proxy_url: str, pairs: int) -> list[LonePairs]:
         create_active_runs(server, project, every)
         _pairs(server, urls, "stop", project, names, stops, chunk)
         # The stop race can put a run back: finish them all before the deletes.
-        stop_runs_until_finished(server, project, every, timeout=300)
-        _pairs(server, urls, "delete", project, names, deletes, chunk)
+        if finished_for_delete(server, project, every):
+            _pairs(server, urls, "delete", project, names, deletes, chunk)
     return [stops, deletes]
 
 

@@ -146,16 +146,35 @@ def timed_one(
 M = TypeVar("M")
 
 
+def finished_for_delete(server: DstackServer, project: str, names: list[str]) -> bool:
+    """Set-up for a delete, not measured: stop `names` until every one is finished, and whether
+    they are. With a hundred runs pending, the server's pipeline can take minutes to finish a
+    stopped "submitted" run; a run that a lost stop (its pipeline can overwrite one,
+    docs/dstack-api.md) left active that long is aborted. A delete naming a run still active
+    would be refused whole, so its time would not be a delete's: the caller skips it."""
+    try:
+        stop_runs_until_finished(server, project, names, timeout=300)
+    except TimeoutError as stuck:
+        print(f"set-up for the delete: {stuck}; aborting them", flush=True)
+        try:
+            stop_runs_until_finished(server, project, names, abort=True, timeout=120)
+        except TimeoutError as still:
+            print(f"delete not measured: {still}", flush=True)
+            return False
+    return True
+
+
 def stop_then_delete(
     server: DstackServer, project: str, names: list[str], measured: Callable[[str], M]
-) -> tuple[M, M]:
+) -> tuple[M, M | None]:
     """Create `names`, stop them (`measured("stop")`), let them finish, delete them
-    (`measured("delete")`): the demo's rows, or the bench's phases with the server's usage."""
+    (`measured("delete")`): the demo's rows, or the bench's phases with the server's usage.
+    The delete is `None`, not measured, where dstack left a run active (`finished_for_delete`);
+    the stop's own figures are kept (its `ok` is false then)."""
     create_active_runs(server, project, names)
     stopped = measured("stop")
-    # Setup for the delete, not measured. With a hundred runs pending, the server's pipeline
-    # can take minutes to finish a stopped "submitted" run.
-    stop_runs_until_finished(server, project, names, timeout=300)
+    if not finished_for_delete(server, project, names):
+        return stopped, None
     return stopped, measured("delete")
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import cast
 
+import pytest
+
+from bench import workload
 from bench.bulk import ClientCost, Phase
 from bench.compare import Comparison, Settings, VersionResults
 from bench.compare_cells import bound_rows
@@ -14,6 +18,7 @@ from bench.compare_claims import claims
 from bench.compare_report import section, targets_summary
 from bench.lone import LoneHops, LonePairs
 from bench.usage import log_errors
+from harness.server import DstackServer
 
 LOG = """\
 DEBUG 2026-12-06T02:40:02.236 dstack._internal.server.app Processed request POST http://127.0.0.1:1/api/project/main/runs/stop in 0.026237s. Status: 200
@@ -171,3 +176,52 @@ def test_the_locking_claim_reads_the_stops_alone_where_deletes_at_50_were_not_me
     locked = {x.claim: x for x in claims(c)}['no "database is locked" at 50']
     assert locked.holds == "**no**"
     assert locked.measured.startswith("locked lines at N = 50, stops: proxy 2, direct singles 0")
+
+
+def test_a_delete_the_run_could_not_measure_is_named_not_left_out_silently() -> None:
+    c = _comparison(0.08, 0.5, 0)
+    assert "Deletes not measured" not in section(c)
+    v = c.versions[0]
+    lost = [
+        p for p in v.at_once if not (p.op == "delete" and p.n == 10 and p.way == "direct singles")
+    ]
+    c = dataclasses.replace(c, versions=[dataclasses.replace(v, at_once=lost)])
+    flat = " ".join(section(c).split())
+    assert "Deletes not measured" in flat
+    assert "delete, N = 10 at once, direct singles: 0 of 1 rounds." in flat
+    # No verdict is drawn for the cell that lacks a way.
+    assert ("delete", 10) not in {(r.op, r.n) for r in bound_rows(c, c.versions[0])}
+
+
+def test_a_run_dstack_leaves_active_costs_its_delete_not_the_bench(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The set-up before a delete re-stops, then aborts, the runs dstack left active; where they
+    stay active, the delete is not measured (`None`) and the bench goes on. dstack's race cannot
+    be made to happen on demand, so the wait for the runs is replaced here."""
+    waits: list[bool] = []
+    stuck = 2  # how many of the waits time out
+
+    def wait(
+        _server: object, _project: str, names: list[str], *, abort: bool = False, timeout: float
+    ) -> None:
+        waits.append(abort)
+        if len(waits) <= stuck:
+            raise TimeoutError(f"runs still active after {timeout:.0f}s: {names}")
+
+    monkeypatch.setattr(workload, "create_active_runs", lambda *_: None)
+    monkeypatch.setattr(workload, "stop_runs_until_finished", wait)
+    measured: list[str] = []
+
+    def measure(op: str) -> str:
+        measured.append(op)
+        return op
+
+    server = cast(DstackServer, None)
+    assert workload.stop_then_delete(server, "main", ["a"], measure) == ("stop", None)
+    assert (measured, waits) == (["stop"], [False, True])
+    measured.clear()
+    waits.clear()
+    stuck = 1  # the abort finishes them: the delete is measured
+    assert workload.stop_then_delete(server, "main", ["a"], measure) == ("stop", "delete")
+    assert (measured, waits) == (["stop", "delete"], [False, True])
