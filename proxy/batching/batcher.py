@@ -126,16 +126,19 @@ class Batcher(Generic[K, T, R, C]):
             raise result
         return result
 
-    def lead(self, key: K, member: T) -> Callable[[], None] | None:
+    def lead(self, key: K, member: T, *, follow_up: bool = False) -> Callable[[], None] | None:
         """Claim idle `key`'s flight for a call the caller makes itself, naming `member`, if the
         policy would send at once anyway; members arriving meanwhile wait for it as for any
-        flight. Returns the function to call once that call is over, or None (submit instead)."""
+        flight. Returns the function to call once that call is over, or None (submit instead).
+        A `follow_up` is a request its client had queued (see `submit`)."""
         now = self._clock.now()
         if self._closed or key in self._keys or not self._policy.may_lead(key, now):
             return None
         state = self._keys[key] = KeyQueue()
         flight = InAir(frozenset(self._names(member)), now, led=True)
         state.flights.append(flight)
+        if follow_up:
+            self._policy.followed_up(key, now)
         landed = asyncio.get_running_loop().create_future()
         self._leads.add(landed)
 
@@ -186,6 +189,8 @@ class Batcher(Generic[K, T, R, C]):
         if batch is None or (len(batch.futures) >= self._max_size and member not in batch.futures):
             batch = self._open(key, state, context(), now, follow_up)
         future = batch.add(member, now, self._names(member))
+        if follow_up is not None:  # counted once the batch it may open has taken its count
+            self._policy.followed_up(key, now)
         full = len(batch.futures) >= self._max_size and batch.due is None
         if full:
             batch.due = FlushReason.FULL
@@ -216,7 +221,7 @@ class Batcher(Generic[K, T, R, C]):
             for timer in batch.timers:
                 timer.cancel()
             now = self._clock.now()
-            flight = InAir(frozenset(batch.names), now)
+            flight = InAir(frozenset(batch.names), now, callers=batch.waiters)
             state.flights.append(flight)
             hear = partial(flight.hear_at, self._clock)
             closed = batch.closed(batch.due, now, hear)
@@ -244,7 +249,7 @@ class Batcher(Generic[K, T, R, C]):
         state.flights.remove(flight)
         now = self._clock.now()
         self._policy.flown(self._family(key), now - flight.started)
-        self._policy.landed(key, now)
+        self._policy.landed(key, now, flight.callers)
         self._due.landed(key, state, flight, now)
         self._advance(state)
         self._forget_key(key, state)

@@ -58,6 +58,34 @@ class Recent(Generic[H]):
             if seen > now - self.span:
                 return
             del self._at[oldest]
+            self.forgot(oldest)
+
+    def forgot(self, key: H) -> None:
+        """`key` was not seen for `span`: what is kept of it may go."""
 
     def __iter__(self) -> Iterator[H]:
         return iter(self._at)
+
+
+class Tally(Recent[H]):
+    """A count per key, kept while the key was seen within `span` (`add` sees it; `take` does
+    not)."""
+
+    def __init__(self, span: float) -> None:
+        super().__init__(span)
+        self._count: dict[H, int] = {}
+
+    def add(self, key: H, now: float, n: int) -> None:
+        self._count[key] = self.count(key, now) + n
+        self.note(key, now)
+
+    def take(self, key: H, now: float) -> None:
+        """One less, down to none."""
+        if (count := self.count(key, now)) > 0:
+            self._count[key] = count - 1
+
+    def count(self, key: H, now: float) -> int:
+        return self._count.get(key, 0) if self.at(key, now) is not None else 0
+
+    def forgot(self, key: H) -> None:
+        self._count.pop(key, None)

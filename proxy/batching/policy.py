@@ -6,7 +6,7 @@ import enum
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
-from .clock import Recent
+from .clock import Recent, Tally
 
 K = TypeVar("K", bound=Hashable)
 
@@ -61,7 +61,9 @@ class FlushPolicy(Generic[K]):
       the air with that one (each until it has flown twice as long as the key's last call or
       their moving average, at most), then for the first follow-up of their callers (two
       windows or half a call, whichever is longer, at most), then as long as its clients take
-      to send one. A browser sends a queued request on a connection the moment its answer is
+      to send one; or only a quiet gap once its round is in: as many requests as the callers
+      answered lately whose follow-ups had not come, and the callers of the key's flights
+      (`answered`). A browser sends a queued request on a connection the moment its answer is
       in, and so do the callers of the rest of its burst when their flights land: so the next
       round is one call. The wait costs the round nothing, since it ends with the burst's last
       flight anyway.
@@ -73,6 +75,8 @@ class FlushPolicy(Generic[K]):
         self.quiet_gap = min(quiet, window)  # `quiet`: the pause in arrivals that ends a batch
         self._company = Recent[K](BURST_MEMORY)  # keys that had company lately
         self._landed = Recent[K](BURST_MEMORY)  # `quiet`: each key's last landing
+        # `quiet`: per key, the callers its landings answered whose follow-ups have not come
+        self._answered = Tally[K](BURST_MEMORY)
         self._call_time: dict[Hashable, float] = {}  # per family: a moving average of flights
 
     @property
@@ -137,10 +141,22 @@ class FlushPolicy(Generic[K]):
             max(pause, WAVE_PAUSE_WINDOWS * window), WAVE_GAP_WINDOWS * window
         )
 
-    def landed(self, key: K, now: float) -> None:
-        """A flight of `key` landed (`quiet` remembers it for BURST_MEMORY)."""
+    def landed(self, key: K, now: float, callers: int = 1) -> None:
+        """A flight of `key` landed, answering `callers` (`quiet` remembers it for
+        BURST_MEMORY)."""
         if self.policy == Policy.QUIET:
             self._landed.note(key, now)
+            self._answered.add(key, now, callers)
+
+    def followed_up(self, key: K, now: float) -> None:
+        """A caller of `key` sent its next request on the connection of its answer."""
+        if self.policy == Policy.QUIET:
+            self._answered.take(key, now)
+
+    def answered(self, key: K, now: float) -> int:
+        """`quiet`: how many callers the landings of `key` answered lately whose follow-ups
+        have not come (some never do: a client done, or sending another kind of request)."""
+        return self._answered.count(key, now)
 
     def landed_at(self, key: K, now: float) -> float | None:
         """When a flight of `key` last landed, if within BURST_MEMORY."""

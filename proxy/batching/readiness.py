@@ -73,6 +73,11 @@ class Readiness(Generic[K, T, R, C]):
             # callers' follow-ups come with it, a linger at most.
             batch.await_first, batch.quiet_from = 0.0, now
             self._arm(batch, state, now)
+        if batch.expect and batch.waiters >= batch.expect and not batch.holding:
+            # Every caller it waited for has sent its follow-up: no linger for stragglers.
+            batch.expect, batch.await_first, batch.linger = 0, 0.0, 0.0
+            if batch.due is None:
+                self._arm(batch, state, now)
         if batch.leader is None:
             return
         batch.leader.company += 1
@@ -91,6 +96,8 @@ class Readiness(Generic[K, T, R, C]):
                     batch.leader = None
                     if batch.due is None:
                         self._arm(batch, state, now)
+                if batch.expect and flight.started > batch.opened_at:
+                    batch.expect += flight.callers  # their follow-ups come to it too
                 if flight in batch.holding:
                     batch.holding.remove(flight)
                     if not batch.holding and batch.due is None:
@@ -147,7 +154,16 @@ class Readiness(Generic[K, T, R, C]):
                 latest = max(f.started for f in batch.holding)
                 hold_end = max(now + HOLD_WINDOWS * self._window, latest + HOLD_CALLS * call)
                 batch.await_first = most
+            # The callers whose follow-ups make the round: answered lately, this one's among
+            # them, and those of the key's flights in the air (and, as they land, of the
+            # flights that leave after it opened: `landed`). Once they are in, it goes; until
+            # then it waits two windows at least (Chromium on a busy machine: the rest of a
+            # round 18 ms after its first), however quick its clients' follow-ups were lately.
+            answered = self._policy.answered(batch.key, now)
+            batch.expect = answered and answered + sum(f.callers for f in state.flights)
             batch.linger = min(FOLLOW_UP_MARGIN * follow_up, most)
+            if batch.expect:
+                batch.linger = max(batch.linger, HOLD_WINDOWS * self._window)
             batch.deadline = hold_end + max(batch.linger, self._policy.quiet_gap)
         self._arm(batch, state, now)
 

@@ -70,6 +70,7 @@ class InAir:
     names: frozenset[Hashable]
     started: float
     led: bool = False  # a caller's own call on an idle key: the start of a burst, if any
+    callers: int = 1  # the submitters it answers
     company: int = 0  # if led: the requests of its burst since, in batches beside it
     heard: float = 0.0  # when the upstream last answered one of its calls (or it started)
 
@@ -103,6 +104,9 @@ class WaitingBatch(Generic[K, T, R, C]):
     deadline: float = 0.0  # `quiet`: it leaves by then, gathered or not
     leader: InAir | None = None  # `quiet`: its burst's leader, while that is in the air
     linger: float = 0.0  # `quiet`: how long after the landing it waited for it still waits
+    # `quiet`, a follow-up's batch: the callers answered lately whose follow-ups had not come,
+    # and those of the key's flights; once that many have joined, the round is in (0: unknown)
+    expect: int = 0
 
     def add(
         self, member: T, now: float, names: Iterable[Hashable] = ()

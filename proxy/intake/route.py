@@ -123,7 +123,9 @@ class Intake:
             return await self._bypass(request, refused, body)
         follow_up = self._state.follow_ups.follows(request)
         try:
-            if self._send_alone is not None and (land := self._batcher.lead(key, member)):
+            if self._send_alone is not None and (
+                land := self._batcher.lead(key, member, follow_up=follow_up is not None)
+            ):
                 self._alone.inc()
                 request[WAY] = "alone"
                 try:
