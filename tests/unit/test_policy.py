@@ -445,9 +445,9 @@ async def test_quiet_a_round_whose_callers_all_followed_up_leaves_without_a_ling
 ) -> None:
     # Chromium driving dstack 0.18.40's UI: its list refreshes teach the proxy a follow-up
     # delay of about 160 ms, so a round's batch would linger half a call (125 ms) after its
-    # first follow-up. Once every caller answered since the last call left has sent its next
-    # request, the round is in: it leaves a quiet gap after the last. The final round of two
-    # cannot know that no more come, and lingers.
+    # first follow-up. Once every caller answered lately has sent its next request, the round
+    # is in: it leaves a quiet gap after the last. The final round of two cannot know that no
+    # more come, and lingers.
     upstream = await six_connections(
         Policy.QUIET, SLOW, lead=True, per_name=per_name, turnaround=turnaround, delay=0.16
     )
