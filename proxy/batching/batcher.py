@@ -74,14 +74,13 @@ class Batcher(Generic[K, T, R, C]):
         self._max_size = max_size
         # Under `quiet`, flights of one key share no name; `names` says what a member names.
         self._names = (names or its_own_name) if self._policy.beside else no_names
-        self._family = family or one_family  # keys whose calls take alike long
         self._clock = clock or LoopClock()
         self._due = Readiness[K, T, R, C](
             self._policy,
             self._clock,
             window,
             max(max_wait, window),
-            self._family,
+            family or one_family,  # keys whose calls take alike long
             self._advance,
             self._expired,
         )
@@ -247,9 +246,6 @@ class Batcher(Generic[K, T, R, C]):
     def _landed(self, key: K, state: KeyQueue[K, T, R, C], flight: InAir) -> None:
         """A flight of the key is over: the batches behind it may leave."""
         state.flights.remove(flight)
-        now = self._clock.now()
-        self._policy.flown(self._family(key), now - flight.started)
-        self._policy.landed(key, now, flight.callers)
-        self._due.landed(key, state, flight, now)
+        self._due.landed(key, state, flight, self._clock.now())
         self._advance(state)
         self._forget_key(key, state)

@@ -88,8 +88,11 @@ class Readiness(Generic[K, T, R, C]):
             self._arm(batch, state, now)
 
     def landed(self, key: K, state: KeyQueue[K, T, R, C], flight: InAir, now: float) -> None:
-        """`flight` of `key` landed (and is out of `state.flights`): the batches behind it."""
-        state.last_call = now - flight.started
+        """`flight` of `key` landed (and is out of `state.flights`): what the policy learns
+        from it, and the batches behind it."""
+        state.last_call = took = now - flight.started
+        self._policy.flown(self._family(key), took)
+        self._policy.landed(key, now, flight.callers)
         if self._policy.beside:
             for batch in state.waiting:
                 if batch.leader is flight:  # its burst's leader landed: a quiet gap now
