@@ -305,8 +305,7 @@ def _unmeasured(c: Comparison, v: VersionResults) -> list[str]:
     for shape, got, n, ways, rounds in asked:
         for way in ways:
             x = got.get(("delete", n, way))
-            if (x.rounds if x else 0) < rounds:
-                measured = x.rounds if x else 0
+            if (measured := x.rounds if x else 0) < rounds:
                 short.append(f"delete, {shape}, {WAY_NAMES[way]}: {measured} of {rounds} rounds")
     if not short:
         return []

@@ -74,9 +74,9 @@ class FlushPolicy(Generic[K]):
         self.window = window
         self.quiet_gap = min(quiet, window)  # `quiet`: the pause in arrivals that ends a batch
         self._company = Recent[K](BURST_MEMORY)  # keys that had company lately
-        self._landed = Recent[K](BURST_MEMORY)  # `quiet`: each key's last landing
-        # `quiet`: per key, the callers its landings answered whose follow-ups have not come
-        self._answered = Tally[K](BURST_MEMORY)
+        # `quiet`: each key's last landing, and the callers its landings answered whose
+        # follow-ups have not come
+        self._landed = Tally[K](BURST_MEMORY)
         self._call_time: dict[Hashable, float] = {}  # per family: a moving average of flights
 
     @property
@@ -145,18 +145,17 @@ class FlushPolicy(Generic[K]):
         """A flight of `key` landed, answering `callers` (`quiet` remembers it for
         BURST_MEMORY)."""
         if self.policy == Policy.QUIET:
-            self._landed.note(key, now)
-            self._answered.add(key, now, callers)
+            self._landed.add(key, now, callers)
 
     def followed_up(self, key: K, now: float) -> None:
         """A caller of `key` sent its next request on the connection of its answer."""
         if self.policy == Policy.QUIET:
-            self._answered.take(key, now)
+            self._landed.take(key, now)
 
     def answered(self, key: K, now: float) -> int:
         """`quiet`: how many callers the landings of `key` answered lately whose follow-ups
         have not come (some never do: a client done, or sending another kind of request)."""
-        return self._answered.count(key, now)
+        return self._landed.count(key, now)
 
     def landed_at(self, key: K, now: float) -> float | None:
         """When a flight of `key` last landed, if within BURST_MEMORY."""
