@@ -1,10 +1,11 @@
-"""N one-run stops and then deletes at once on a real dstack server, three ways side by side:
-straight to the server (direct singles), through the proxy at its default configuration (proxy
-singles), and one request naming all N (direct batch). Per phase: time until the last caller
-has its answer, upstream calls and errors from the server's own log, non-200 answers, and the
-server's CPU seconds and peak RSS (`usage.py`). Also the browser shape (20 over 6 kept-alive
-connections) and the client's own cost (the same N requests through a proxy in front of an
-upstream that answers at once).
+"""N one-run stops and then deletes at once on a real dstack server, side by side: straight to
+the server (direct singles), through the proxy at its default configuration (proxy singles), one
+request naming all N (direct batch), and the floor of any proxy that sends a lone request at
+once (the first name alone beside one request naming the rest, `LEADER_FLOOR`). Per phase: time
+until the last caller has its answer, upstream calls and errors from the server's own log,
+non-200 answers, and the server's CPU seconds and peak RSS (`usage.py`). Also the browser shape
+(20 over 6 kept-alive connections, beside one call a round, `ROUNDS_FLOOR`) and the client's own
+cost (the same N requests through a proxy in front of an upstream that answers at once).
 
     .venv/bin/python -m bench.bulk [--sizes 10 50] [--rounds 1] [--version 0.18.40]
 """
@@ -29,7 +30,17 @@ from harness.versions import CURRENT_VERSION
 
 from . import servers
 from .usage import Sampler
-from .workload import WAYS, Way, bodies_for, fire, post_all, settled, stop_then_delete
+from .workload import (
+    LEADER_FLOOR,
+    ROUNDS_FLOOR,
+    WAYS,
+    Way,
+    bodies_for,
+    fire,
+    post_all,
+    settled,
+    stop_then_delete,
+)
 
 OPS = ("stop", "delete")
 BROWSER_N, BROWSER_CONNECTIONS = 20, 6
@@ -105,16 +116,31 @@ def _say(label: str, p: Phase) -> None:
     )
 
 
+def ways_at_once(floor: bool) -> tuple[Way, ...]:
+    """The ways N at once are sent: `WAYS`, and the leader's floor if asked for."""
+    return (*WAYS, LEADER_FLOOR) if floor else WAYS
+
+
+def rotated(ways: tuple[Way, ...], r: int) -> tuple[Way, ...]:
+    """`ways` in the order of round `r`: rotated each round, so drift in the machine hits
+    every way."""
+    k = r % len(ways)
+    return ways[k:] + ways[:k]
+
+
 def at_once(
-    server: DstackServer, proxy_url: str, rounds: dict[int, int], label: str = ""
+    server: DstackServer,
+    proxy_url: str,
+    rounds: dict[int, int],
+    label: str = "",
+    floor: bool = True,
 ) -> list[Phase]:
-    """Every N, `rounds[N]` times, the three ways interleaved in an order rotated each round
-    (so drift in the machine hits every way)."""
+    """Every N, `rounds[N]` times, the ways interleaved in an order rotated each round."""
     out: list[Phase] = []
     serial = 0
     for n, count in rounds.items():
         for r in range(count):
-            for way in WAYS[r % 3 :] + WAYS[: r % 3]:
+            for way in rotated(ways_at_once(floor), r):
                 serial += 1
                 names = [f"n{serial}-{i}" for i in range(n)]
                 measured = partial(phase, server, proxy_url, way, project="main", names=names)
@@ -139,6 +165,7 @@ def stops_alone(
     n: int,
     rounds: int,
     label: str = "",
+    floor: bool = True,
 ) -> list[Phase]:
     """N stops at once, each way on a server of its own (`fresh()` starts one and a proxy in
     front of it): no deletes, so the stopped runs are never waited for, and no backlog of them
@@ -147,7 +174,7 @@ def stops_alone(
     stopped run a second)."""
     out: list[Phase] = []
     for r in range(rounds):
-        for way in WAYS[r % 3 :] + WAYS[: r % 3]:
+        for way in rotated(ways_at_once(floor), r):
             with fresh() as (server, proxy_url):
                 _warm(server, proxy_url)
                 names = [f"f{r}-{i}" for i in range(n)]
@@ -160,13 +187,13 @@ def stops_alone(
 
 def browser(server: DstackServer, proxy_url: str, rounds: int, label: str = "") -> list[Phase]:
     """20 one-run stops then deletes over at most 6 kept-alive connections, each waiting for
-    its answer before it sends the next, as an HTTP/1.1 browser does: direct and through the
-    proxy, interleaved."""
+    its answer before it sends the next, as an HTTP/1.1 browser does: direct, through the
+    proxy, and one call a round (the floor of any proxy), interleaved."""
     out: list[Phase] = []
-    ways: tuple[Way, ...] = ("direct singles", "proxy singles")
+    ways: tuple[Way, ...] = ("direct singles", "proxy singles", ROUNDS_FLOOR)
     for r in range(rounds):
-        for way in ways[r % 2 :] + ways[: r % 2]:
-            names = [f"h{r}-{way.split()[0]}-{i}" for i in range(BROWSER_N)]
+        for way in rotated(ways, r):
+            names = [f"h{r}-{ways.index(way)}-{i}" for i in range(BROWSER_N)]
             measured = partial(
                 phase,
                 server,

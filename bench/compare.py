@@ -40,6 +40,7 @@ class Settings:
     databases: tuple[str, ...] = ("sqlite",)
     alone: bool = True  # whether the N beyond the deletes' budget run as stops on fresh servers
     hop_rounds: int = 300  # lone stops on absent runs per target (`lone.hops`), with lone pairs
+    floors: bool = True  # N at once also as the leader's floor (`workload.LEADER_FLOOR`)
     # Rounds that replace `rounds` for one version: where a round is cheap (0.22.5's runs stop
     # and finish within seconds), a median of three instead of one round's noise.
     more_rounds: dict[str, dict[int, int]] = field(default_factory=dict)
@@ -70,11 +71,13 @@ class Settings:
         """On SQLite, everything. On another database (Postgres, issue 18), only what the seed's
         claims need, to stay within the bench's budget: the N of `CLAIM_SIZES`, stops and
         deletes within the deletes' budget, stops alone beyond it (0.18.40's N = 100, for the
-        CPU and memory claim); no browser shape, no lone pairs."""
+        CPU and memory claim); no browser shape, no lone pairs, no floors."""
         if database == "sqlite":
             return self
         rounds = {n: r for n, r in self.rounds.items() if n in CLAIM_SIZES}
-        return replace(self, rounds=rounds, browser_rounds=0, lone_pairs=0, more_rounds={})
+        return replace(
+            self, rounds=rounds, browser_rounds=0, lone_pairs=0, more_rounds={}, floors=False
+        )
 
     def rounds_of(self, version: str) -> dict[int, int]:
         """N -> rounds of the N-at-once table on `version`."""
@@ -138,7 +141,9 @@ def measure_version(
         out.at_once = _timed(
             out.elapsed_s,
             "at_once",
-            lambda: bulk.at_once(server, proxy.url, settings.with_deletes(spec.version), label),
+            lambda: bulk.at_once(
+                server, proxy.url, settings.with_deletes(spec.version), label, settings.floors
+            ),
         )
         if settings.browser_rounds:
             print(f"== {label}: 20 over 6 connections ==", flush=True)
@@ -173,7 +178,9 @@ def measure_alone(
         print(f"== {label}: N at once, stops only, each way on a fresh server ==", flush=True)
         started = time.monotonic()
         for n, r in alone.items():
-            out.at_once += bulk.stops_alone(lambda: fresh(spec, workdir), n, r, label)
+            out.at_once += bulk.stops_alone(
+                lambda: fresh(spec, workdir), n, r, label, settings.floors
+            )
         out.elapsed_s["stops_alone"] = time.monotonic() - started
 
 

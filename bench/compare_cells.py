@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from .bulk import Phase
 from .compare import Comparison, VersionResults
 from .stats import median_interval, pct
+from .workload import LEADER_FLOOR, ROUNDS_FLOOR
 
 BOUND = 1.15  # the proxy within 1.15 x one N-name call plus the client's own cost
 BROWSER_CALLS = 5
 LONE_MS = 1.0
 VERSIONS_PLOT = "bench-versions.png"
 WAY_NAMES = {"direct singles": "direct singles", "proxy singles": "proxy", "direct batch": "batch"}
+# The floors (workload.py), named in the tables; not in every run (older runs, Postgres).
+FLOOR_NAMES = {LEADER_FLOOR: "leader + rest", ROUNDS_FLOOR: "one call a round"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class BoundRow:
     proxy: Cell
     batch: Cell
     cost_s: float
+    floor: Cell | None = None  # the leader's floor (LEADER_FLOOR), where it was measured
 
     @property
     def bound_s(self) -> float:
@@ -100,6 +104,12 @@ class BoundRow:
     def below_direct(self) -> bool:
         return self.proxy.wall_s < self.direct.wall_s
 
+    @property
+    def floor_within_bound(self) -> bool | None:
+        """Whether a burst's leader beside the rest, straight to the server, meets the bound:
+        if not, no proxy that sends a lone request at once can (None: not measured)."""
+        return None if self.floor is None else self.floor.wall_s <= self.bound_s
+
 
 def bound_rows(c: Comparison, v: VersionResults) -> list[BoundRow]:
     by = cells(v.at_once)
@@ -109,7 +119,8 @@ def bound_rows(c: Comparison, v: VersionResults) -> list[BoundRow]:
             keys = [(op, n, w) for w in WAY_NAMES]
             if all(k in by for k in keys):
                 d, p, b = (by[k] for k in keys)
-                rows.append(BoundRow(op, n, d, p, b, client_cost_s(c, op, n)))
+                floor = by.get((op, n, LEADER_FLOOR))
+                rows.append(BoundRow(op, n, d, p, b, client_cost_s(c, op, n), floor))
     return rows
 
 

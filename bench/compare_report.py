@@ -9,6 +9,7 @@ from harness.versions import LEGACY_VERSION
 from .compare import Comparison, VersionResults
 from .compare_cells import (
     BROWSER_CALLS,
+    FLOOR_NAMES,
     LONE_MS,
     VERSIONS_PLOT,
     WAY_NAMES,
@@ -21,22 +22,39 @@ from .compare_cells import (
 from .compare_claims import claims_table
 from .compare_hops import hop_summary, hop_table
 from .report_text import para
+from .workload import LEADER_FLOOR, ROUNDS_FLOOR
+
+NAMES = {**WAY_NAMES, **FLOOR_NAMES}
 
 
 def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
+    rows = bound_rows(c, v)
+    floors = any(r.floor for r in rows)
     lines = [
         "| op | N | direct singles: s (calls) | proxy: s, worst (calls) | one N-name call: s "
         "| client cost s | bound s | proxy ≤ bound | proxy < direct "
-        "| server ms per call: proxy's; one call |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        + ("| leader + rest: s | leader + rest ≤ bound " if floors else "")
+        + "| server ms per call: proxy's; one call"
+        + ("; leader + rest |" if floors else " |"),
+        "|---" * (12 if floors else 10) + "|",
     ]
-    for r in bound_rows(c, v):
+    for r in rows:
+        floor = (
+            (
+                f"| {r.floor.wall_s:.3f} | {yes(bool(r.floor_within_bound))} "
+                if r.floor
+                else "| — | — "
+            )
+            if floors
+            else ""
+        )
+        floor_ms = (f"; {_call_ms(r.floor.call_ms)}" if r.floor else "; —") if floors else ""
         lines.append(
             f"| {r.op} | {r.n} | {r.direct.wall_s:.3f} ({r.direct.calls}) "
             f"| {r.proxy.wall_s:.3f}, {r.proxy.worst_s:.3f} ({r.proxy.calls}) "
             f"| {r.batch.wall_s:.3f} | {r.cost_s:.3f} | {r.bound_s:.3f} "
-            f"| {yes(r.within_bound)} | {yes(r.below_direct)} "
-            f"| {_call_ms(r.proxy.call_ms)}; {_call_ms(r.batch.call_ms)} |"
+            f"| {yes(r.within_bound)} | {yes(r.below_direct)} {floor}"
+            f"| {_call_ms(r.proxy.call_ms)}; {_call_ms(r.batch.call_ms)}{floor_ms} |"
         )
     return lines
 
@@ -48,19 +66,27 @@ def _call_ms(ms: list[float]) -> str:
 
 def _browser_table(v: VersionResults) -> list[str]:
     by = cells(v.browser)
+    floors = any(way == ROUNDS_FLOOR for _, _, way in by)
     lines = [
         "| op | direct: s (calls) | proxy: s, worst (calls, worst) | proxy < direct "
-        f"| ≤ {BROWSER_CALLS} calls (worst round) |",
-        "|---|---|---|---|---|",
+        f"| ≤ {BROWSER_CALLS} calls (worst round) "
+        + ("| one call a round: s (calls) | one call a round < direct |" if floors else "|"),
+        "|---" * (7 if floors else 5) + "|",
     ]
     for op in ("stop", "delete"):
         d, p = by.get((op, 20, "direct singles")), by.get((op, 20, "proxy singles"))
         if d is None or p is None:
             continue
+        f = by.get((op, 20, ROUNDS_FLOOR))
+        floor = (
+            (f"| {f.wall_s:.3f} ({f.calls}) | {yes(f.wall_s < d.wall_s)} |" if f else "| — | — |")
+            if floors
+            else "|"
+        )
         lines.append(
             f"| {op} | {d.wall_s:.3f} ({d.calls}) | {p.wall_s:.3f}, {p.worst_s:.3f} "
             f"({p.calls}, {p.worst_calls}) | {yes(p.wall_s < d.wall_s)} "
-            f"| {yes(p.worst_calls <= BROWSER_CALLS)} |"
+            f"| {yes(p.worst_calls <= BROWSER_CALLS)} {floor}"
         )
     return lines
 
@@ -87,10 +113,10 @@ def _usage_table(v: VersionResults) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (op, n, way), x in sorted(
-        by.items(), key=lambda kv: (kv[0][0] != "stop", kv[0][1], list(WAY_NAMES).index(kv[0][2]))
+        by.items(), key=lambda kv: (kv[0][0] != "stop", kv[0][1], list(NAMES).index(kv[0][2]))
     ):
         lines.append(
-            f"| {op} | {n} | {WAY_NAMES[way]} | {x.wall_s:.3f} | {x.non_200} | {x.locked} "
+            f"| {op} | {n} | {NAMES[way]} | {x.wall_s:.3f} | {x.non_200} | {x.locked} "
             f"| {x.errors} | {x.cpu_s:.2f} | {x.peak_rss_mb:.0f} ({x.rss_growth_mb:+.0f}) "
             f"| {yes(x.ok)} |"
         )
@@ -117,7 +143,16 @@ def version_section(c: Comparison, v: VersionResults) -> str:
                 "requests through a proxy in front of an upstream that answers at once). The last "
                 "column: the server's own time for each upstream call, from its log, in the order "
                 "they finished (the proxy's: a burst's leader, sent alone as it came, and the "
-                "batch beside it), in the median round." + fresh
+                "batch beside it), in the median round."
+                + fresh
+                + (
+                    " Leader + rest: the floor of any proxy that sends a lone request at once, "
+                    "straight to the server: the first name in a call of its own and the rest in "
+                    "one call beside it, at once; where it misses the bound, so must such a "
+                    "proxy (docs/design.md, What no proxy can beat)."
+                    if any(r.floor for r in bound_rows(c, v))
+                    else ""
+                )
             ),
             "",
             *_at_once_table(c, v),
@@ -130,6 +165,14 @@ def version_section(c: Comparison, v: VersionResults) -> str:
                         "The browser shape: 20 one-run requests over at most 6 kept-alive "
                         f"connections, each waiting for its answer ({settings.browser_rounds} "
                         "round(s))."
+                        + (
+                            " One call a round: the floor of any proxy, straight to the server: "
+                            "the 20 names in calls of 6, one after another (a connection's next "
+                            "request comes only after its answer, so 20 over 6 connections take "
+                            "4 upstream calls in sequence however they are merged)."
+                            if any(p.way == ROUNDS_FLOOR for p in v.browser)
+                            else ""
+                        )
                     ),
                     "",
                     *_browser_table(v),
@@ -206,16 +249,36 @@ def _cells_met(rows: list[BoundRow], test: str) -> str:
     return f"{len(met)} of {len(rows)} cells; {detail} ({yes(len(met) == len(rows))})"
 
 
-def _browser_met(v: VersionResults) -> tuple[str, str]:
+def _browser_met(v: VersionResults) -> tuple[str, str, str]:
     by = cells(v.browser)
-    faster, calls = [], []
+    faster, calls, floors = [], [], []
     for op in ("stop", "delete"):
         d, p = by.get((op, 20, "direct singles")), by.get((op, 20, "proxy singles"))
         if d is None or p is None:
             continue
         faster.append(f"{op} {p.wall_s:.3f} vs {d.wall_s:.3f} s ({yes(p.wall_s < d.wall_s)})")
         calls.append(f"{op} {p.worst_calls} ({yes(p.worst_calls <= BROWSER_CALLS)})")
-    return "; ".join(faster) or "not measured", "; ".join(calls) or "not measured"
+        if f := by.get((op, 20, ROUNDS_FLOOR)):
+            floors.append(f"{op} {f.wall_s:.3f} vs {d.wall_s:.3f} s ({yes(f.wall_s < d.wall_s)})")
+    return (
+        "; ".join(faster) or "not measured",
+        "; ".join(calls) or "not measured",
+        "; ".join(floors) or "not measured",
+    )
+
+
+def _floor_met(rows: list[BoundRow]) -> str:
+    """How many cells' leader floor meets the bound, and the worst."""
+    measured = [r for r in rows if r.floor is not None]
+    if not measured:
+        return "not measured"
+    met = [r for r in measured if r.floor_within_bound]
+    worst = max(measured, key=lambda r: r.floor.wall_s / r.bound_s if r.floor else 0.0)
+    assert worst.floor is not None
+    return (
+        f"{len(met)} of {len(measured)} cells; worst {worst.op} N = {worst.n}: "
+        f"{worst.floor.wall_s:.3f} s vs {worst.bound_s:.3f} s ({yes(len(met) == len(measured))})"
+    )
 
 
 def targets_summary(c: Comparison) -> str:
@@ -226,10 +289,12 @@ def targets_summary(c: Comparison) -> str:
         "20 over ≤ 6 connections: proxy < direct (median)": [],
         f"20 over ≤ 6 connections: ≤ {BROWSER_CALLS} upstream calls (worst round)": [],
         f"a lone request adds ≤ {LONE_MS:g} ms at p50": [],
+        "floor: N at once, leader + rest straight to the server ≤ the bound (median)": [],
+        "floor: 20 over ≤ 6 connections, one call a round < direct (median)": [],
     }
     for v in c.versions:
         bound = bound_rows(c, v)
-        faster, calls = _browser_met(v)
+        faster, calls, rounds_floor = _browser_met(v)
         lone = "; ".join(
             [
                 *(
@@ -248,10 +313,15 @@ def targets_summary(c: Comparison) -> str:
                 faster,
                 calls,
                 lone or "not measured",
+                _floor_met(bound),
+                rounds_floor,
             ),
             strict=True,
         ):
             rows[target].append(value)
+    for target in [t for t in rows if t.startswith("floor")]:
+        if all(value == "not measured" for value in rows[target]):
+            del rows[target]  # a run without the floors (before they were measured)
     head = "| target (stops and deletes) | " + " | ".join(f"dstack {v.label}" for v in c.versions)
     lines = [head + " |", "|---" * (len(c.versions) + 1) + "|"]
     lines += [f"| {t} | " + " | ".join(vals) + " |" for t, vals in rows.items()]
@@ -294,19 +364,22 @@ def _unmeasured(c: Comparison, v: VersionResults) -> list[str]:
     set-up's patience (`workload.stop_then_delete`), the delete's cell has fewer rounds."""
     settings = c.settings.for_database(v.database)
     at_once, browser = cells(v.at_once), cells(v.browser)
+    # The floors are asked for where the run measured them at all (older runs did not).
+    floors = {p.way for p in v.at_once + v.browser} & set(FLOOR_NAMES)
+    at_once_ways: tuple[str, ...] = (*WAY_NAMES, *(floors & {LEADER_FLOOR}))
     asked = [
-        (f"N = {n} at once", at_once, n, tuple(WAY_NAMES), rounds)
+        (f"N = {n} at once", at_once, n, at_once_ways, rounds)
         for n, rounds in settings.with_deletes(v.version).items()
     ]
     if settings.browser_rounds:
-        ways = ("direct singles", "proxy singles")
+        ways: tuple[str, ...] = ("direct singles", "proxy singles", *(floors & {ROUNDS_FLOOR}))
         asked.append(("20 over 6 connections", browser, 20, ways, settings.browser_rounds))
     short = []
     for shape, got, n, ways, rounds in asked:
         for way in ways:
             x = got.get(("delete", n, way))
             if (measured := x.rounds if x else 0) < rounds:
-                short.append(f"delete, {shape}, {WAY_NAMES[way]}: {measured} of {rounds} rounds")
+                short.append(f"delete, {shape}, {NAMES[way]}: {measured} of {rounds} rounds")
     if not short:
         return []
     return [

@@ -19,8 +19,18 @@ from harness.bursts import Answer, burst
 from harness.runs import create_active_runs, run_states, stop_runs_until_finished
 from harness.server import DstackServer
 
-Way = Literal["direct singles", "proxy singles", "direct batch"]
+Way = Literal[
+    "direct singles", "proxy singles", "direct batch", "direct leader + rest", "direct rounds"
+]
 WAYS: tuple[Way, ...] = ("direct singles", "proxy singles", "direct batch")
+# The floors, sent straight to the server: what no proxy of their kind can beat. A proxy that
+# sends a lone request at once (issue 9's 1 ms) sends a burst's first request alone, and the
+# rest beside it at best: `LEADER_FLOOR`, the first name in a call of its own and the others in
+# one call, at once. A proxy answers a browser's next request no sooner than one upstream call
+# after its previous answer: `ROUNDS_FLOOR`, the names in calls of one round each (as many as
+# the browser has connections), one after another (docs/design.md, What no proxy can beat).
+LEADER_FLOOR: Way = "direct leader + rest"
+ROUNDS_FLOOR: Way = "direct rounds"
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,20 @@ def post_one(base: str, path: str, body: dict[str, object], token: str) -> int:
     return asyncio.run(post_all(base, path, [body], token))[0][0]
 
 
-def bodies_for(way: Way, op: str, names: list[str]) -> list[dict[str, object]]:
-    groups = [names] if way == "direct batch" else [[n] for n in names]
+def bodies_for(
+    way: Way, op: str, names: list[str], per_call: int | None = None
+) -> list[dict[str, object]]:
+    """The request bodies of `way`: one per name, one naming all, the first name alone and
+    one naming the rest, or (`ROUNDS_FLOOR`) one per `per_call` names."""
+    if way == "direct batch":
+        groups = [names]
+    elif way == LEADER_FLOOR:
+        groups = [names[:1], names[1:]] if len(names) > 1 else [names]
+    elif way == ROUNDS_FLOOR:
+        step = per_call or len(names)
+        groups = [names[i : i + step] for i in range(0, len(names), step)]
+    else:
+        groups = [[n] for n in names]
     extra = {"abort": False} if op == "stop" else {}
     return [{"runs_names": g, **extra} for g in groups]
 
@@ -76,16 +98,14 @@ def fire(
     connections: int | None = None,
 ) -> tuple[list[Answer], float]:
     """Send the stops or deletes for `names` to `base` the given way (all at once, or over at
-    most `connections` connections): the answers and the wall time, s."""
+    most `connections` connections; `ROUNDS_FLOOR`: a call per `connections` names, one after
+    another): the answers and the wall time, s."""
+    bodies = bodies_for(way, op, names, connections)
+    if way == ROUNDS_FLOOR:
+        connections = 1
     started = time.perf_counter()
     answers = asyncio.run(
-        post_all(
-            base,
-            f"/api/project/{project}/runs/{op}",
-            bodies_for(way, op, names),
-            token,
-            connections,
-        )
+        post_all(base, f"/api/project/{project}/runs/{op}", bodies, token, connections)
     )
     return answers, time.perf_counter() - started
 

@@ -225,3 +225,71 @@ def test_a_run_dstack_leaves_active_costs_its_delete_not_the_bench(
     stuck = 1  # the abort finishes them: the delete is measured
     assert workload.stop_then_delete(server, "main", ["a"], measure) == ("stop", "delete")
     assert (measured, waits) == (["stop", "delete"], [False, True])
+
+
+def test_the_floors_send_what_their_proxies_would_at_best() -> None:
+    names = [f"r{i}" for i in range(20)]
+    leader = workload.bodies_for(workload.LEADER_FLOOR, "stop", names)
+    assert leader == [
+        {"runs_names": ["r0"], "abort": False},
+        {"runs_names": names[1:], "abort": False},
+    ]
+    rounds = workload.bodies_for(workload.ROUNDS_FLOOR, "delete", names, 6)
+    assert [b["runs_names"] for b in rounds] == [names[0:6], names[6:12], names[12:18], names[18:]]
+    assert workload.bodies_for(workload.LEADER_FLOOR, "delete", ["a"]) == [{"runs_names": ["a"]}]
+
+
+def _with_floors(leader_10: float, rounds_stop: float) -> Comparison:
+    c = _comparison(0.26, 0.5, 0)
+    v = c.versions[0]
+    floors = [
+        _phase(workload.LEADER_FLOOR, op, n, leader_10 if n == 10 else 0.31)
+        for op in ("stop", "delete")
+        for n in (10, 50)
+    ]
+    browser_floor = [
+        dataclasses.replace(
+            _phase(workload.ROUNDS_FLOOR, op, 20, rounds_stop if op == "stop" else 0.9),
+            connections=6,
+            calls=4,
+        )
+        for op in ("stop", "delete")
+    ]
+    v = dataclasses.replace(v, at_once=v.at_once + floors, browser=v.browser + browser_floor)
+    return dataclasses.replace(c, versions=[v])
+
+
+def test_a_floor_above_the_target_says_no_proxy_of_its_kind_meets_it() -> None:
+    """The leader's floor against the bound (1.15 x 0.25 + 0.02 = 0.3075 s at N = 10), and one
+    call a round against direct singles in the browser shape (1.1 s)."""
+    c = _with_floors(0.35, 1.15)
+    rows = {(r.op, r.n): r for r in bound_rows(c, c.versions[0])}
+    assert rows[("stop", 10)].floor_within_bound is False
+    assert rows[("stop", 50)].floor_within_bound is True  # 0.31 <= 1.15 * 0.3 + 0.02
+    summary = targets_summary(c)
+    assert "| floor: N at once, leader + rest" in summary
+    assert "2 of 4 cells; worst stop N = 10: 0.350 s vs" in summary
+    assert "stop 1.150 vs 1.100 s (**no**); delete 0.900 vs 1.100 s (yes)" in summary
+    text = section(c)
+    # The at-once table shows the floor and its verdict per cell; the browser table, its own.
+    assert "| 0.350 | **no** |" in text
+    assert "| 1.150 (4) | **no** |" in text and "| 0.900 (4) | yes |" in text
+    assert "| stop | 10 | leader + rest | 0.350 |" in text  # what it cost the server
+    below = _with_floors(0.28, 1.0)
+    assert {(r.op, r.n): r.floor_within_bound for r in bound_rows(below, below.versions[0])}[
+        ("stop", 10)
+    ] is True
+    assert "stop 1.000 vs 1.100 s (yes)" in targets_summary(below)
+    # A run without the floors gets no floor rows or columns.
+    assert "floor:" not in targets_summary(_comparison(0.26, 0.5, 0))
+    assert "leader + rest" not in section(_comparison(0.26, 0.5, 0))
+
+
+def test_a_floor_delete_the_run_could_not_measure_is_named_too() -> None:
+    c = _with_floors(0.35, 1.15)
+    assert "Deletes not measured" not in section(c)
+    v = c.versions[0]
+    lost = [p for p in v.browser if not (p.op == "delete" and p.way == workload.ROUNDS_FLOOR)]
+    c = dataclasses.replace(c, versions=[dataclasses.replace(v, browser=lost)])
+    flat = " ".join(section(c).split())
+    assert "delete, 20 over 6 connections, one call a round: 0 of 1 rounds." in flat
