@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness.processes import FastUpstream, ProxyProcess
 from harness.runs import create_active_runs
-from harness.server import DstackServer
+from harness.server import DstackServer, ProcessedRequest
 from harness.versions import CURRENT_VERSION
 
 from . import servers
@@ -66,6 +66,9 @@ class Phase:
     # Each upstream call's own time on the server, ms, as its log says ("Processed request ...
     # in X s"), in the order they finished: where a proxied phase's time went.
     call_ms: list[float] = field(default_factory=list)
+    # The same calls as spans on the server's clock, ms from the first one's start (its log's
+    # timestamps; empty where a run did not record them): which calls were in the air together.
+    call_spans_ms: list[tuple[float, float]] = field(default_factory=list)
 
 
 def phase(
@@ -84,10 +87,8 @@ def phase(
     usage = sampler.usage
     assert usage is not None
     calls, non_200, ok = settled(server, mark, op, project, names, answers)
-    call_ms = [
-        r.seconds * 1000
-        for r in server.processed_requests(mark, "POST")
-        if r.path.endswith(f"/runs/{op}")
+    calls_made = [
+        r for r in server.processed_requests(mark, "POST") if r.path.endswith(f"/runs/{op}")
     ]
     return Phase(
         way,
@@ -103,8 +104,19 @@ def phase(
         usage.cpu_s,
         usage.peak_rss_mb,
         usage.start_rss_mb,
-        call_ms,
+        [r.seconds * 1000 for r in calls_made],
+        spans_ms(calls_made),
     )
+
+
+def spans_ms(calls: list[ProcessedRequest]) -> list[tuple[float, float]]:
+    """Each call's (start, end) on the server, ms from the earliest start, in the order given;
+    empty if a call's log line had no timestamp."""
+    spans = [(r.finished_at - r.seconds, r.finished_at) for r in calls if r.finished_at]
+    if not spans or len(spans) < len(calls):
+        return []
+    first = min(start for start, _ in spans)
+    return [((start - first) * 1000, (end - first) * 1000) for start, end in spans]
 
 
 def _say(label: str, p: Phase) -> None:

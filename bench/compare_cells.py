@@ -37,6 +37,7 @@ class Cell:
     rss_growth_mb: float  # median of peak minus the RSS at the start of the phase
     ok: bool  # every round
     call_ms: list[float]  # the server's time for each of its calls, in the median round
+    call_spans_ms: list[tuple[float, float]]  # the same as spans on the server's clock
 
 
 def cell(phases: list[Phase]) -> Cell:
@@ -55,6 +56,7 @@ def cell(phases: list[Phase]) -> Cell:
         statistics.median(p.peak_rss_mb - p.start_rss_mb for p in phases),
         all(p.ok for p in phases),
         middle.call_ms,
+        middle.call_spans_ms,
     )
 
 

@@ -14,6 +14,7 @@ from .compare_cells import (
     VERSIONS_PLOT,
     WAY_NAMES,
     BoundRow,
+    Cell,
     bound_rows,
     cells,
     lone_figures,
@@ -27,14 +28,24 @@ from .workload import LEADER_FLOOR, ROUNDS_FLOOR
 NAMES = {**WAY_NAMES, **FLOOR_NAMES}
 
 
+def _spans(rows: list[BoundRow]) -> bool:
+    """Whether the run recorded the calls as spans on the server's clock."""
+    return any(r.proxy.call_spans_ms for r in rows)
+
+
 def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
     rows = bound_rows(c, v)
-    floors = any(r.floor for r in rows)
+    floors, spans = any(r.floor for r in rows), _spans(rows)
+    calls = _call_spans if spans else _call_ms
     lines = [
         "| op | N | direct singles: s (calls) | proxy: s, worst (calls) | one N-name call: s "
         "| client cost s | bound s | proxy ≤ bound | proxy < direct "
         + ("| leader + rest: s | leader + rest ≤ bound " if floors else "")
-        + "| server ms per call: proxy's; one call"
+        + (
+            "| server's calls, ms from the first one's start: proxy's; one call"
+            if spans
+            else "| server ms per call: proxy's; one call"
+        )
         + ("; leader + rest |" if floors else " |"),
         "|---" * (12 if floors else 10) + "|",
     ]
@@ -48,20 +59,32 @@ def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
             if floors
             else ""
         )
-        floor_ms = (f"; {_call_ms(r.floor.call_ms)}" if r.floor else "; —") if floors else ""
+        floor_ms = (f"; {calls(r.floor)}" if r.floor else "; —") if floors else ""
         lines.append(
             f"| {r.op} | {r.n} | {r.direct.wall_s:.3f} ({r.direct.calls}) "
             f"| {r.proxy.wall_s:.3f}, {r.proxy.worst_s:.3f} ({r.proxy.calls}) "
             f"| {r.batch.wall_s:.3f} | {r.cost_s:.3f} | {r.bound_s:.3f} "
             f"| {yes(r.within_bound)} | {yes(r.below_direct)} {floor}"
-            f"| {_call_ms(r.proxy.call_ms)}; {_call_ms(r.batch.call_ms)}{floor_ms} |"
+            f"| {calls(r.proxy)}; {calls(r.batch)}{floor_ms} |"
         )
     return lines
 
 
-def _call_ms(ms: list[float]) -> str:
+def _call_ms(cell: Cell) -> str:
     """The server's time for each call, in the order they finished (`bulk.Phase.call_ms`)."""
+    ms = cell.call_ms
     return " + ".join(f"{x:.0f}" for x in ms) if len(ms) <= 4 else f"{len(ms)} calls"
+
+
+def _call_spans(cell: Cell) -> str:
+    """Each call's start and end on the server, ms from the first one's start, in the order
+    they finished (`bulk.Phase.call_spans_ms`): which calls were in the air together."""
+    spans = cell.call_spans_ms
+    if not spans:
+        return _call_ms(cell)
+    if len(spans) > 4:
+        return f"{len(spans)} calls"
+    return ", ".join(f"{start:.0f}–{end:.0f}" for start, end in spans)
 
 
 def _browser_table(v: VersionResults) -> list[str]:
@@ -141,9 +164,16 @@ def version_section(c: Comparison, v: VersionResults) -> str:
                 f"N one-run requests at once (rounds: {rounds}; medians, and the proxy's worst "
                 "round). Bound = 1.15 × one N-name call + the client's own cost (the same N "
                 "requests through a proxy in front of an upstream that answers at once). The last "
-                "column: the server's own time for each upstream call, from its log, in the order "
-                "they finished (the proxy's: a burst's leader, sent alone as it came, and the "
-                "batch beside it), in the median round."
+                + (
+                    "column: each upstream call's start and end on the server, ms from the "
+                    "first call's start, from its log (the handler's own time, and when its line "
+                    "was written), in the order they finished (the proxy's: a burst's leader, "
+                    "sent alone as it came, and the batch beside it), in the median round."
+                    if _spans(bound_rows(c, v))
+                    else "column: the server's own time for each upstream call, from its log, in "
+                    "the order they finished (the proxy's: a burst's leader, sent alone as it "
+                    "came, and the batch beside it), in the median round."
+                )
                 + fresh
                 + (
                     " Leader + rest: the floor of any proxy that sends a lone request at once, "

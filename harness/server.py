@@ -33,6 +33,7 @@ the count is stable.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import json
 import os
@@ -58,6 +59,7 @@ DATABASES = ("sqlite", "postgres")
 _DATABASE_SERIALS = itertools.count(1)
 
 _SERVER_LOG_NAME = "server.log"
+_STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?")
 _PROCESSED_RE = re.compile(
     r" Processed request (?P<method>[A-Z]+) (?P<url>\S+) in (?P<secs>[0-9.]+)s\."
     r" Status: (?P<status>\d+)\s*$"
@@ -84,6 +86,14 @@ class ProcessedRequest:
     query: str
     seconds: float
     status: int
+    # When the line was written (the record's timestamp, seconds on the server's clock; None
+    # if the line has none): about when the handler finished.
+    finished_at: float | None = None
+
+    @property
+    def started_at(self) -> float | None:
+        """About when the handler started: its finish less its own time."""
+        return None if self.finished_at is None else self.finished_at - self.seconds
 
 
 def parse_processed_requests(text: str) -> list[ProcessedRequest]:
@@ -94,6 +104,7 @@ def parse_processed_requests(text: str) -> list[ProcessedRequest]:
         if m is None:
             continue
         split = urllib.parse.urlsplit(m["url"])
+        stamp = _STAMP_RE.search(line, 0, m.start())
         result.append(
             ProcessedRequest(
                 method=m["method"],
@@ -102,6 +113,9 @@ def parse_processed_requests(text: str) -> list[ProcessedRequest]:
                 query=split.query,
                 seconds=float(m["secs"]),
                 status=int(m["status"]),
+                finished_at=(
+                    datetime.datetime.fromisoformat(stamp[0]).timestamp() if stamp else None
+                ),
             )
         )
     return result

@@ -11,14 +11,14 @@ from typing import cast
 import pytest
 
 from bench import workload
-from bench.bulk import ClientCost, Phase
+from bench.bulk import ClientCost, Phase, spans_ms
 from bench.compare import Comparison, Settings, VersionResults
 from bench.compare_cells import bound_rows
 from bench.compare_claims import claims
 from bench.compare_report import section, targets_summary
 from bench.lone import LoneHops, LonePairs
 from bench.usage import log_errors
-from harness.server import DstackServer
+from harness.server import DstackServer, parse_processed_requests
 
 LOG = """\
 DEBUG 2026-12-06T02:40:02.236 dstack._internal.server.app Processed request POST http://127.0.0.1:1/api/project/main/runs/stop in 0.026237s. Status: 200
@@ -293,3 +293,43 @@ def test_a_floor_delete_the_run_could_not_measure_is_named_too() -> None:
     c = dataclasses.replace(c, versions=[dataclasses.replace(v, browser=lost)])
     flat = " ".join(section(c).split())
     assert "delete, 20 over 6 connections, one call a round: 0 of 1 rounds." in flat
+
+
+def test_the_calls_are_placed_on_the_servers_clock_from_its_log() -> None:
+    """A leader and its batch: when each started and ended, from the line's timestamp (written
+    as the handler finished) less the handler's own time."""
+    log = (
+        "DEBUG 2026-12-07T13:00:00.100 dstack._internal.server.app Processed request POST "
+        "http://127.0.0.1:1/api/project/main/runs/delete in 0.060000s. Status: 200\n"
+        "DEBUG 2026-12-07T13:00:00.180 dstack._internal.server.app Processed request POST "
+        "http://127.0.0.1:1/api/project/main/runs/delete in 0.134000s. Status: 200\n"
+    )
+    leader, batch = parse_processed_requests(log)
+    assert batch.finished_at is not None and leader.finished_at is not None
+    assert batch.finished_at - leader.finished_at == pytest.approx(0.080, abs=1e-6)
+    assert leader.started_at == pytest.approx(leader.finished_at - 0.060, abs=1e-6)
+    # The batch started 6 ms after its leader, and both were in the air together.
+    assert spans_ms([leader, batch]) == [
+        (pytest.approx(0.0, abs=0.01), pytest.approx(60.0, abs=0.01)),
+        (pytest.approx(6.0, abs=0.01), pytest.approx(140.0, abs=0.01)),
+    ]
+    # A line without a timestamp leaves no span for any call: no half-placed figures.
+    bare = parse_processed_requests(log.splitlines()[0].replace("2026-12-07T13:00:00.100 ", ""))
+    assert bare[0].finished_at is None and bare[0].started_at is None
+    assert spans_ms([leader, *bare]) == [] and spans_ms([]) == []
+
+
+def test_the_at_once_table_shows_the_calls_in_the_air_together_where_the_run_placed_them() -> None:
+    c = _comparison(0.48, 2.0, 0)
+    v = c.versions[0]
+    spans = {"proxy singles": [(0.0, 30.2), (6.4, 65.8)], "direct batch": [(0.0, 45.0)]}
+    placed = [dataclasses.replace(p, call_spans_ms=spans.get(p.way, [])) for p in v.at_once]
+    c2 = dataclasses.replace(c, versions=[dataclasses.replace(v, at_once=placed)])
+    text = section(c2)
+    assert "server's calls, ms from the first one's start: proxy's; one call |" in text
+    assert "| 0–30, 6–66; 0–45 |" in text
+    assert "each upstream call's start and end on the server" in " ".join(text.split())
+    again = Comparison.from_json(json.loads(json.dumps(dataclasses.asdict(c2))))
+    assert section(again) == text
+    # A run that did not place them keeps the calls' own times.
+    assert "| 30 + 59; 45 |" in section(c) and "start and end" not in section(c)
