@@ -112,7 +112,11 @@ def phase(
 def spans_ms(calls: list[ProcessedRequest]) -> list[tuple[float, float]]:
     """Each call's (start, end) on the server, ms from the earliest start, in the order given;
     empty if a call's log line had no timestamp."""
-    spans = [(r.finished_at - r.seconds, r.finished_at) for r in calls if r.finished_at]
+    spans = [
+        (r.started_at, r.finished_at)
+        for r in calls
+        if r.started_at is not None and r.finished_at is not None
+    ]
     if not spans or len(spans) < len(calls):
         return []
     first = min(start for start, _ in spans)

@@ -151,6 +151,7 @@ def version_section(c: Comparison, v: VersionResults) -> str:
     measured = settings.rounds_of(v.version) if settings.alone else settings.with_deletes(v.version)
     rounds = ", ".join(f"N = {n}: {r}" for n, r in measured.items())
     alone = sorted(settings.stops_only(v.version))
+    rows = bound_rows(c, v)
     fresh = (
         f" Stops at N = {', '.join(map(str, alone))}: each way on a fresh server of its own."
         if alone
@@ -167,20 +168,19 @@ def version_section(c: Comparison, v: VersionResults) -> str:
                 + (
                     "column: each upstream call's start and end on the server, ms from the "
                     "first call's start, from its log (the handler's own time, and when its line "
-                    "was written), in the order they finished (the proxy's: a burst's leader, "
-                    "sent alone as it came, and the batch beside it), in the median round."
-                    if _spans(bound_rows(c, v))
-                    else "column: the server's own time for each upstream call, from its log, in "
-                    "the order they finished (the proxy's: a burst's leader, sent alone as it "
-                    "came, and the batch beside it), in the median round."
+                    "was written),"
+                    if _spans(rows)
+                    else "column: the server's own time for each upstream call, from its log,"
                 )
+                + " in the order they finished (the proxy's: a burst's leader, sent alone as it "
+                "came, and the batch beside it), in the median round."
                 + fresh
                 + (
                     " Leader + rest: the floor of any proxy that sends a lone request at once, "
                     "straight to the server: the first name in a call of its own and the rest in "
                     "one call beside it, at once; where it misses the bound, so must such a "
                     "proxy (docs/design.md, What no proxy can beat)."
-                    if any(r.floor for r in bound_rows(c, v))
+                    if any(r.floor for r in rows)
                     else ""
                 )
             ),
