@@ -138,10 +138,23 @@ def ways_at_once(floor: bool) -> tuple[Way, ...]:
 
 
 def rotated(ways: tuple[Way, ...], r: int) -> tuple[Way, ...]:
-    """`ways` in the order of round `r`: rotated each round, so drift in the machine hits
-    every way."""
-    k = r % len(ways)
-    return ways[k:] + ways[:k]
+    """`ways` in the order of round `r`, balanced for what a way leaves behind: over
+    `len(ways)` rounds (twice that for an odd count) each way takes every place equally often
+    and follows every other way equally often (a Williams design). A plain rotation would let
+    the proxy follow direct singles, and the backlog their calls leave on 0.18.40's server, in
+    two rounds of three (docs/design.md, Flush policy)."""
+    n = len(ways)
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    order = [(i + r) % n for i in first]
+    if n % 2 and (r // n) % 2:
+        order.reverse()
+    return tuple(ways[i] for i in order)
 
 
 def at_once(
@@ -151,7 +164,7 @@ def at_once(
     label: str = "",
     floor: bool = True,
 ) -> list[Phase]:
-    """Every N, `rounds[N]` times, the ways interleaved in an order rotated each round."""
+    """Every N, `rounds[N]` times, the ways interleaved in a balanced order (`rotated`)."""
     out: list[Phase] = []
     serial = 0
     for n, count in rounds.items():

@@ -47,13 +47,15 @@ class Settings:
 
     @staticmethod
     def make(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Settings:
-        """Rounds sized to the budget (make bench within 50 min on 2 cores, Postgres included).
+        """Rounds sized to the budget (make bench in about 65 min on 2 cores, Postgres included).
         Every stop needs fresh active runs, and every delete finished ones: 0.18.40's pipeline
         finishes about one stopped run a second, so there deletes stop at N = 50 (at 100 on
         0.22.5) and the larger N are stops only, each way on a fresh server
         (`bulk.stops_alone`). Measured on the shared 2-core machine: 0.18.40 about 1 min per
-        50-run way with its deletes, 0.22.5 about 4 times faster; so 0.22.5 takes three rounds
-        up to N = 50, and 0.18.40 three at N = 20, where one round's noise decided a cell."""
+        50-run way with its deletes, 0.22.5 about 4 times faster; so every N takes three
+        rounds, a median rather than one round's noise, but 0.18.40's N = 50 (one round of
+        its deletes costs about 4 min): two runs of 2026-12-07 saw a single round decide cells
+        at N = 10, 100 and 200, where one 99-run call took 770 ms against 632 in another round."""
         if quick:
             deletes = {LEGACY_VERSION: 10, CURRENT_VERSION: 50}
             return Settings({10: 1, 50: 1}, deletes, 1, 10, 3, databases, hop_rounds=40)
@@ -64,7 +66,10 @@ class Settings:
             20,
             5,
             databases,
-            more_rounds={LEGACY_VERSION: {20: 3}, CURRENT_VERSION: {10: 3, 20: 3, 50: 3}},
+            more_rounds={
+                LEGACY_VERSION: {10: 3, 20: 3, 100: 3, 200: 3},
+                CURRENT_VERSION: {10: 3, 20: 3, 50: 3, 100: 3, 200: 3},
+            },
         )
 
     def for_database(self, database: str) -> Settings:
