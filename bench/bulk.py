@@ -69,6 +69,10 @@ class Phase:
     # The same calls as spans on the server's clock, ms from the first one's start (its log's
     # timestamps; empty where a run did not record them): which calls were in the air together.
     call_spans_ms: list[tuple[float, float]] = field(default_factory=list)
+    # Records dstack's background pipeline wrote while the calls were in the air (its passes
+    # over runs and jobs, which share the server with them; `pipeline_lines`). None: the run did
+    # not record it.
+    pipeline_lines: int | None = None
 
 
 def phase(
@@ -106,6 +110,7 @@ def phase(
         usage.start_rss_mb,
         [r.seconds * 1000 for r in calls_made],
         spans_ms(calls_made),
+        pipeline_lines(calls_made, server.background_stamps(mark)),
     )
 
 
@@ -123,11 +128,25 @@ def spans_ms(calls: list[ProcessedRequest]) -> list[tuple[float, float]]:
     return [((start - first) * 1000, (end - first) * 1000) for start, end in spans]
 
 
+def pipeline_lines(calls: list[ProcessedRequest], stamps: list[float]) -> int | None:
+    """How many of the pipeline's records (`stamps`, on the server's clock) were written from
+    the first call's start to the last call's end; None if a call's line had no timestamp or
+    there were no calls."""
+    starts = [r.started_at for r in calls]
+    ends = [r.finished_at for r in calls]
+    if not calls or None in starts or None in ends:
+        return None
+    first = min(t for t in starts if t is not None)
+    last = max(t for t in ends if t is not None)
+    return sum(1 for t in stamps if first <= t <= last)
+
+
 def _say(label: str, p: Phase) -> None:
     print(
         f"{label} {p.op} N={p.n} {p.way}{'' if p.connections is None else ' /6'}: "
         f"{p.calls} calls, {p.wall_s:.3f} s, non-200 {p.non_200}, locked {p.locked}, "
-        f"errors {p.errors}, cpu {p.cpu_s:.2f} s, rss {p.peak_rss_mb:.0f} MB, ok={p.ok}",
+        f"errors {p.errors}, cpu {p.cpu_s:.2f} s, rss {p.peak_rss_mb:.0f} MB, ok={p.ok}, "
+        f"pipeline lines {p.pipeline_lines}",
         flush=True,
     )
 

@@ -38,6 +38,9 @@ class Cell:
     ok: bool  # every round
     call_ms: list[float]  # the server's time for each of its calls, in the median round
     call_spans_ms: list[tuple[float, float]]  # the same as spans on the server's clock
+    # Rounds in which dstack's background pipeline wrote records while the calls were in the air
+    # (`bulk.Phase.pipeline_lines`); None where the run did not record it.
+    pipeline_rounds: int | None = None
 
 
 def cell(phases: list[Phase]) -> Cell:
@@ -57,7 +60,13 @@ def cell(phases: list[Phase]) -> Cell:
         all(p.ok for p in phases),
         middle.call_ms,
         middle.call_spans_ms,
+        _pipeline_rounds(phases),
     )
+
+
+def _pipeline_rounds(phases: list[Phase]) -> int | None:
+    counts = [p.pipeline_lines for p in phases if p.pipeline_lines is not None]
+    return sum(1 for x in counts if x > 0) if counts else None
 
 
 def cells(phases: list[Phase]) -> dict[tuple[str, int, str], Cell]:

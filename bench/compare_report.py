@@ -35,8 +35,9 @@ def _spans(rows: list[BoundRow]) -> bool:
 
 def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
     rows = bound_rows(c, v)
-    floors, spans = any(r.floor for r in rows), _spans(rows)
+    floors, spans, pipeline = any(r.floor for r in rows), _spans(rows), _pipeline(rows)
     calls = _call_spans if spans else _call_ms
+    tail = "; leader + rest |" if floors else " |"
     lines = [
         "| op | N | direct singles: s (calls) | proxy: s, worst (calls) | one N-name call: s "
         "| client cost s | bound s | proxy ≤ bound | proxy < direct "
@@ -46,8 +47,14 @@ def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
             if spans
             else "| server ms per call: proxy's; one call"
         )
-        + ("; leader + rest |" if floors else " |"),
-        "|---" * (12 if floors else 10) + "|",
+        + tail
+        + (
+            " rounds with dstack's pipeline at work during the calls: proxy; one call"
+            if pipeline
+            else ""
+        )
+        + (tail if pipeline else ""),
+        "|---" * (10 + 2 * floors + pipeline) + "|",
     ]
     for r in rows:
         floor = (
@@ -60,14 +67,26 @@ def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
             else ""
         )
         floor_ms = (f"; {calls(r.floor)}" if r.floor else "; —") if floors else ""
+        floor_pipeline = (f"; {_at_work(r.floor)}" if r.floor else "; —") if floors else ""
         lines.append(
             f"| {r.op} | {r.n} | {r.direct.wall_s:.3f} ({r.direct.calls}) "
             f"| {r.proxy.wall_s:.3f}, {r.proxy.worst_s:.3f} ({r.proxy.calls}) "
             f"| {r.batch.wall_s:.3f} | {r.cost_s:.3f} | {r.bound_s:.3f} "
             f"| {yes(r.within_bound)} | {yes(r.below_direct)} {floor}"
             f"| {calls(r.proxy)}; {calls(r.batch)}{floor_ms} |"
+            + (f" {_at_work(r.proxy)}; {_at_work(r.batch)}{floor_pipeline} |" if pipeline else "")
         )
     return lines
+
+
+def _pipeline(rows: list[BoundRow]) -> bool:
+    """Whether the run counted the pipeline's records during the calls (`bulk.pipeline_lines`)."""
+    return any(r.proxy.pipeline_rounds is not None for r in rows)
+
+
+def _at_work(cell: Cell) -> str:
+    """In how many of the cell's rounds dstack's pipeline wrote records during its calls."""
+    return "—" if cell.pipeline_rounds is None else f"{cell.pipeline_rounds} of {cell.rounds}"
 
 
 def _call_ms(cell: Cell) -> str:

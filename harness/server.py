@@ -60,6 +60,11 @@ _DATABASE_SERIALS = itertools.count(1)
 
 _SERVER_LOG_NAME = "server.log"
 _STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?")
+# A record of dstack's background pipeline: 0.18.40's scheduled `background.tasks`, 0.22.5's
+# `background.pipeline_tasks` and `background.scheduled_tasks` (docs/dstack-api.md, Versions).
+_BACKGROUND_RE = re.compile(
+    r"^[A-Z]+ (?P<stamp>\d{4}-\d\d-\d\dT\S+) dstack\._internal\.server\.background\."
+)
 _PROCESSED_RE = re.compile(
     r" Processed request (?P<method>[A-Z]+) (?P<url>\S+) in (?P<secs>[0-9.]+)s\."
     r" Status: (?P<status>\d+)\s*$"
@@ -119,6 +124,17 @@ def parse_processed_requests(text: str) -> list[ProcessedRequest]:
             )
         )
     return result
+
+
+def parse_background_stamps(text: str) -> list[float]:
+    """When each record of dstack's background pipeline in `text` was written (seconds on the
+    server's clock): its passes over runs, jobs and instances, which share the server's
+    process and database with the requests it answers."""
+    return [
+        datetime.datetime.fromisoformat(m["stamp"]).timestamp()
+        for line in text.splitlines()
+        if (m := _BACKGROUND_RE.match(line)) is not None
+    ]
 
 
 def dstack_executable() -> Path:
@@ -499,6 +515,11 @@ class DstackServer:
         if method is not None:
             reqs = [r for r in reqs if r.method == method.upper()]
         return reqs
+
+    def background_stamps(self, since: int = 0) -> list[float]:
+        """When the server's background pipeline wrote each of its records after the mark
+        `since` (`parse_background_stamps`)."""
+        return parse_background_stamps(self.read_log(since))
 
     def count_requests(
         self,

@@ -13,14 +13,14 @@ from typing import cast
 import pytest
 
 from bench import workload
-from bench.bulk import ClientCost, Phase, rotated, spans_ms, ways_at_once
+from bench.bulk import ClientCost, Phase, pipeline_lines, rotated, spans_ms, ways_at_once
 from bench.compare import Comparison, Settings, VersionResults
 from bench.compare_cells import bound_rows
 from bench.compare_claims import claims
 from bench.compare_report import section, targets_summary
 from bench.lone import LoneHops, LonePairs
 from bench.usage import log_errors
-from harness.server import DstackServer, parse_processed_requests
+from harness.server import DstackServer, parse_background_stamps, parse_processed_requests
 
 LOG = """\
 DEBUG 2026-12-06T02:40:02.236 dstack._internal.server.app Processed request POST http://127.0.0.1:1/api/project/main/runs/stop in 0.026237s. Status: 200
@@ -355,3 +355,47 @@ def test_the_at_once_table_shows_the_calls_in_the_air_together_where_the_run_pla
     assert section(again) == text
     # A run that did not place them keeps the calls' own times.
     assert "| 30 + 59; 45 |" in section(c) and "start and end" not in section(c)
+
+
+def test_the_pipelines_records_are_counted_while_the_calls_are_in_the_air() -> None:
+    """dstack's background passes share the server with the calls (docs/dstack-api.md): the
+    records they write between the first call's start and the last call's end are counted,
+    on either version's logger, and nothing else is."""
+    log = (
+        "DEBUG 2026-12-07T15:04:35.030 dstack._internal.server.background.tasks.process_runs "
+        "run(d3811f)n2-0: processing run\n"
+        "DEBUG 2026-12-07T15:04:35.100 dstack._internal.server.app Processed request POST "
+        "http://127.0.0.1:1/api/project/main/runs/stop in 0.060000s. Status: 200\n"
+        "DEBUG 2026-12-07T15:04:35.120 dstack._internal.server.background.tasks."
+        "process_submitted_jobs job(692336)n2-0-0-0: provisioning has started\n"
+        "DEBUG 2026-12-07T15:04:35.150 dstack._internal.server.background.pipeline_tasks.runs "
+        "run(4ee500)n2-1: processing\n"
+        "DEBUG 2026-12-07T15:04:35.160 dstack._internal.server.services.runs run(d3811f)n2-0: "
+        "terminating because STOPPED_BY_USER\n"
+        "DEBUG 2026-12-07T15:04:35.180 dstack._internal.server.app Processed request POST "
+        "http://127.0.0.1:1/api/project/main/runs/stop in 0.134000s. Status: 200\n"
+        "DEBUG 2026-12-07T15:04:35.250 dstack._internal.server.background.tasks.process_runs "
+        "run(4ee500)n2-1: processing run\n"
+    )
+    stamps = parse_background_stamps(log)
+    assert len(stamps) == 4
+    calls = parse_processed_requests(log)
+    assert pipeline_lines(calls, stamps) == 2  # 35.120 and 35.150; not 35.030 nor 35.250
+    assert pipeline_lines(calls[:1], stamps) == 0  # the leader alone: 35.040 to 35.100
+    bare = parse_processed_requests(log.splitlines()[1].replace("2026-12-07T15:04:35.100 ", ""))
+    assert pipeline_lines([*calls, *bare], stamps) is None and pipeline_lines([], stamps) is None
+
+
+def test_the_at_once_table_counts_the_rounds_the_pipeline_worked_through_where_recorded() -> None:
+    c = _comparison(0.48, 2.0, 0)
+    v = c.versions[0]
+    lines = {"proxy singles": 7, "direct batch": 0, "direct singles": 1}
+    counted = [dataclasses.replace(p, pipeline_lines=lines[p.way]) for p in v.at_once]
+    c2 = dataclasses.replace(c, versions=[dataclasses.replace(v, at_once=counted)])
+    text = section(c2)
+    assert "rounds with dstack's pipeline at work during the calls: proxy; one call |" in text
+    assert "| 30 + 59; 45 | 1 of 1; 0 of 1 |" in text
+    again = Comparison.from_json(json.loads(json.dumps(dataclasses.asdict(c2))))
+    assert section(again) == text
+    # A run that did not count them keeps the table as it was.
+    assert "pipeline at work" not in section(c) and "| 30 + 59; 45 |\n" in section(c)
