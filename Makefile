@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile deploy/nginx/Dockerfile deploy/haproxy/Dockerfile tests/deploy/*.Dockerfile
 
 # Every measurement in one run, on dstack 0.18.40 and 0.22.5 with SQLite, and on Postgres for the
-# seed's claims (about 50 min on the 2-core machine, of which Postgres 8; --quick: a smoke run, about
+# seed's claims (about 70 min on the 2-core machine, of which Postgres 8; --quick: a smoke run, about
 # 3 min of it on Postgres; --databases sqlite: without Postgres): docs/measurements.md,
 # docs/*.png, README.
 # Needs nginx and wrk from Debian: installed here when run as root.

@@ -47,7 +47,7 @@ class Settings:
 
     @staticmethod
     def make(quick: bool, databases: tuple[str, ...] = ("sqlite",)) -> Settings:
-        """Rounds sized to the budget (make bench in about 65 min on 2 cores, Postgres included).
+        """Rounds sized to the budget (make bench in about 70 min on 2 cores, Postgres included).
         Every stop needs fresh active runs, and every delete finished ones: 0.18.40's pipeline
         finishes about one stopped run a second, so there deletes stop at N = 50 (at 100 on
         0.22.5) and the larger N are stops only, each way on a fresh server
