@@ -159,9 +159,9 @@ def ways_at_once(floor: bool) -> tuple[Way, ...]:
 def rotated(ways: tuple[Way, ...], r: int) -> tuple[Way, ...]:
     """`ways` in the order of round `r`, balanced for what a way leaves behind: over
     `len(ways)` rounds (twice that for an odd count) each way takes every place equally often
-    and follows every other way equally often (a Williams design). A plain rotation would let
-    the proxy follow direct singles, and the backlog their calls leave on 0.18.40's server, in
-    two rounds of three (docs/design.md, Flush policy)."""
+    and follows every other way equally often (a Williams design). A plain rotation put the
+    proxy right after direct singles in two rounds of three, so whatever a way leaves on the
+    server (runs its pipeline still works on) would weigh on one way more than on the others."""
     n = len(ways)
     first, low, high = [0], 1, n - 1
     while len(first) < n:

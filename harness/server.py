@@ -61,7 +61,8 @@ _DATABASE_SERIALS = itertools.count(1)
 _SERVER_LOG_NAME = "server.log"
 _STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?")
 # A record of dstack's background pipeline: 0.18.40's scheduled `background.tasks`, 0.22.5's
-# `background.pipeline_tasks` and `background.scheduled_tasks` (docs/dstack-api.md, Versions).
+# `background.pipeline_tasks` and `background.scheduled_tasks` (docs/dstack-api.md,
+# Background passes).
 _BACKGROUND_RE = re.compile(
     r"^[A-Z]+ (?P<stamp>\d{4}-\d\d-\d\dT\S+) dstack\._internal\.server\.background\."
 )

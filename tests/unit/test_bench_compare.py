@@ -158,7 +158,8 @@ def test_the_ways_take_every_place_and_follow_every_other_way_equally_often(coun
 
 
 def test_the_proxy_follows_direct_singles_in_one_round_of_three_not_two() -> None:
-    """What direct singles leave on 0.18.40's server slowed the next way (docs/design.md)."""
+    """Whatever a way leaves on the server weighs on the way after it: no way follows direct
+    singles, the way that leaves the most, more often than the others."""
     orders = [rotated(ways_at_once(True), r) for r in range(3)]
     after = [o[i - 1] for o in orders for i, w in enumerate(o) if w == "proxy singles" and i]
     assert after.count("direct singles") == 1
