@@ -25,7 +25,12 @@ from pathlib import Path
 
 from harness.processes import FastUpstream, ProxyProcess
 from harness.runs import create_active_runs
-from harness.server import DstackServer, ProcessedRequest
+from harness.server import (
+    DstackServer,
+    ProcessedRequest,
+    parse_background_stamps,
+    parse_processed_requests,
+)
 from harness.versions import CURRENT_VERSION
 
 from . import servers
@@ -91,8 +96,11 @@ def phase(
     usage = sampler.usage
     assert usage is not None
     calls, non_200, ok = settled(server, mark, op, project, names, answers)
+    log = server.read_log(mark)  # once, for the calls and the pipeline's records beside them
     calls_made = [
-        r for r in server.processed_requests(mark, "POST") if r.path.endswith(f"/runs/{op}")
+        r
+        for r in parse_processed_requests(log)
+        if r.method == "POST" and r.path.endswith(f"/runs/{op}")
     ]
     return Phase(
         way,
@@ -110,19 +118,25 @@ def phase(
         usage.start_rss_mb,
         [r.seconds * 1000 for r in calls_made],
         spans_ms(calls_made),
-        pipeline_lines(calls_made, server.background_stamps(mark)),
+        pipeline_lines(calls_made, parse_background_stamps(log)),
     )
 
 
-def spans_ms(calls: list[ProcessedRequest]) -> list[tuple[float, float]]:
-    """Each call's (start, end) on the server, ms from the earliest start, in the order given;
-    empty if a call's log line had no timestamp."""
+def _placed(calls: list[ProcessedRequest]) -> list[tuple[float, float]] | None:
+    """Each call's (start, end) on the server's clock, in the order given; None if there are no
+    calls or a call's log line had no timestamp."""
     spans = [
         (r.started_at, r.finished_at)
         for r in calls
         if r.started_at is not None and r.finished_at is not None
     ]
-    if not spans or len(spans) < len(calls):
+    return spans if spans and len(spans) == len(calls) else None
+
+
+def spans_ms(calls: list[ProcessedRequest]) -> list[tuple[float, float]]:
+    """Each call's (start, end) on the server, ms from the earliest start, in the order given;
+    empty if a call's log line had no timestamp."""
+    if (spans := _placed(calls)) is None:
         return []
     first = min(start for start, _ in spans)
     return [((start - first) * 1000, (end - first) * 1000) for start, end in spans]
@@ -130,14 +144,11 @@ def spans_ms(calls: list[ProcessedRequest]) -> list[tuple[float, float]]:
 
 def pipeline_lines(calls: list[ProcessedRequest], stamps: list[float]) -> int | None:
     """How many of the pipeline's records (`stamps`, on the server's clock) were written from
-    the first call's start to the last call's end; None if a call's line had no timestamp or
-    there were no calls."""
-    starts = [r.started_at for r in calls]
-    ends = [r.finished_at for r in calls]
-    if not calls or None in starts or None in ends:
+    the first call's start to the last call's end; None if there were no calls or a call's
+    line had no timestamp."""
+    if (spans := _placed(calls)) is None:
         return None
-    first = min(t for t in starts if t is not None)
-    last = max(t for t in ends if t is not None)
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
     return sum(1 for t in stamps if first <= t <= last)
 
 

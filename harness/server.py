@@ -517,11 +517,6 @@ class DstackServer:
             reqs = [r for r in reqs if r.method == method.upper()]
         return reqs
 
-    def background_stamps(self, since: int = 0) -> list[float]:
-        """When the server's background pipeline wrote each of its records after the mark
-        `since` (`parse_background_stamps`)."""
-        return parse_background_stamps(self.read_log(since))
-
     def count_requests(
         self,
         path_suffix: str,
