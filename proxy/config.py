@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from yarl import URL
 
 from .batching.endpoints import DEFAULT_ENDPOINTS, EndpointSpec
 from .batching.policy import Policy
@@ -136,7 +138,28 @@ def build_config(values: Mapping[str, tuple[Any, str]]) -> Config:
                 f"invalid max_wait_ms from {where('max_wait_ms')}: {config.max_wait_ms!r} "
                 f"(must be >= {what}, {floor:g} ms)"
             )
+    if _points_at_itself(config):
+        raise ConfigError(
+            f"invalid upstream from {where('upstream')}: {config.upstream!r} (it is the proxy's "
+            f"own listen address, port {config.port} from {where('port')}: every request "
+            "would come back to the proxy)"
+        )
     return config
+
+
+def _points_at_itself(config: Config) -> bool:
+    """Whether the upstream is the proxy's own public listener: the same port, on a loopback
+    address or the listen address itself. Each request would be sent back in until every
+    upstream slot is taken. Other local addresses of a wildcard listener are not looked up."""
+    url = URL(config.upstream)
+    if url.port != config.port or url.host is None:
+        return False
+    if url.host in ("localhost", config.host):
+        return True
+    try:
+        return ipaddress.ip_address(url.host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def read_file(path: str | Path) -> dict[str, tuple[Any, str]]:

@@ -4,6 +4,7 @@ demand (compression, slow streams, odd headers, faults, websockets, huge bodies)
 from __future__ import annotations
 
 import asyncio
+import socket
 import tracemalloc
 
 import aiohttp
@@ -141,12 +142,18 @@ async def test_upstream_hang_gives_504(make_proxy: ProxyFactory) -> None:
     )
 
 
-async def test_unreachable_upstream_gives_502(aiohttp_client, unused_tcp_port: int) -> None:
+async def test_unreachable_upstream_gives_502(aiohttp_client) -> None:
     from proxy.app import make_app
     from proxy.config import Config
 
-    proxy = await aiohttp_client(make_app(Config(upstream=f"http://127.0.0.1:{unused_tcp_port}")))
-    resp = await proxy.post("/api/users/get_my_user", json={})
+    # A port held by a socket that never listens refuses connections, and no other socket can
+    # take it meanwhile: a port merely found free could be handed to the proxy's own test
+    # server, which would then forward to itself (503 upstream_busy, not 502).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        upstream = f"http://127.0.0.1:{held.getsockname()[1]}"
+        proxy = await aiohttp_client(make_app(Config(upstream=upstream)))
+        resp = await proxy.post("/api/users/get_my_user", json={})
     status, marker, ctype, body = await _proxy_error(resp)
     assert (status, marker, ctype) == (502, "upstream_unavailable", "application/json")
     assert body == _detail(body["detail"][0]["msg"], "upstream_unavailable")  # type: ignore[index]

@@ -337,3 +337,39 @@ def test_trusted_proxies_take_addresses_and_cidr_networks() -> None:
     assert not is_trusted("11.0.0.1", trusted) and not is_trusted("192.168.1.10", trusted)
     assert not is_trusted("fd01::1", trusted) and not is_trusted(None, trusted)
     assert not is_trusted("10.0.0.1", ())
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+        "http://[::1]:8080",
+        "http://127.0.0.2:8080",
+    ],
+)
+def test_an_upstream_at_the_proxys_own_listener_is_refused(upstream: str) -> None:
+    # Each request would be sent back in to the proxy until every upstream slot was taken:
+    # a 503 "every upstream connection is in use" after connect_timeout, for every request.
+    with pytest.raises(ConfigError, match=r"invalid upstream from flag.*own listen address"):
+        load_config(["--upstream", upstream], {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        (["--upstream", "http://127.0.0.1:8081"], {}),  # another port
+        (["--upstream", "http://10.0.0.7:8080"], {}),  # another host, the same port
+        (["--upstream", "http://dstack:8080"], {}),
+        (["--upstream", "http://127.0.0.1:8080"], {"COALESCER_PORT": "8081"}),
+    ],
+)
+def test_an_upstream_elsewhere_is_accepted(argv: list[str], environ: dict[str, str]) -> None:
+    assert load_config(argv, environ).upstream == argv[1]
+
+
+def test_an_upstream_at_the_listen_address_itself_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"port 9000 from environment COALESCER_PORT"):
+        load_config(
+            ["--upstream", "http://10.0.0.7:9000", "--host", "10.0.0.7"], {"COALESCER_PORT": "9000"}
+        )
