@@ -78,6 +78,10 @@ class Phase:
     # over runs and jobs, which share the server with them; `pipeline_lines`). None: the run did
     # not record it.
     pipeline_lines: int | None = None
+    # From the callers' start (the client's wall clock, the server's log's on this machine) to
+    # the first call's start in the server, ms: the time the N requests took to reach it, which
+    # a burst through the proxy spends before its leader can leave. None: not recorded.
+    first_call_ms: float | None = None
 
 
 def phase(
@@ -92,10 +96,10 @@ def phase(
     base = proxy_url if way == "proxy singles" else server.url
     mark = server.log_mark()
     with Sampler(server) as sampler:
-        answers, wall = fire(base, server.admin_token, way, op, project, names, connections)
+        fired = fire(base, server.admin_token, way, op, project, names, connections)
     usage = sampler.usage
     assert usage is not None
-    calls, non_200, ok = settled(server, mark, op, project, names, answers)
+    calls, non_200, ok = settled(server, mark, op, project, names, fired.answers)
     log = server.read_log(mark)  # once, for the calls and the pipeline's records beside them
     calls_made = [
         r
@@ -107,7 +111,7 @@ def phase(
         op,
         len(names),
         connections,
-        wall,
+        fired.wall_s,
         calls,
         non_200,
         ok,
@@ -119,6 +123,7 @@ def phase(
         [r.seconds * 1000 for r in calls_made],
         spans_ms(calls_made),
         pipeline_lines(calls_made, parse_background_stamps(log)),
+        first_call_ms(calls_made, fired.started_at),
     )
 
 
@@ -140,6 +145,14 @@ def spans_ms(calls: list[ProcessedRequest]) -> list[tuple[float, float]]:
         return []
     first = min(start for start, _ in spans)
     return [((start - first) * 1000, (end - first) * 1000) for start, end in spans]
+
+
+def first_call_ms(calls: list[ProcessedRequest], callers_started_at: float) -> float | None:
+    """From the callers' start to the first call's start on the server, ms; None if there are
+    no calls or a call's line had no timestamp."""
+    if (spans := _placed(calls)) is None:
+        return None
+    return (min(start for start, _ in spans) - callers_started_at) * 1000
 
 
 def pipeline_lines(calls: list[ProcessedRequest], stamps: list[float]) -> int | None:

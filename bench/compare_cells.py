@@ -41,6 +41,9 @@ class Cell:
     # Rounds in which dstack's background pipeline wrote records while the calls were in the air
     # (`bulk.Phase.pipeline_lines`); None where the run did not record it.
     pipeline_rounds: int | None = None
+    # The median round's time from the callers' start to its first call in the server
+    # (`bulk.Phase.first_call_ms`); None where the run did not record it.
+    first_call_ms: float | None = None
 
 
 def cell(phases: list[Phase]) -> Cell:
@@ -61,6 +64,7 @@ def cell(phases: list[Phase]) -> Cell:
         middle.call_ms,
         middle.call_spans_ms,
         _pipeline_rounds(phases),
+        middle.first_call_ms,
     )
 
 

@@ -33,6 +33,11 @@ def _spans(rows: list[BoundRow]) -> bool:
     return any(r.proxy.call_spans_ms for r in rows)
 
 
+def _from_callers(rows: list[BoundRow]) -> bool:
+    """Whether the spans can be shown from the callers' start (`bulk.Phase.first_call_ms`)."""
+    return any(r.proxy.first_call_ms is not None for r in rows)
+
+
 def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
     rows = bound_rows(c, v)
     floors, spans, pipeline = any(r.floor for r in rows), _spans(rows), _pipeline(rows)
@@ -43,7 +48,11 @@ def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
         "| client cost s | bound s | proxy ≤ bound | proxy < direct "
         + ("| leader + rest: s | leader + rest ≤ bound " if floors else "")
         + (
-            "| server's calls, ms from the first one's start: proxy's; one call"
+            (
+                "| server's calls, ms from the callers' start: proxy's; one call"
+                if _from_callers(rows)
+                else "| server's calls, ms from the first one's start: proxy's; one call"
+            )
             if spans
             else "| server ms per call: proxy's; one call"
         )
@@ -96,14 +105,17 @@ def _call_ms(cell: Cell) -> str:
 
 
 def _call_spans(cell: Cell) -> str:
-    """Each call's start and end on the server, ms from the first one's start, in the order
-    they finished (`bulk.Phase.call_spans_ms`): which calls were in the air together."""
+    """Each call's start and end on the server, in the order they finished
+    (`bulk.Phase.call_spans_ms`): which calls were in the air together. In ms from the callers'
+    start where the run recorded it (`first_call_ms`), so the time the requests took to reach
+    the server shows too; else from the first call's start."""
     spans = cell.call_spans_ms
     if not spans:
         return _call_ms(cell)
     if len(spans) > 4:
         return f"{len(spans)} calls"
-    return ", ".join(f"{start:.0f}–{end:.0f}" for start, end in spans)
+    shift = cell.first_call_ms or 0.0
+    return ", ".join(f"{start + shift:.0f}–{end + shift:.0f}" for start, end in spans)
 
 
 def _browser_table(v: VersionResults) -> list[str]:
@@ -185,14 +197,28 @@ def version_section(c: Comparison, v: VersionResults) -> str:
                 "round). Bound = 1.15 × one N-name call + the client's own cost (the same N "
                 "requests through a proxy in front of an upstream that answers at once). The last "
                 + (
-                    "column: each upstream call's start and end on the server, ms from the "
-                    "first call's start, from its log (the handler's own time, and when its line "
-                    "was written),"
+                    (
+                        "column: each upstream call's start and end on the server, ms from the "
+                        "callers' start (the client's clock, which the server's log shares on "
+                        "this machine), from its log (the handler's own time, and when its line "
+                        "was written),"
+                        if _from_callers(rows)
+                        else "column: each upstream call's start and end on the server, ms from "
+                        "the first call's start, from its log (the handler's own time, and when "
+                        "its line was written),"
+                    )
                     if _spans(rows)
                     else "column: the server's own time for each upstream call, from its log,"
                 )
                 + " in the order they finished (the proxy's: a burst's leader, sent alone as it "
                 "came, and the batch beside it), in the median round."
+                + (
+                    " Its first figure is what the N requests took to reach the server, and the "
+                    "wall time less its last figure what answering them took after it had "
+                    "answered."
+                    if _spans(rows) and _from_callers(rows)
+                    else ""
+                )
                 + fresh
                 + (
                     " Leader + rest: the floor of any proxy that sends a lone request at once, "

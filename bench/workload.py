@@ -88,6 +88,17 @@ def bodies_for(
     return [{"runs_names": g, **extra} for g in groups]
 
 
+@dataclass(frozen=True)
+class Fired:
+    """What `fire` saw: the answers, the wall time until the last, s, and when the callers
+    started on the wall clock, which the server's log shares on this machine (its calls are
+    placed against it: `bulk.Phase.first_call_ms`)."""
+
+    answers: list[Answer]
+    wall_s: float
+    started_at: float
+
+
 def fire(
     base: str,
     token: str,
@@ -96,18 +107,18 @@ def fire(
     project: str,
     names: list[str],
     connections: int | None = None,
-) -> tuple[list[Answer], float]:
+) -> Fired:
     """Send the stops or deletes for `names` to `base` the given way (all at once, or over at
     most `connections` connections; `ROUNDS_FLOOR`: a call per `connections` names, one after
-    another): the answers and the wall time, s."""
+    another)."""
     bodies = bodies_for(way, op, names, connections)
     if way == ROUNDS_FLOOR:
         connections = 1
-    started = time.perf_counter()
+    started_at, started = time.time(), time.perf_counter()
     answers = asyncio.run(
         post_all(base, f"/api/project/{project}/runs/{op}", bodies, token, connections)
     )
-    return answers, time.perf_counter() - started
+    return Fired(answers, time.perf_counter() - started, started_at)
 
 
 def settled(
@@ -134,9 +145,9 @@ def measure(
     """Send the stops or deletes for `names` the given way; count the server's calls."""
     base = proxy_url if way == "proxy singles" else server.url
     mark = server.log_mark()
-    answers, wall = fire(base, server.admin_token, way, op, project, names, connections)
-    calls, _, ok = settled(server, mark, op, project, names, answers)
-    return Measured(way, op, len(names), calls, wall, ok)
+    fired = fire(base, server.admin_token, way, op, project, names, connections)
+    calls, _, ok = settled(server, mark, op, project, names, fired.answers)
+    return Measured(way, op, len(names), calls, fired.wall_s, ok)
 
 
 def connect(url: str) -> http.client.HTTPConnection:

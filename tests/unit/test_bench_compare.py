@@ -13,7 +13,15 @@ from typing import cast
 import pytest
 
 from bench import workload
-from bench.bulk import ClientCost, Phase, pipeline_lines, rotated, spans_ms, ways_at_once
+from bench.bulk import (
+    ClientCost,
+    Phase,
+    first_call_ms,
+    pipeline_lines,
+    rotated,
+    spans_ms,
+    ways_at_once,
+)
 from bench.compare import Comparison, Settings, VersionResults
 from bench.compare_cells import bound_rows
 from bench.compare_claims import claims
@@ -356,6 +364,47 @@ def test_the_at_once_table_shows_the_calls_in_the_air_together_where_the_run_pla
     assert section(again) == text
     # A run that did not place them keeps the calls' own times.
     assert "| 30 + 59; 45 |" in section(c) and "start and end" not in section(c)
+
+
+def test_the_first_call_is_placed_against_the_callers_start() -> None:
+    """The client's clock and the server's log's are this machine's: the time from the callers'
+    start to the first call's start is what the requests took to reach the server."""
+    log = (
+        "DEBUG 2026-12-07T13:00:00.100 dstack._internal.server.app Processed request POST "
+        "http://127.0.0.1:1/api/project/main/runs/stop in 0.060000s. Status: 200\n"
+        "DEBUG 2026-12-07T13:00:00.180 dstack._internal.server.app Processed request POST "
+        "http://127.0.0.1:1/api/project/main/runs/stop in 0.134000s. Status: 200\n"
+    )
+    leader, batch = parse_processed_requests(log)
+    assert leader.started_at is not None
+    callers_started_at = leader.started_at - 0.085  # the leader reached the server 85 ms later
+    assert first_call_ms([batch, leader], callers_started_at) == pytest.approx(85.0, abs=0.01)
+    assert first_call_ms([batch], callers_started_at) == pytest.approx(91.0, abs=0.01)
+    bare = parse_processed_requests(log.splitlines()[0].replace("2026-12-07T13:00:00.100 ", ""))
+    assert first_call_ms([batch, *bare], callers_started_at) is None
+    assert first_call_ms([], callers_started_at) is None
+
+
+def test_the_at_once_table_shows_the_calls_from_the_callers_start_where_recorded() -> None:
+    c = _comparison(0.48, 2.0, 0)
+    v = c.versions[0]
+    spans = {"proxy singles": [(0.0, 30.2), (6.4, 65.8)], "direct batch": [(0.0, 45.0)]}
+    first = {"proxy singles": 88.0, "direct batch": 2.0}
+    placed = [
+        dataclasses.replace(p, call_spans_ms=spans.get(p.way, []), first_call_ms=first.get(p.way))
+        for p in v.at_once
+    ]
+    c2 = dataclasses.replace(c, versions=[dataclasses.replace(v, at_once=placed)])
+    text = section(c2)
+    assert "server's calls, ms from the callers' start: proxy's; one call |" in text
+    assert "| 88–118, 94–154; 2–47 |" in text  # the spans above, shifted by each first call
+    assert "what the N requests took to reach the server" in " ".join(text.split())
+    again = Comparison.from_json(json.loads(json.dumps(dataclasses.asdict(c2))))
+    assert section(again) == text
+    # Spans recorded without the callers' start stay from the first call's start.
+    only_spans = [dataclasses.replace(p, first_call_ms=None) for p in placed]
+    c3 = dataclasses.replace(c, versions=[dataclasses.replace(v, at_once=only_spans)])
+    assert "| 0–30, 6–66; 0–45 |" in section(c3) and "callers' start" not in section(c3)
 
 
 def test_the_pipelines_records_are_counted_while_the_calls_are_in_the_air() -> None:
