@@ -373,15 +373,23 @@ def companions(path: str, body: bytes) -> list[bytes]:
 
 
 async def _post_both(
-    server: DstackServer, proxy: ProxyProcess, path: str, body: bytes
+    server: DstackServer, proxy: ProxyProcess, path: str, body: bytes, batched_at_least: int
 ) -> tuple[list[tuple[int, str | None, bytes]], float]:
     """The answer straight from dstack, and through the proxy sent in a burst on its key (so
-    that it is batched, not led alone), with how many requests the batch path took."""
+    that it is batched, not led alone), with how many requests the batch path took.
+
+    A burst only gathers if its requests meet in the proxy: on a loaded machine a companion can
+    come after its key's flight has landed and lead alone. Such a try did not test the batch
+    path, so it is sent again (up to 3 tries), and every try's answer must equal dstack's."""
     token = server.admin_token
     (direct,) = await raw_burst(server.url, path, [body], token)
-    before = await asyncio.to_thread(batched, proxy.admin_url)
-    proxied = await in_a_burst(proxy.url, path, body, companions(path, body), token)
-    took = await asyncio.to_thread(batched, proxy.admin_url) - before
+    for _ in range(3):
+        before = await asyncio.to_thread(batched, proxy.admin_url)
+        proxied = await in_a_burst(proxy.url, path, body, companions(path, body), token)
+        took = await asyncio.to_thread(batched, proxy.admin_url) - before
+        assert proxied == direct
+        if took >= batched_at_least:
+            break
     return [direct, proxied], took
 
 
@@ -394,9 +402,11 @@ def test_fuzzed_batchable_bodies_get_the_same_answer_direct_and_via_the_proxy(
     request: tuple[str, bytes],
 ) -> None:
     path, body = request
-    (direct, proxied), took = asyncio.run(_post_both(dstack_server, proxy_process, path, body))
-    assert proxied == direct
-    # The batch path ran: for the companion beside it, and for it too whenever its body fits.
+    # The batch path must run: for the companion beside it, and for it too whenever its body fits.
     endpoint = path.split(f"/{PROJECT}/", 1)[1]
-    spec = ENABLED[endpoint]
-    assert took >= (2 if parse_body(spec, body) is not None else 1), took
+    need = 2 if parse_body(ENABLED[endpoint], body) is not None else 1
+    (direct, proxied), took = asyncio.run(
+        _post_both(dstack_server, proxy_process, path, body, need)
+    )
+    assert proxied == direct
+    assert took >= need, took
