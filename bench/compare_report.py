@@ -48,11 +48,9 @@ def _at_once_table(c: Comparison, v: VersionResults) -> list[str]:
         "| client cost s | bound s | proxy ≤ bound | proxy < direct "
         + ("| leader + rest: s | leader + rest ≤ bound " if floors else "")
         + (
-            (
-                "| server's calls, ms from the callers' start: proxy's; one call"
-                if _from_callers(rows)
-                else "| server's calls, ms from the first one's start: proxy's; one call"
-            )
+            "| server's calls, ms from "
+            + ("the callers' start" if _from_callers(rows) else "the first one's start")
+            + ": proxy's; one call"
             if spans
             else "| server ms per call: proxy's; one call"
         )
@@ -197,16 +195,14 @@ def version_section(c: Comparison, v: VersionResults) -> str:
                 "round). Bound = 1.15 × one N-name call + the client's own cost (the same N "
                 "requests through a proxy in front of an upstream that answers at once). The last "
                 + (
-                    (
-                        "column: each upstream call's start and end on the server, ms from the "
+                    "column: each upstream call's start and end on the server, ms from the "
+                    + (
                         "callers' start (the client's clock, which the server's log shares on "
-                        "this machine), from its log (the handler's own time, and when its line "
-                        "was written),"
+                        "this machine)"
                         if _from_callers(rows)
-                        else "column: each upstream call's start and end on the server, ms from "
-                        "the first call's start, from its log (the handler's own time, and when "
-                        "its line was written),"
+                        else "first call's start"
                     )
+                    + ", from its log (the handler's own time, and when its line was written),"
                     if _spans(rows)
                     else "column: the server's own time for each upstream call, from its log,"
                 )
