@@ -6,7 +6,9 @@ import asyncio
 import gc
 import logging
 import signal
-from typing import Final
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -20,6 +22,18 @@ from .ops.logs import loggable
 log = structlog.get_logger(__name__)
 
 GC_THRESHOLD: Final = 20_000  # allocations between young-generation collections (default 700)
+
+# How the public listener's aiohttp server reads and runs requests (tests serve the app with the
+# same options, so they see what ships):
+# - a client that leaves never cancels a handler, so an accepted request is always executed
+#   (explicit: the default has changed across aiohttp releases);
+# - a request body goes upstream as the client sent it, never decoded from its
+#   `Content-Encoding`: dstack reads the bytes and ignores that header, so a decoded body could
+#   get another answer, and a small compressed one would grow in memory (docs/design.md,
+#   Request path).
+SERVER_OPTIONS: Final[Mapping[str, Any]] = MappingProxyType(
+    {"handler_cancellation": False, "auto_decompress": False}
+)
 
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
@@ -36,9 +50,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         # The drain has already waited for the handlers until its deadline, so this only
         # bounds what is left, within the margin the drain keeps.
         shutdown_timeout=handler_wait(config.drain_seconds),
-        # A client that leaves never cancels a handler, so an accepted request is always
-        # executed (explicit: the default has changed across aiohttp releases).
-        handler_cancellation=False,
+        **SERVER_OPTIONS,
     )
     admin = web.AppRunner(
         make_admin_app(app), handle_signals=False, access_log=None, shutdown_timeout=0.1

@@ -135,7 +135,7 @@ def upstream_request_headers(
     whatever it is given into its own multidict, so nothing is gained by building one here.
 
     `body_rewritten` means the body bytes sent upstream differ from the ones the client framed
-    (aiohttp's server decoded a `Content-Encoding`), so the length and encoding no longer hold.
+    (a batch call's body, built by the proxy), so the length and encoding no longer hold.
     """
     out = _without(headers, _REWRITTEN_BODY_DROPPED if body_rewritten else _REQUEST_DROPPED)
     out += forwarding_headers(headers, remote=remote, scheme=scheme, trusted_peer=trusted_peer)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -90,7 +90,7 @@ def request_target(
         remote=request.remote,
         scheme=request.scheme,
         trusted_peer=is_trusted(request.remote, config.trusted_proxies),
-        body_rewritten=rewritten or hdrs.CONTENT_ENCODING in request.headers,
+        body_rewritten=rewritten,
     )
     return url, headers
 

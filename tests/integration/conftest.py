@@ -9,12 +9,13 @@ from typing import Any, Final
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from proxy.app import make_app
 from proxy.config import Config
 from proxy.keys import METRICS_KEY
+from proxy.serving import SERVER_OPTIONS
 
 from .fakes import FakeUpstream
 
@@ -27,6 +28,20 @@ ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]
 STEADY: Final = {"quiet_ms": 250, "window_ms": 500}
 
 
+class ShippedServer(TestServer):
+    """The proxy app served with the options `proxy.serving` runs it with (aiohttp's test
+    server would otherwise cancel a handler whose client left, and decode request bodies)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return web.AppRunner(self.app, **{**kwargs, **SERVER_OPTIONS})
+
+
+async def serve_proxy(
+    aiohttp_client: AiohttpClient, app: web.Application
+) -> TestClient[web.Request, web.Application]:
+    return await aiohttp_client(ShippedServer(app))
+
+
 @pytest.fixture
 def fake() -> FakeUpstream:
     return FakeUpstream()
@@ -34,7 +49,8 @@ def fake() -> FakeUpstream:
 
 @pytest.fixture
 async def upstream_server(aiohttp_server: AiohttpServer, fake: FakeUpstream) -> Any:
-    return await aiohttp_server(fake.app())
+    # dstack reads a request body's bytes as sent, whatever its Content-Encoding says.
+    return await aiohttp_server(fake.app(), auto_decompress=False)
 
 
 @pytest.fixture
@@ -47,7 +63,7 @@ def make_proxy(aiohttp_client: AiohttpClient, upstream_server: Any) -> ProxyFact
         config = dataclasses.replace(
             Config(upstream=f"http://localhost:{upstream_server.port}"), **overrides
         )
-        return await aiohttp_client(make_app(config))
+        return await serve_proxy(aiohttp_client, make_app(config))
 
     return start
 

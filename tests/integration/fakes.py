@@ -132,7 +132,7 @@ class FakeUpstream:
                 "method": call.method,
                 "path": call.path,
                 "headers": call.headers,
-                "body": call.body.decode(),
+                "body": call.body.decode(errors="backslashreplace"),
             }
         )
 

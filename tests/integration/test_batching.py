@@ -21,7 +21,7 @@ from proxy.batching.flight import MAX_CONCURRENT_CALLS
 from proxy.batching.policy import Policy
 from proxy.config import Config
 
-from .conftest import STEADY, ProxyFactory, metric
+from .conftest import STEADY, ProxyFactory, metric, serve_proxy
 from .fakes import FakeUpstream
 
 Client = TestClient[web.Request, web.Application]
@@ -447,7 +447,7 @@ async def test_a_batch_call_that_could_not_connect_is_sent_once_more(
         cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
         config = Config(upstream=f"http://localhost:{upstream_server.port}", policy=Policy.WINDOW)
-        proxy = await aiohttp_client(make_app(config, batch_session=session))
+        proxy = await serve_proxy(aiohttp_client, make_app(config, batch_session=session))
         answers = await _stop_all(proxy, ["a", "b"])
     assert answers == [(200, b"null")] * 2
     assert resolver.lookups == 2
