@@ -5,8 +5,8 @@ of known length up to `buffer_bytes` is read whole (while the memory budget allo
 connection goes back to the pool before the client has read a byte, so a slow reader never
 holds it. Larger or unknown-length bodies are streamed with back-pressure. At most `pool_size`
 requests wait on the upstream at once (for its headers, and for a body read whole); waiting for
-one of those slots is bounded by the connect timeout, then the answer is 503. Streams and
-WebSockets hold no slot (docs/design.md, Slow clients and connection limits).
+one of those slots is bounded by the connect timeout, then the answer is 503. Streams, streamed
+uploads and WebSockets hold no slot (docs/design.md, Slow clients and connection limits).
 
 Errors before the response starts become dstack-shaped answers (errors.py); after it started,
 the client connection is aborted so a truncated body never looks complete.
@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 # holds no upstream connection either.
 REQUEST_BUFFER_BYTES: Final = 64 << 10
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_NO_SLOTS: Final = Slots(None)  # for what holds none: counts nothing, never waits
 _LOCATIONS: Final = frozenset({"location", "content-location"})
 
 
@@ -71,7 +72,10 @@ class Forwarder:
         except ConnectionError:  # the client left mid-upload: nothing goes upstream
             self._client_left()
             return web.Response(status=400)
-        if not (self._slots.take_now() or await self._slots.take(self._config.connect_timeout)):
+        # An upload streamed at the client's pace lasts as long as its client wants: like a
+        # response stream or a WebSocket, it holds no slot.
+        slots = _NO_SLOTS if isinstance(body, AsyncIterator) else self._slots
+        if not (slots.take_now() or await slots.take(self._config.connect_timeout)):
             return self._fail(UpstreamBusy("every upstream connection is in use; try again"))
         try:
             started = time.perf_counter()
@@ -85,22 +89,22 @@ class Forwarder:
                 auto_decompress=False,
             )
         except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
-            self._slots.give()
+            slots.give()
             return self._fail(classify(exc))
         except BaseException:
-            self._slots.give()
+            slots.give()
             raise
         self._latency.observe(time.perf_counter() - started)
         size = _body_size(request, upstream)
         if size is not None and size <= self._config.buffer_bytes and size <= self._budget:
-            return await self._answer_whole(request, upstream, size)
+            return await self._answer_whole(request, upstream, size, slots)
         # A stream lasts as long as its client wants: like a WebSocket, it holds no slot.
-        self._slots.give()
+        slots.give()
         async with upstream:
             return await self._stream(request, upstream)
 
     async def _answer_whole(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, size: int
+        self, request: web.Request, upstream: aiohttp.ClientResponse, size: int, slots: Slots
     ) -> web.StreamResponse:
         """Read the body, give the connection back, then answer: a slow client costs memory
         (bounded by the budget), never an upstream connection."""
@@ -113,7 +117,7 @@ class Forwarder:
                 return self._fail(classify(exc))  # nothing sent yet: a clean 502/504
             finally:
                 upstream.release()
-                self._slots.give()
+                slots.give()
             response = web.Response(
                 status=upstream.status,
                 reason=upstream.reason,

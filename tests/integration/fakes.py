@@ -38,6 +38,7 @@ class FakeUpstream:
     gate: asyncio.Event | None = None  # runs/* and secrets/* calls wait on it when set
     release_stream: asyncio.Event = field(default_factory=asyncio.Event)
     uploaded: int = 0
+    uploading: int = 0  # /upload calls whose body has begun
     secrets: set[str] = field(default_factory=set)  # secrets/delete refuses unknown names
     runs_delay: float = 0.005  # long enough for concurrent runs/* calls to overlap
     in_flight: int = 0  # runs/* and secrets/* calls being answered right now
@@ -219,6 +220,7 @@ class FakeUpstream:
         )
 
     async def upload(self, request: web.Request) -> web.Response:
+        self.uploading += 1
         size = 0
         async for chunk in request.content.iter_any():
             size += len(chunk)

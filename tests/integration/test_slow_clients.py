@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from .conftest import ProxyFactory
+from .conftest import ProxyFactory, serve_proxy
 from .fakes import FakeUpstream
 
 Client = TestClient[web.Request, web.Application]
@@ -45,6 +45,34 @@ async def test_never_ending_streams_and_idle_websockets_do_not_block_others(
         fake.release_stream.set()
         for stream in streams:
             assert await asyncio.wait_for(stream.read(), 5) == b"second"
+
+
+async def test_stalled_uploads_hold_no_slot_and_still_arrive_whole(
+    make_proxy: ProxyFactory, fake: FakeUpstream
+) -> None:
+    # A streamed upload (chunked here) goes at its client's pace, which may be never: were it
+    # to hold one of `pool_size` slots, LIMIT stalled clients would leave every other request
+    # 503 after the connect timeout.
+    proxy = await make_proxy(pool_size=LIMIT, connect_timeout=0.5)
+    more = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first;"
+        await more.wait()
+        yield b"rest"
+
+    uploads = [asyncio.ensure_future(proxy.post("/upload", data=body())) for _ in range(LIMIT + 1)]
+
+    async def under_way(n: int) -> None:  # at the upstream, body begun, then stalled
+        while fake.uploading < n:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(under_way(LIMIT), 5)  # as many as there are slots
+    assert await _echo_path(proxy, "/after-the-uploads") == "/after-the-uploads"
+    more.set()
+    for upload in uploads:
+        resp = await asyncio.wait_for(upload, 5)
+        assert (resp.status, await resp.json()) == (200, {"size": len(b"first;rest")})
 
 
 async def test_a_full_limit_answers_503_in_dstacks_shape_within_the_connect_timeout(
@@ -141,7 +169,9 @@ async def test_no_request_fails_after_an_idle_gap_of_five_seconds(
     from proxy.config import Config
 
     upstream, port = idle_closing
-    client = await aiohttp_client(make_app(Config(upstream=f"http://127.0.0.1:{port}")))
+    client = await serve_proxy(
+        aiohttp_client, make_app(Config(upstream=f"http://127.0.0.1:{port}"))
+    )
     answers = []
     for gap in (0.0, IdleClosingUpstream.IDLE + 0.2):
         await asyncio.sleep(gap)
