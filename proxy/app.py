@@ -17,7 +17,7 @@ from yarl import URL
 from .batching.dispatching import Dispatcher
 from .config import Config
 from .edge.answers import error_response
-from .edge.forwarding import Forwarder
+from .edge.forwarding import Forwarder, keep_untyped
 from .edge.upstream import (
     ALLOWED_METHODS,
     check_target,
@@ -69,6 +69,7 @@ def make_app(
     app[STATE_KEY] = state
     app.cleanup_ctx.append(_upstream_context(session, batch_session))
     app.on_shutdown.append(_drain)
+    app.on_response_prepare.append(keep_untyped)
     app.router.register_resource(_EveryTarget(_entry(metrics, state)))
     return app
 

@@ -36,6 +36,8 @@ log = structlog.get_logger(__name__)
 # holds no upstream connection either.
 REQUEST_BUFFER_BYTES: Final = 64 << 10
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+# A relayed response whose upstream sent no Content-Type (see `keep_untyped`).
+UNTYPED: Final = web.RequestKey("dstack_coalescer.untyped", bool)
 _NO_SLOTS: Final = Slots(None)  # for what holds none: counts nothing, never waits
 _LOCATIONS: Final = frozenset({"location", "content-location"})
 
@@ -165,6 +167,8 @@ class Forwarder:
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> list[tuple[str, str]]:
         headers = client_response_headers(upstream.headers)
+        if hdrs.CONTENT_TYPE not in upstream.headers:
+            request[UNTYPED] = True
         if hdrs.LOCATION in upstream.headers or hdrs.CONTENT_LOCATION in upstream.headers:
             client_origin = f"{request.scheme}://{request.host}"
             for i, (name, value) in enumerate(headers):
@@ -183,6 +187,14 @@ class Forwarder:
     def _client_left(self) -> None:
         self._disconnects.inc()
         log.debug("client_disconnected")
+
+
+async def keep_untyped(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: aiohttp labels every response with a body that has no
+    Content-Type `application/octet-stream`; a relayed one goes without, as its upstream sent it
+    (a browser shows an unlabelled page it would download as octet-stream)."""
+    if UNTYPED in request:
+        response.headers.popall(hdrs.CONTENT_TYPE, None)
 
 
 def _body_size(request: web.Request, upstream: aiohttp.ClientResponse) -> int | None:

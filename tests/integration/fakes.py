@@ -54,6 +54,9 @@ class FakeUpstream:
         r.add_post("/api/project/{project}/runs/delete", self.runs)
         r.add_post("/api/project/{project}/secrets/delete", self.delete_secrets)
         r.add_get("/gzip", self.gzip)
+        r.add_get("/untyped", self.untyped)
+        r.add_get("/untyped-stream", self.untyped)
+        app.on_response_prepare.append(_untype)
         r.add_get("/slow", self.slow)
         r.add_get("/headers", self.headers)
         r.add_get("/reset", self.reset)
@@ -136,6 +139,15 @@ class FakeUpstream:
                 "body": call.body.decode(errors="backslashreplace"),
             }
         )
+
+    async def untyped(self, request: web.Request) -> web.StreamResponse:
+        """A body with no Content-Type (see `_untype`): of known length, or chunked."""
+        if request.path == "/untyped":
+            return web.Response(body=b"<p>no type</p>")
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"<p>no type</p>")
+        return resp
 
     async def gzip(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -242,6 +254,13 @@ class FakeUpstream:
     async def redirect(self, request: web.Request) -> web.Response:
         location = f"http://{request.host}/landing"
         return web.Response(status=307, headers={"Location": location})
+
+
+async def _untype(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp gives every response with a body a Content-Type; a server that sends none (a
+    # user's service behind dstack's proxy routes, say) is what these paths stand for.
+    if request.path.startswith("/untyped"):
+        del response.headers["Content-Type"]
 
 
 def _detail(status: int, msg: str, code: str | None = None) -> web.Response:

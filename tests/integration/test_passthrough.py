@@ -28,6 +28,16 @@ async def test_gzip_bytes_arrive_unchanged(proxy: Client) -> None:
     assert await resp.read() == GZIPPED
 
 
+@pytest.mark.parametrize("path", ["/untyped", "/untyped-stream"])
+async def test_no_content_type_is_invented(proxy: Client, path: str) -> None:
+    # aiohttp would label the body application/octet-stream, which a browser downloads where,
+    # unlabelled, it would have looked at the bytes and shown them.
+    resp = await proxy.get(path)
+    assert resp.status == 200
+    assert "Content-Type" not in resp.headers
+    assert await resp.read() == b"<p>no type</p>"
+
+
 async def test_no_accept_encoding_is_invented(proxy: Client, fake: FakeUpstream) -> None:
     resp = await proxy.get("/anything", skip_auto_headers=["Accept-Encoding", "User-Agent"])
     assert resp.status == 200
