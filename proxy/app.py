@@ -24,7 +24,7 @@ from .edge.upstream import (
     make_batch_session,
     make_passthrough_session,
 )
-from .edge.websocket import handle_websocket, is_websocket_upgrade
+from .edge.websocket import SHUTDOWN, handle_websocket, is_websocket_upgrade
 from .errors import ProxyError, UpstreamTimeout
 from .intake.build import batcher_for, limits_for
 from .intake.calls import HttpSend
@@ -80,8 +80,9 @@ def route(request: web.Request) -> Awaitable[web.StreamResponse]:
     long keeps one frame less (thousands may be held)."""
     app = request.app
     if is_websocket_upgrade(request):
+        state = app[STATE_KEY]
         return handle_websocket(
-            request, app[SESSION_KEY], app[CONFIG_KEY], app[STATE_KEY].websockets
+            request, app[SESSION_KEY], app[CONFIG_KEY], state.websockets, lambda: state.draining
         )
     intake = app[INTAKE_KEY]
     if (match := intake.match(request)) is not None:
@@ -149,7 +150,7 @@ async def _drain(app: web.Application) -> None:
         websockets=len(state.websockets),
     )
     closing = [
-        asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"))
+        asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=SHUTDOWN))
         for ws in list(state.websockets)
     ]
     await intake.aclose(deadline)

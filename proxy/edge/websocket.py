@@ -6,6 +6,7 @@ other leg closed (1011). WebSockets hold no pass-through connection slot (forwar
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final
 
 import aiohttp
@@ -21,6 +22,7 @@ log = structlog.get_logger(__name__)
 
 # No total timeout: a WebSocket lives as long as its peers keep it open.
 _WS_TIMEOUT: Final = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0)
+SHUTDOWN: Final = b"shutdown"  # the reason of the 1001 that a drain closes a WebSocket with
 _Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # Codes that report a close but may never be sent in a Close frame (RFC 6455 §7.4.1).
 _UNSENDABLE: Final = frozenset({1005, 1006, 1015})
@@ -42,9 +44,11 @@ async def handle_websocket(
     session: aiohttp.ClientSession,
     config: Settings,
     sockets: set[web.WebSocketResponse],
+    draining: Callable[[], bool],
 ) -> web.StreamResponse:
     """Open the upstream leg first, so the client is accepted only with what the upstream chose.
-    The client's socket is in `sockets` while it is open (the drain closes them)."""
+    The client's socket is in `sockets` while it is open (the drain closes them); one accepted
+    once `draining()` is closed as the drain closes them."""
     url, pairs = request_target(request, config)
     headers = [(n, v) for n, v in pairs if n.lower() not in WEBSOCKET_HANDSHAKE_HEADERS]
     protocols = [
@@ -68,7 +72,7 @@ async def handle_websocket(
     except (aiohttp.ClientError, TimeoutError) as exc:
         return error_response(classify(exc))
     try:
-        return await _serve(request, upstream, config, sockets)
+        return await _serve(request, upstream, config, sockets, draining)
     finally:  # already closed with the right code, unless the relay was cut short
         await upstream.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR)
 
@@ -99,12 +103,17 @@ async def _serve(
     upstream: aiohttp.ClientWebSocketResponse,
     config: Settings,
     sockets: set[web.WebSocketResponse],
+    draining: Callable[[], bool],
 ) -> web.StreamResponse:
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),
         heartbeat=config.websocket_heartbeat,
     )
     await client.prepare(request)
+    if draining():  # the drain closed the open sockets while this handshake was under way
+        await upstream.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=SHUTDOWN)
+        await client.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=SHUTDOWN)
+        return client
     sockets.add(client)
     try:
         await _relay(client, upstream)

@@ -46,6 +46,8 @@ class FakeUpstream:
     secrets_in_flight: list[set[str]] = field(default_factory=list)  # names of calls under way
     overlaps: int = 0  # secrets/delete calls that arrived naming a secret of one under way
     ws_closed: list[int] = field(default_factory=list)  # close codes the proxy sent /ws
+    ws_gate: asyncio.Event = field(default_factory=asyncio.Event)  # /ws-held accepts once set
+    ws_held: int = 0  # /ws-held handshakes waiting on it
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=0)
@@ -63,6 +65,7 @@ class FakeUpstream:
         r.add_get("/truncated", self.truncated)
         r.add_get("/hang", self.hang)
         r.add_get("/ws", self.websocket)
+        r.add_get("/ws-held", self.held_websocket)
         r.add_get("/ws-refused", self.refuse_websocket)
         r.add_get("/ws-deaf", self.deaf_websocket)
         r.add_post("/upload", self.upload)
@@ -192,6 +195,11 @@ class FakeUpstream:
         await self._record(request)
         await asyncio.sleep(3600)
         return web.Response()
+
+    async def held_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        self.ws_held += 1
+        await self.ws_gate.wait()
+        return await self.websocket(request)
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("echo.v1",), autoclose=False)

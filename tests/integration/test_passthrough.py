@@ -14,6 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from proxy.keys import STATE_KEY
+
 from .conftest import ProxyFactory, serve_proxy
 from .fakes import GZIPPED, MB, FakeUpstream
 
@@ -394,6 +396,27 @@ async def test_shutdown_closes_open_websockets_as_going_away(proxy: Client) -> N
         await asyncio.wait_for(proxy.app.shutdown(), 5)  # what SIGTERM runs
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, aiohttp.WSCloseCode.GOING_AWAY)
+
+
+async def test_a_websocket_accepted_during_the_drain_is_closed_as_going_away_too(
+    proxy: Client, fake: FakeUpstream
+) -> None:
+    # Its handshake was still waiting on the upstream when the drain closed the open sockets.
+    connecting = asyncio.ensure_future(proxy.ws_connect("/ws-held"))
+    while not fake.ws_held:
+        await asyncio.sleep(0.01)
+    shutdown = asyncio.ensure_future(proxy.app.shutdown())  # what SIGTERM runs
+    while not proxy.app[STATE_KEY].draining:
+        await asyncio.sleep(0.01)
+    fake.ws_gate.set()
+    ws = await asyncio.wait_for(connecting, 5)
+    msg = await ws.receive(timeout=5)  # not at the drain's deadline (8 s), and not as 1006
+    assert (msg.type, msg.data, msg.extra) == (
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSCloseCode.GOING_AWAY,
+        "shutdown",
+    )
+    await asyncio.wait_for(shutdown, 5)
 
 
 async def test_an_upstream_that_vanishes_closes_the_client_with_a_sendable_code(
