@@ -12,12 +12,14 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from .batching.dispatching import Dispatcher
 from .config import Config
 from .edge.answers import error_response
 from .edge.forwarding import Forwarder, keep_untyped
+from .edge.framing import bad_framing
 from .edge.upstream import (
     ALLOWED_METHODS,
     check_target,
@@ -220,6 +222,8 @@ def _entry(metrics: Metrics, state: State) -> Handler:
                 log.info("request_refused", reason=str(exc))
                 allow = {"Allow": ", ".join(sorted(ALLOWED_METHODS))} if exc.status == 405 else None
                 response = error_response(exc, allow)
+            except HttpProcessingError as exc:  # its body broke its framing (edge/framing.py)
+                response = bad_framing(request, exc)
             except asyncio.CancelledError:
                 if not state.expired(task):
                     raise

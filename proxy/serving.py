@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .admin import make_admin_app
 from .app import handler_wait, make_app
 from .config import Config
+from .edge.framing import PublicRunner
 from .ops.logs import loggable
 
 log = structlog.get_logger(__name__)
@@ -43,14 +44,14 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or _stop_on_signals()
     logging.getLogger("aiohttp.server").addFilter(_PARSE_ERRORS_WITHOUT_BYTES)
     app = make_app(config)
-    runner = web.AppRunner(
+    runner = PublicRunner(
         app,
+        SERVER_OPTIONS,
         handle_signals=False,
         access_log=None,
         # The drain has already waited for the handlers until its deadline, so this only
         # bounds what is left, within the margin the drain keeps.
         shutdown_timeout=handler_wait(config.drain_seconds),
-        **SERVER_OPTIONS,
     )
     admin = web.AppRunner(
         make_admin_app(app), handle_signals=False, access_log=None, shutdown_timeout=0.1

@@ -22,6 +22,7 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import ProxyError, UpstreamBusy, UpstreamError
 from ..ops.metrics import Metrics
@@ -92,6 +93,8 @@ class Forwarder:
             )
         except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
             slots.give()
+            if isinstance(broken := request.content.exception(), HttpProcessingError):
+                raise broken from None  # not the upstream's fault: the client's body broke
             return self._fail(classify(exc))
         except BaseException:
             slots.give()

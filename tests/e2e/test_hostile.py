@@ -49,6 +49,7 @@ class Case:
     expect: str | int = Same
     half_close: bool = False  # shut the write side after sending
     trickle: int = 0  # send the first `trickle` bytes one at a time, 10 ms apart
+    pause_before: bytes = b""  # wait 0.3 s before sending these bytes and the rest
     legacy: str | int | None = None  # what to expect instead in front of dstack 0.18.40
 
 
@@ -184,6 +185,18 @@ CASES = [
         ),
         Own400,
     ),
+    Case(
+        # The headers and a first chunk come first, and the request is under way.
+        "bad chunk size after the body began",
+        post(
+            STOP,
+            b"5\r\n" + STOP_X[:5] + b"\r\nzz\r\n" + STOP_X[5:] + b"\r\n0\r\n\r\n",
+            b"Transfer-Encoding: chunked",
+            length=b"",
+        ),
+        Own400,
+        pause_before=b"zz\r\n",
+    ),
     Case("obs-fold header", post(STOP, STOP_X, b"X-Folded: a\r\n b"), Own400),
     Case(
         "obs-fold Authorization",
@@ -243,6 +256,9 @@ def _print_table(version: str) -> None:
 def _chunks(case: Case, token: str) -> tuple[Chunk, ...]:
     data = case.data.replace(TOKEN, token.encode())
     slow = tuple(x for b in data[: case.trickle] for x in (bytes([b]), 0.01))
+    if case.pause_before:
+        first, rest = data.split(case.pause_before, 1)
+        return (*slow, first[case.trickle :], 0.3, case.pause_before + rest)
     return (*slow, data[case.trickle :])
 
 

@@ -14,6 +14,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from proxy.app import make_app
 from proxy.config import Config
+from proxy.edge.framing import PublicRunner
 from proxy.keys import METRICS_KEY
 from proxy.serving import SERVER_OPTIONS
 
@@ -29,11 +30,12 @@ STEADY: Final = {"quiet_ms": 250, "window_ms": 500}
 
 
 class ShippedServer(TestServer):
-    """The proxy app served with the options `proxy.serving` runs it with (aiohttp's test
-    server would otherwise cancel a handler whose client left, and decode request bodies)."""
+    """The proxy app served as `proxy.serving` runs it: its runner and options (aiohttp's test
+    server would otherwise cancel a handler whose client left, decode request bodies, and
+    leave a body whose chunk framing broke mid-way waiting for ever)."""
 
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
-        return web.AppRunner(self.app, **{**kwargs, **SERVER_OPTIONS})
+        return PublicRunner(self.app, SERVER_OPTIONS, **kwargs)
 
 
 async def serve_proxy(

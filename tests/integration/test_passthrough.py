@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from harness.rawhttp import exchange
 from proxy.keys import STATE_KEY
 
 from .conftest import ProxyFactory, serve_proxy
@@ -265,6 +266,34 @@ async def test_a_request_with_both_content_length_and_chunked_never_reaches_upst
     )
     assert await _raw_status(proxy, request) == 400
     assert fake.calls == []
+
+
+@pytest.mark.parametrize("path", [b"/upload", b"/api/project/p/runs/stop"])
+async def test_a_chunk_size_that_breaks_the_framing_midway_gets_the_400_it_gets_at_once(
+    proxy: Client, fake: FakeUpstream, path: bytes
+) -> None:
+    # Once the handler is reading the body (streaming it upstream, or holding it to batch),
+    # aiohttp's parser drops the body without a word when a later chunk-size line is malformed:
+    # unless the proxy hears of it, the client waits for as long as it keeps the connection.
+    head = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer member\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"run\r\n'
+    )
+    broken = b'zz\r\ns_names": ["a"], "abort": false}\r\n0\r\n\r\n'
+    at_once = await exchange(proxy.host, proxy.port, head + broken)
+    assert (at_once.status, at_once.content_type) == (400, "text/plain; charset=utf-8")
+    assert b"chunk size" in at_once.body
+    midway = await exchange(proxy.host, proxy.port, (head, 0.5, broken), timeout=5)
+    assert midway == at_once
+    if path == b"/upload":  # it was under way upstream, and was cut there, never completed
+        assert (fake.uploading, fake.uploaded) == (1, 0)
+    assert fake.runs_calls() == []
+    stop = {"runs_names": ["a"], "abort": False}
+    resp = await proxy.post(
+        "/api/project/p/runs/stop", json=stop, headers={"Authorization": "Bearer member"}
+    )
+    assert (resp.status, await resp.json()) == (200, None)
 
 
 async def test_websocket_echo_and_close_code_and_reason_are_relayed(proxy: Client) -> None:
