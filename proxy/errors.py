@@ -25,6 +25,13 @@ class BadRequestTarget(ProxyError):
     code = "bad_request_target"
 
 
+class UnsendableHeader(ProxyError):
+    """A header value the proxy cannot send upstream byte for byte (bytes that are not UTF-8)."""
+
+    status = 400
+    code = "bad_header"
+
+
 class MethodNotAllowed(ProxyError):
     status = 405
     code = "method_not_allowed"

@@ -17,6 +17,7 @@ from yarl import URL
 from ..errors import (
     BadRequestTarget,
     MethodNotAllowed,
+    UnsendableHeader,
     UpstreamError,
     UpstreamUnavailable,
 )
@@ -57,7 +58,8 @@ ALLOWED_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PAT
 def check_target(request: web.Request) -> None:
     """Refuse what could reach another host or be read differently upstream: methods other
     than ALLOWED_METHODS (405), and targets that are not a plain path starting with exactly one
-    `/` (absolute- or authority-form, `*`, `//host`) or that hold a backslash (400).
+    `/` (absolute- or authority-form, `*`, `//host`) or that hold a backslash (400), and
+    header values that are not UTF-8 (400: they would reach dstack changed).
 
     The entry handler (app.py) calls this for every request, so `upstream_url` can trust its
     input."""
@@ -68,6 +70,20 @@ def check_target(request: web.Request) -> None:
         raise BadRequestTarget("request target must be a path")
     if "\\" in raw:
         raise BadRequestTarget("backslash in request target")
+    for name, value in request.headers.items():
+        # aiohttp's server keeps bytes that are not UTF-8 as surrogate escapes, and its client
+        # writes headers as UTF-8 and skips those: the value would reach dstack changed (a
+        # Content-Type dstack refuses would pass as JSON). `isascii` is O(1) in CPython.
+        if not value.isascii() and not _is_utf8(value):
+            raise UnsendableHeader(f"header {name} is not UTF-8; it cannot be passed on as sent")
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def upstream_url(origin: str, raw_path: str) -> URL:

@@ -58,7 +58,7 @@ def post(path: str, body: bytes, *headers: bytes, length: bytes | None = None) -
     `Content-Length` is the body's unless `length` says otherwise (`b""`: none at all)."""
     cl = length if length is not None else b"%d" % len(body)
     lines = [
-        b"POST " + path.encode() + b" HTTP/1.1",
+        b"POST " + path.encode("utf-8", "surrogateescape") + b" HTTP/1.1",
         b"Host: localhost",
         b"Authorization: Bearer " + TOKEN,
         b"Content-Type: application/json",
@@ -206,6 +206,19 @@ CASES = [
     Case("bare LF line ends", post(STOP, STOP_X).replace(b"\r\n", b"\n"), Own400),
     Case("space before colon", post(STOP, STOP_X, b"Content-Length : 3"), Own400),
     Case("NUL in header", post(STOP, STOP_X, b"X-Nul: a\x00b"), Own400),
+    # Header bytes that are not UTF-8 cannot be sent on unchanged (aiohttp's client writes
+    # UTF-8): refused, where dropping them let a Content-Type dstack refuses pass as JSON.
+    Case("UTF-8 in a header", post(STOP, STOP_X, "X-Note: café".encode())),
+    Case("latin-1 byte in a header", post(STOP, STOP_X, b"X-Note: caf\xe9"), Own400),
+    Case(
+        "latin-1 byte in Content-Type",
+        post(STOP, STOP_X).replace(b"application/json", b"application/json\xe9"),
+        Own400,
+    ),
+    Case(
+        "latin-1 byte in the path", post(STOP.replace("hostile", "hostile\udce9"), STOP_X), Own400
+    ),
+    Case("UTF-8 in the path", post(STOP.replace("hostile", "hostilé"), STOP_X), Own400),
     Case("malformed request line", b"POST\r\nHost: localhost\r\n\r\n", Own400),
     # uvicorn 0.54 under 0.18.40 refuses a request line without a version; aiohttp reads it.
     Case("HTTP/0.9 style", b"GET /healthcheck\r\n\r\n", legacy=200),

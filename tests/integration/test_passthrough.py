@@ -220,9 +220,12 @@ async def test_absolute_form_target_never_reaches_another_host(
         (b"GET /a\\b HTTP/1.1", 400, b"bad_request_target"),
         (b"TRACE / HTTP/1.1", 405, b"method_not_allowed"),
         (b"OPTIONS * HTTP/1.1", 400, b"bad_request_target"),
+        # Bytes that are not UTF-8 would reach dstack without them (aiohttp's writer).
+        (b"GET /x HTTP/1.1\r\nX-Note: caf\xe9", 400, b"bad_header"),
+        (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nX-Note: \xff", 400, b"bad_header"),
     ],
 )
-async def test_odd_targets_and_methods_are_refused(
+async def test_odd_targets_methods_and_headers_are_refused(
     proxy: Client, fake: FakeUpstream, request_line: bytes, status: int, code: bytes
 ) -> None:
     request = request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -237,6 +240,12 @@ async def test_odd_targets_and_methods_are_refused(
     if status == 405:
         assert b"Allow: DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT" in head.split(b"\r\n")
     assert fake.calls == []
+
+
+async def test_a_utf_8_header_reaches_upstream_as_sent(proxy: Client, fake: FakeUpstream) -> None:
+    request = b"GET /x HTTP/1.1\r\nHost: x\r\nX-Note: caf\xc3\xa9\r\nConnection: close\r\n\r\n"
+    assert await _raw_status(proxy, request) == 200
+    assert fake.calls[-1].headers["x-note"] == ["café"]
 
 
 @pytest.mark.parametrize("target", [b"other-host:443", b"/x"])
