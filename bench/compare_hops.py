@@ -30,7 +30,8 @@ def hop_figures(v: VersionResults) -> list[HopFigures]:
     direct = v.hops.ms["direct"]
     out = []
     for target in HOPS[1:]:
-        ms = v.hops.ms[target]
+        if not (ms := v.hops.ms.get(target)):  # a run from before this hop was measured
+            continue
         diffs = [a - b for a, b in zip(ms, direct, strict=True)]
         low, high = median_interval(diffs)
         added = pct(ms, 50) - pct(direct, 50)
@@ -50,8 +51,10 @@ def hop_table(v: VersionResults) -> list[str]:
         "does not exist (dstack looks it up and answers 200 `null`; no run churns behind it, so "
         "its own jitter is small), the order rotating from round to round, on kept-alive "
         "connections. The bare aiohttp pass-through on uvloop (`bench/bare_passthrough.py`: no "
-        "logging, metrics, header policy or limits) is the floor of any aiohttp hop; nginx, of "
-        "any hop at all.",
+        "logging, metrics, header policy or limits) is the floor of any aiohttp hop. Below it "
+        "(`bench/raw_hops.py`, neither one a proxy): the same aiohttp server with a raw "
+        "upstream connection in place of aiohttp's client, and uvloop with httptools alone, "
+        "about the least a Python hop can do. nginx is the floor of any hop at all.",
         "",
         f"| target | p50 ms | added p50 ms | paired median [95%] ms | ≤ {LONE_MS:g} ms |",
         "|---|---|---|---|---|",
@@ -71,8 +74,11 @@ def hop_summary(v: VersionResults) -> str:
     if "proxy" not in by:
         return ""
     proxy, bare, nginx = by["proxy"], by["bare aiohttp"], by["nginx"]
+    raw = by.get("uvloop + httptools")
     return (
         f"absent run: stop {proxy.added_p50:+.2f} ms, paired {proxy.paired:+.2f} "
         f"[{proxy.low:+.2f}, {proxy.high:+.2f}] ({yes(proxy.added_p50 <= LONE_MS)}); "
-        f"a bare aiohttp hop {bare.added_p50:+.2f}, nginx {nginx.added_p50:+.2f}"
+        f"a bare aiohttp hop {bare.added_p50:+.2f}, "
+        + (f"uvloop + httptools {raw.added_p50:+.2f}, " if raw is not None else "")
+        + f"nginx {nginx.added_p50:+.2f}"
     )

@@ -4,7 +4,9 @@ connections, each naming a fresh run (active for the stop, finished for the dele
 
 And what any hop costs (`hops`): a lone stop naming a run that does not exist, straight to the
 server, through the proxy, through a bare aiohttp pass-through on uvloop (the floor of an
-aiohttp hop: `bare_passthrough.py`) and through nginx, in rotating order."""
+aiohttp hop: `bare_passthrough.py`), through that server with a raw upstream client and
+through uvloop and httptools alone (the floor of a Python hop: `raw_hops.py`), and through
+nginx, in rotating order."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from harness.server import DstackServer
 
 from .passthrough import BarePassthrough
 from .policies import interleaved
+from .raw_hops import RawHop
 from .workload import connect, finished_for_delete, timed_one
 
 CHUNK = 10  # pairs per batch of fresh runs: keeps the server's pipeline small
@@ -76,7 +79,14 @@ def run(server: DstackServer, proxy_url: str, pairs: int) -> list[LonePairs]:
     return [stops, deletes]
 
 
-HOPS = ("direct", "proxy", "bare aiohttp", "nginx")
+HOPS = (
+    "direct",
+    "proxy",
+    "bare aiohttp",
+    "aiohttp server, raw client",
+    "uvloop + httptools",
+    "nginx",
+)
 
 
 @dataclass
@@ -96,9 +106,12 @@ def hops(server: DstackServer, proxy_url: str, workdir: Path, rounds: int) -> Lo
     with contextlib.ExitStack() as stack:
         workdir.mkdir(parents=True, exist_ok=True)
         bare = stack.enter_context(BarePassthrough(server.url, workdir / "bare.log", "uvloop"))
+        client = stack.enter_context(RawHop("client", server.url, workdir / "client.log"))
+        raw = stack.enter_context(RawHop("raw", server.url, workdir / "raw.log"))
         front = stack.enter_context(
             nginx.passthrough(workdir / "nginx", server.url, ready_path="/healthcheck")
         )
-        urls = dict(zip(HOPS, (server.url, proxy_url, bare.url, front.url), strict=True))
+        hops = (server.url, proxy_url, bare.url, client.url, raw.url, front.url)
+        urls = dict(zip(HOPS, hops, strict=True))
         names = {t: [f"absent-{i}-{t}" for i in range(rounds)] for t in HOPS}
         return LoneHops(interleaved(urls, project, names, server.admin_token, 0))

@@ -81,6 +81,8 @@ def _comparison(proxy_10: float, proxy_cpu_100: float, locked_50: int) -> Compar
             "direct": [10.0, 11.0, 12.0],
             "proxy": [11.2, 12.3, 13.1],
             "bare aiohttp": [11.0, 12.0, 13.0],
+            "aiohttp server, raw client": [10.8, 11.8, 12.8],
+            "uvloop + httptools": [10.5, 11.5, 12.5],
             "nginx": [10.3, 11.3, 12.3],
         }
     )
@@ -123,7 +125,12 @@ def test_a_hop_is_judged_on_its_own_median_beside_the_two_floors() -> None:
     assert "| nginx | 11.30 | +0.30 |" in text
     summary = targets_summary(c)
     assert "absent run: stop +1.30 ms, paired +1.20 [+1.10, +1.30] (**no**)" in summary
-    assert "a bare aiohttp hop +1.00, nginx +0.30" in summary
+    assert "a bare aiohttp hop +1.00, uvloop + httptools +0.50, nginx +0.30" in summary
+    assert "| aiohttp server, raw client | 11.80 | +0.80 |" in text
+    # A run from before the raw hops were measured still reads.
+    for target in ("aiohttp server, raw client", "uvloop + httptools"):
+        del c.versions[0].hops.ms[target]
+    assert "a bare aiohttp hop +1.00, nginx +0.30" in targets_summary(c)
     # Where the proxy's time went, call by call, from the server's log: leader, then batch.
     assert "| yes | 30 + 59; 45 |" in text or "| **no** | 30 + 59; 45 |" in text
     c.versions[0].hops = None
