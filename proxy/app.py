@@ -171,7 +171,7 @@ class _EveryTarget(web.AbstractResource):
 
     def __init__(self, handler: Handler) -> None:
         super().__init__()
-        self._route = web.ResourceRoute(hdrs.METH_ANY, handler, self)
+        self._route = web.ResourceRoute(hdrs.METH_ANY, handler, self, expect_handler=_expect)
 
     async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
         return web.UrlMappingMatchInfo({}, self._route), set()
@@ -197,6 +197,18 @@ class _EveryTarget(web.AbstractResource):
 
     def __iter__(self) -> Iterator[web.AbstractRoute]:
         return iter((self._route,))
+
+
+async def _expect(request: web.Request) -> None:
+    """What uvicorn does with `Expect` (HTTP/1.1): `100-continue` gets a 100 Continue, and an
+    expectation it does not know is ignored, as RFC 9110 lets a server do. aiohttp's default
+    answers that 417, so a request dstack would run never reached it. `Expect` itself is
+    never sent upstream (edge/headers.py)."""
+    if request.version == aiohttp.HttpVersion11 and (
+        request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer itself has not begun
 
 
 def _entry(metrics: Metrics, state: State) -> Handler:

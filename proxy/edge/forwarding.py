@@ -29,7 +29,7 @@ from ..ops.metrics import Metrics
 from .answers import error_response
 from .headers import client_response_headers, rewrite_location
 from .slots import Slots
-from .upstream import Settings, classify, request_target
+from .upstream import Settings, classify, release, request_target
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +106,9 @@ class Forwarder:
         # A stream lasts as long as its client wants: like a WebSocket, it holds no slot.
         slots.give()
         async with upstream:
-            return await self._stream(request, upstream)
+            response = await self._stream(request, upstream)
+            release(upstream)  # a no-op where the stream broke and closed it
+            return response
 
     async def _answer_whole(
         self, request: web.Request, upstream: aiohttp.ClientResponse, size: int, slots: Slots
@@ -121,7 +123,7 @@ class Forwarder:
                 log.warning("upstream_stream_failed", error=type(exc).__name__)
                 return self._fail(classify(exc))  # nothing sent yet: a clean 502/504
             finally:
-                upstream.release()
+                release(upstream)
                 slots.give()
             response = web.Response(
                 status=upstream.status,

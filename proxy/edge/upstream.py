@@ -53,6 +53,11 @@ class Settings(Protocol):
 
 # CONNECT would open a tunnel and TRACE echo credentials back; dstack serves neither.
 ALLOWED_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# Response headers as long and as many as a browser takes (Chrome: 256 KiB in all). aiohttp's
+# client defaults (8190 bytes a line, 128 headers) made a longer one, which dstack relays from a
+# service (a cookie, a CSP), a 502; uvicorn sets no limit.
+RESPONSE_HEADER_BYTES: Final = 256 << 10
+RESPONSE_HEADERS: Final = 1024
 
 
 def check_target(request: web.Request) -> None:
@@ -123,6 +128,18 @@ class SentAsGiven(aiohttp.ClientRequest):
         """Nothing to add: every header aiohttp would add is in the skip set."""
 
 
+def release(upstream: aiohttp.ClientResponse) -> None:
+    """Done with a response read to its end: its connection goes back to the pool, unless the
+    answer was a server error. uvicorn closes the connection right after the 500 it sends for an
+    application that raised, without `Connection: close`; the next request sent on it failed
+    with a reset, which the proxy answered 502 where dstack never gave one (a POST is not
+    retried). A new connection after each 5xx costs the next request a connect."""
+    if upstream.status >= 500:
+        upstream.close()
+    else:
+        upstream.release()
+
+
 def classify(exc: BaseException) -> UpstreamError:
     """The proxy's answer for an exception the client raised before any response."""
     if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, TimeoutError):
@@ -166,6 +183,9 @@ def _session(
         request_class=SentAsGiven,
         auto_decompress=False,
         trust_env=False,  # HTTP(S)_PROXY in the environment must not reroute upstream calls
+        max_line_size=RESPONSE_HEADER_BYTES,
+        max_field_size=RESPONSE_HEADER_BYTES,
+        max_headers=RESPONSE_HEADERS,
         trace_configs=list(trace),
         # No total: connecting and every idle gap while reading are bounded, never the wait
         # for a pooled connection (the connector has no pool limit to wait for).

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, hdrs, web
 from ..errors import UpstreamUnavailable
 from .answers import error_response
 from .headers import WEBSOCKET_HANDSHAKE_HEADERS, client_response_headers, connection_tokens
-from .upstream import Settings, classify, request_target
+from .upstream import Settings, classify, release, request_target
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +92,7 @@ async def _relay_refusal(
             if resp.status == 101:  # accepted this time: nothing sane to relay
                 return error_response(UpstreamUnavailable("upstream switched protocols"))
             body = await resp.read()
+            release(resp)
             headers = client_response_headers(resp.headers, also=(hdrs.CONTENT_LENGTH,))
             return web.Response(status=resp.status, headers=headers, body=body)
     except (aiohttp.ClientError, TimeoutError) as exc:

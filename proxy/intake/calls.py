@@ -16,7 +16,7 @@ from yarl import URL
 from ..batching.batches import BatchTarget, Outcome, UpstreamReply
 from ..batching.dispatching import BATCH_OPENED
 from ..batching.endpoints import SharedFields, render_body
-from ..edge.upstream import Attempt, classify
+from ..edge.upstream import Attempt, classify, release
 from ..errors import UpstreamBusy, UpstreamError
 from ..ops.metrics import Metrics
 
@@ -69,7 +69,9 @@ async def post_json(
                 timeout=_timeout(session, deadline),
             ) as resp:
                 answered = True
-                return UpstreamReply(resp.status, resp.headers, await resp.read())
+                reply = UpstreamReply(resp.status, resp.headers, await resp.read())
+                release(resp)
+                return reply
         except aiohttp.ClientConnectorError as exc:
             if connect_failed:
                 raise classify(exc) from exc

@@ -44,7 +44,9 @@ def precheck(request: web.BaseRequest, max_body_bytes: int) -> BypassReason | No
     headers = request.headers
     if "?" in request.raw_path:
         return BypassReason.QUERY
-    if (content_type := headers.get(hdrs.CONTENT_TYPE)) is not None and not _is_json(content_type):
+    # Without a Content-Type, dstack 0.22.5 (FastAPI's strict content type) refuses the body
+    # with 422, where a batch call, which says JSON, would run it: such a request goes alone.
+    if (content_type := headers.get(hdrs.CONTENT_TYPE)) is None or not _is_json(content_type):
         return BypassReason.CONTENT_TYPE
     if hdrs.CONTENT_ENCODING in headers:
         return BypassReason.CONTENT_ENCODING
@@ -82,4 +84,7 @@ def _is_json(content_type: str) -> bool:
     """Parsed as `request.content_type` and `.charset` would be, by the same cached function,
     without the copy of the parameters that those keep on each request while it is held."""
     media_type, params = parse_content_type(content_type)
-    return media_type == "application/json" and params.get("charset") in JSON_CHARSETS
+    if media_type != "application/json":
+        return False
+    charset = params.get("charset")  # its value is case-insensitive (RFC 9110 §8.3.2)
+    return (charset.lower() if charset is not None else None) in JSON_CHARSETS

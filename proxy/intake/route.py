@@ -108,7 +108,12 @@ class Intake:
             return await self._bypass(request, BypassReason.CLOSED)
         if reason := precheck(request, self._config.max_body_bytes):
             return await self._bypass(request, reason)
-        body, unread = await read_capped(request, self._config.max_body_bytes)
+        try:
+            body, unread = await read_capped(request, self._config.max_body_bytes)
+        except ConnectionError:  # the client left mid-body: nothing goes upstream
+            self._metrics.disconnects.labels("batched").inc()
+            log.debug("client_disconnected")
+            return web.Response(status=400)
         parsed = parse_body(spec, body) if unread is None else None
         if parsed is None:
             return await self._bypass(request, unread or BypassReason.BODY, body)

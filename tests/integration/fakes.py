@@ -61,6 +61,7 @@ class FakeUpstream:
         app.on_response_prepare.append(_untype)
         r.add_get("/slow", self.slow)
         r.add_get("/headers", self.headers)
+        r.add_get("/big-headers", self.big_headers)
         r.add_get("/reset", self.reset)
         r.add_get("/truncated", self.truncated)
         r.add_get("/hang", self.hang)
@@ -175,6 +176,15 @@ class FakeUpstream:
         resp.headers["Proxy-Authenticate"] = "Basic"
         resp.headers.add("Set-Cookie", "a=1; Path=/")
         resp.headers.add("Set-Cookie", "b=2; Expires=Wed, 21 Oct 2015 07:28:00 GMT")
+        return resp
+
+    async def big_headers(self, request: web.Request) -> web.Response:
+        # What dstack relays from a service as it came: a long cookie, many headers.
+        await self._record(request)
+        resp = web.Response(text="ok")
+        resp.headers.add("Set-Cookie", "big=" + "c" * 20_000)
+        for i in range(300):
+            resp.headers.add(f"X-Many-{i}", str(i))
         return resp
 
     async def reset(self, request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from proxy.app import make_app
 from proxy.batching.flight import MAX_CONCURRENT_CALLS
 from proxy.batching.policy import Policy
 from proxy.config import Config
+from proxy.keys import STATE_KEY
 
 from .conftest import STEADY, ProxyFactory, metric, serve_proxy
 from .fakes import FakeUpstream
@@ -588,3 +589,24 @@ async def test_the_real_server_suites_bursts_take_the_batch_path_under_the_shipp
     # first are batched.
     await burst(base, STOP, [{"runs_names": [f"m{i}"], "abort": True} for i in range(5)], "member")
     assert metric(proxy, BATCHED, endpoint="runs/stop") >= 3 + 4
+
+
+async def test_a_client_that_leaves_mid_body_is_counted_and_nothing_goes_upstream(
+    proxy: Client, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    _reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(
+        b"POST /api/project/p/runs/stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer member\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"runs_names": ['
+    )
+    await writer.drain()
+    left = ("dstack_coalescer_client_disconnects_total", {"route": "batched"})
+    async with asyncio.timeout(5):
+        while proxy.app[STATE_KEY].in_progress == 0:  # its handler is reading the body
+            await asyncio.sleep(0.01)
+        writer.close()
+        while metric(proxy, left[0], **left[1]) == 0:
+            await asyncio.sleep(0.01)
+    assert fake.calls == []
+    # It was a client leaving, not an error of the proxy's (aiohttp logged one with a traceback).
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

@@ -41,6 +41,19 @@ async def test_no_content_type_is_invented(proxy: Client, path: str) -> None:
     assert await resp.read() == b"<p>no type</p>"
 
 
+async def test_long_and_many_response_headers_are_relayed(proxy: Client) -> None:
+    # aiohttp's client refused them (8190 bytes a line, 128 headers): a 502 dstack never gave.
+    limits = {"max_line_size": 1 << 18, "max_field_size": 1 << 18, "max_headers": 1024}
+    async with (
+        aiohttp.ClientSession(**limits) as client,  # a browser's, not aiohttp's defaults
+        client.get(proxy.make_url("/big-headers")) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers.getall("Set-Cookie") == ["big=" + "c" * 20_000]
+        assert [resp.headers[f"X-Many-{i}"] for i in range(300)] == [str(i) for i in range(300)]
+        assert await resp.read() == b"ok"
+
+
 async def test_no_accept_encoding_is_invented(proxy: Client, fake: FakeUpstream) -> None:
     resp = await proxy.get("/anything", skip_auto_headers=["Accept-Encoding", "User-Agent"])
     assert resp.status == 200
@@ -246,6 +259,20 @@ async def test_a_utf_8_header_reaches_upstream_as_sent(proxy: Client, fake: Fake
     request = b"GET /x HTTP/1.1\r\nHost: x\r\nX-Note: caf\xc3\xa9\r\nConnection: close\r\n\r\n"
     assert await _raw_status(proxy, request) == 200
     assert fake.calls[-1].headers["x-note"] == ["café"]
+
+
+@pytest.mark.parametrize("expect", [b"foo", b"100-continue, foo"])
+async def test_an_unknown_expectation_is_ignored_as_dstack_does(
+    proxy: Client, fake: FakeUpstream, expect: bytes
+) -> None:
+    # aiohttp's default answers 417 before any handler runs; uvicorn ignores it.
+    request = (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: " + expect + b"\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
+    assert await _raw_status(proxy, request) == 200
+    assert (fake.calls[-1].path, fake.calls[-1].body) == ("/x", b"{}")
+    assert "expect" not in fake.calls[-1].headers
 
 
 @pytest.mark.parametrize("target", [b"other-host:443", b"/x"])
