@@ -199,7 +199,9 @@ CASES = [
     ),
     # uvicorn ignores an expectation it does not know; aiohttp's default answered 417.
     Case("unknown expectation", post(STOP, STOP_X, b"Expect: foo")),
-    Case("100-continue and another", post(STOP, STOP_X, b"Expect: 100-continue, foo")),
+    # uvicorn under 0.18.40 (h11) reads 100-continue in a list and sends an interim 100
+    # first; 0.22.5's (httptools) and the proxy take only the exact value. 200 `null` after it.
+    Case("100-continue and another", post(STOP, STOP_X, b"Expect: 100-continue, foo"), legacy=200),
     Case("obs-fold header", post(STOP, STOP_X, b"X-Folded: a\r\n b"), Own400),
     Case(
         "obs-fold Authorization",
